@@ -1,0 +1,242 @@
+"""The pipeline's data model: messages, interactions and scored training tuples.
+
+These are the types every stage shares. The daemon decodes wire records (``daemon/wire.py``)
+into :class:`Message` s, joins them into :class:`Interaction` s, extractors turn interactions
+into :class:`ScoredTuple` s, buffers store tuples and trainers learn from them.
+
+All are frozen ``msgspec.Struct`` s: cheap to build, hashable, and encoded/decoded by msgspec
+without a schema of their own (the buffer stores them with ``msgspec.msgpack``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Role = Literal["system", "user", "assistant", "tool"]
+Kind = Literal["evaluative", "directive", "preference"]
+Source = Literal["user", "tool", "terminal", "gui", "judge", "feedback"]
+ClosedBy = Literal["next_state", "idle_timeout", "session_end", "end_of_input", "feedback"]
+
+KINDS: tuple[Kind, ...] = ("evaluative", "directive", "preference")
+SOURCES: tuple[Source, ...] = ("user", "tool", "terminal", "gui", "judge", "feedback")
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    """One function call an assistant message asks for.
+
+    ``arguments`` is kept as the JSON text the model produced (OpenAI's convention): it is
+    what the policy emitted token by token, so trainers can put credit on exactly it.
+    """
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One chat message in OpenAI's roles, with content flattened to text.
+
+    ``content`` joins the text parts of a multi-part message; non-text parts (images) are
+    represented by a placeholder like ``[image]`` so that a context stays readable.
+    """
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class Feedback(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Explicit feedback on an action: a score in [-1, 1] (thumbs = +-1) and/or a text."""
+
+    value: float | None = None
+    text: str | None = None
+
+
+class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Token usage of the exchange that produced an action (from the call log)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Interaction(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An action joined to its next state: the unit extractors score.
+
+    Attributes:
+        interaction_id: ``"<session_id>#<index>"`` where index is the action's position in
+            the session's full message history. Deterministic, so a re-delivered record
+            yields the same id and the buffers can drop the duplicate.
+        session_id: the session (Kafka key) the action belongs to.
+        context: every message before the action, oldest first (shared, not copied,
+            between the interactions of one session).
+        action: the assistant message being judged.
+        next_state: what followed the action until the next assistant message: the tool
+            results answering its calls and/or the next user message. Empty when the
+            interaction closed with no next state.
+        closed_by: why the join closed this interaction.
+        feedback: explicit feedback events that targeted this action.
+        outcome: the session's outcome (from ``session_end`` or a transcript's ``reward``),
+            set on the session's last action only.
+        model: the model that produced the action, when logged.
+        policy_version: the policy version that produced the action, when logged.
+        behaviour_logprobs: per-token log-probs of the action under the behaviour policy,
+            when the agent logged them (enables PPO-style ratios in trainers).
+        usage: token usage of the exchange that produced the action.
+        ts: event time of the action (seconds since the epoch), 0.0 if unknown.
+        shape: which input shape the action came from (``openai_exchange``,
+            ``transcript``, ...), for per-shape metrics.
+    """
+
+    interaction_id: str
+    session_id: str
+    context: tuple[Message, ...]
+    action: Message
+    next_state: tuple[Message, ...] = ()
+    closed_by: ClosedBy = "next_state"
+    feedback: tuple[Feedback, ...] = ()
+    outcome: float | None = None
+    model: str | None = None
+    policy_version: str | None = None
+    behaviour_logprobs: tuple[float, ...] | None = None
+    usage: Usage = Usage()
+    ts: float = 0.0
+    shape: str = "unknown"
+
+
+class ScoredTuple(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A training tuple scored from one interaction's next state.
+
+    Attributes:
+        interaction_id: the interaction it was scored from.
+        session_id: its session.
+        extractor: the registry name of the extractor that produced it.
+        kind: ``evaluative`` (a reward: was the action good?), ``directive`` (a hint: how
+            should it have been different?) or ``preference`` (chosen vs rejected).
+        source: where the signal came from: user, tool, terminal, gui, judge or feedback.
+        context: the messages before the action.
+        action: the action that was scored.
+        next_state_excerpt: the part of the next state that justified the score (short).
+        reward: in [-1, 1]; meaningful for evaluative tuples.
+        confidence: in [0, 1]: how sure the extractor is of the sign/hint.
+        hint: directive tuples: how the action should have been different.
+        chosen: preference tuples: the preferred action.
+        rejected: preference tuples: the dispreferred action.
+        credit: which tokens of the action a reward is about: ``action`` (all of it) or
+            ``tool_args`` (only the tool-call arguments: a tool's error is caused by the
+            call, not by the prose around it).
+        model: the model that produced the action, when logged.
+        policy_version: the policy version that produced the action, when logged.
+        behaviour_logprobs: the action's per-token behaviour log-probs, when logged.
+        prompt_tokens: prompt tokens of the exchange that produced the action.
+        completion_tokens: completion tokens of the action.
+        action_ts: event time of the action.
+        created_ts: when the tuple was extracted.
+    """
+
+    interaction_id: str
+    session_id: str
+    extractor: str
+    kind: Kind
+    source: Source
+    context: tuple[Message, ...]
+    action: Message
+    next_state_excerpt: str = ""
+    reward: float = 0.0
+    confidence: float = 1.0
+    hint: str | None = None
+    chosen: Message | None = None
+    rejected: Message | None = None
+    credit: Literal["action", "tool_args"] = "action"
+    model: str | None = None
+    policy_version: str | None = None
+    behaviour_logprobs: tuple[float, ...] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    action_ts: float = 0.0
+    created_ts: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The deduplication key: one tuple per (interaction, extractor, kind)."""
+        return (self.interaction_id, self.extractor, self.kind)
+
+
+def tuple_from(
+    interaction: Interaction,
+    *,
+    extractor: str,
+    kind: Kind,
+    source: Source,
+    excerpt: str = "",
+    reward: float = 0.0,
+    confidence: float = 1.0,
+    hint: str | None = None,
+    chosen: Message | None = None,
+    rejected: Message | None = None,
+    credit: Literal["action", "tool_args"] = "action",
+    created_ts: float = 0.0,
+) -> ScoredTuple:
+    """Build a :class:`ScoredTuple` that carries an interaction's ids, context and metadata.
+
+    Clamps ``reward`` to [-1, 1] and ``confidence`` to [0, 1] so that no extractor can emit
+    an out-of-range score.
+    """
+    return ScoredTuple(
+        interaction_id=interaction.interaction_id,
+        session_id=interaction.session_id,
+        extractor=extractor,
+        kind=kind,
+        source=source,
+        context=interaction.context,
+        action=interaction.action,
+        next_state_excerpt=excerpt,
+        reward=min(1.0, max(-1.0, float(reward))),
+        confidence=min(1.0, max(0.0, float(confidence))),
+        hint=hint,
+        chosen=chosen,
+        rejected=rejected,
+        credit=credit,
+        model=interaction.model,
+        policy_version=interaction.policy_version,
+        behaviour_logprobs=interaction.behaviour_logprobs,
+        prompt_tokens=interaction.usage.prompt_tokens,
+        completion_tokens=interaction.usage.completion_tokens,
+        action_ts=interaction.ts,
+        created_ts=created_ts,
+    )
+
+
+def tool_results_for(interaction: Interaction) -> list[tuple[ToolCall, Message]]:
+    """Pair each tool call of the action with the tool message that answered it.
+
+    Calls with no answer in the next state are left out; answers matched by
+    ``tool_call_id`` first, then by position for logs that omit the ids.
+    """
+    calls = interaction.action.tool_calls
+    if not calls:
+        return []
+    results = [m for m in interaction.next_state if m.role == "tool"]
+    by_id = {m.tool_call_id: m for m in results if m.tool_call_id}
+    pairs: list[tuple[ToolCall, Message]] = []
+    unmatched = [m for m in results if not m.tool_call_id or m.tool_call_id not in
+                 {c.id for c in calls}]
+    for call in calls:
+        answer = by_id.get(call.id)
+        if answer is None and unmatched:
+            answer = unmatched.pop(0)
+        if answer is not None:
+            pairs.append((call, answer))
+    return pairs
+
+
+def next_user_message(interaction: Interaction) -> Message | None:
+    """The user message in the next state (the reply to the action), if any."""
+    for message in interaction.next_state:
+        if message.role == "user":
+            return message
+    return None
