@@ -1,0 +1,290 @@
+"""The per-session join: each assistant action meets its next state.
+
+For call-log input the next state of an action only arrives with the *next* exchange of the
+same session (its request repeats the history, now followed by the tool results or the user's
+reply), so the joiner keeps, per session, the latest action still waiting for its next state.
+It closes that action when the next state arrives, or with no next state after an idle timeout,
+at a ``session_end`` or at the end of the input.
+
+The joiner also answers the question the offset committer asks: which is the oldest record
+whose action is still pending? (:meth:`SessionJoiner.low_watermarks`). Committing only up to
+there means a crash or a rebalance re-reads every record a pending join still needs.
+
+Pure: no I/O, no clock of its own (callers pass ``now``), so it is tested without a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nextstate.daemon import wire
+from nextstate.daemon.wire import BadRecord, WireRecord
+from nextstate.extractors.types import ClosedBy, Feedback, Interaction, Message, Usage
+
+Position = tuple[str, int, int]  # (topic, partition, offset) of a record
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An action waiting for its next state."""
+
+    interaction_id: str
+    context: tuple[Message, ...]
+    action: Message
+    index: int
+    position: Position | None
+    model: str | None
+    policy_version: str | None
+    behaviour_logprobs: tuple[float, ...] | None
+    usage: Usage
+    ts: float
+    shape: str
+    feedback: tuple[Feedback, ...] = ()
+    partial_next: tuple[Message, ...] = ()  # next state seen so far (growing transcripts)
+
+    def close(self, session_id: str, next_state: tuple[Message, ...], closed_by: ClosedBy,
+              outcome: float | None = None) -> Interaction:
+        return Interaction(
+            interaction_id=self.interaction_id, session_id=session_id, context=self.context,
+            action=self.action, next_state=next_state, closed_by=closed_by,
+            feedback=self.feedback, outcome=outcome, model=self.model,
+            policy_version=self.policy_version, behaviour_logprobs=self.behaviour_logprobs,
+            usage=self.usage, ts=self.ts, shape=self.shape)
+
+
+@dataclass(slots=True)
+class _Session:
+    history_len: int = 0            # messages known so far, the pending action included
+    last_action: Message | None = None
+    pending: _Pending | None = None
+    last_closed: Interaction | None = None
+    last_seen: float = 0.0
+    partition: tuple[str, int] | None = None
+
+
+class SessionJoiner:
+    """Joins decoded records into :class:`Interaction` s, per session.
+
+    Args:
+        idle_timeout_s: close a session's pending action (with no next state) and forget the
+            session after this many seconds without a record for it.
+        max_sessions: bound on sessions held; beyond it the least recently seen session is
+            closed and forgotten (counted in :attr:`evicted`).
+
+    Each ``feed`` returns the interactions closed by that record. With ``replay=True`` the
+    record only rebuilds state (its closed interactions are already durable downstream).
+    """
+
+    def __init__(self, idle_timeout_s: float = 300.0, max_sessions: int = 100_000) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self.max_sessions = max_sessions
+        self.sessions: dict[str, _Session] = {}
+        self.evicted = 0
+
+    # -- records ----------------------------------------------------------------------------
+    def feed(self, record: WireRecord, shape: str, now: float,
+             position: Position | None = None) -> list[Interaction]:
+        """Apply one decoded record of the given shape (see :func:`wire.classify`)."""
+        session_id = record.session_id
+        assert session_id is not None
+        if shape == "openai_exchange":
+            return self._exchange(session_id, record, now, position)
+        if shape == "transcript":
+            return self._transcript(session_id, record, now, position)
+        if shape == "feedback":
+            return self._feedback(session_id, wire.feedback_of(record), now)
+        if shape == "session_end":
+            return self._session_end(session_id, wire.score_value(record.outcome))
+        raise BadRecord("unknown_shape", shape)
+
+    def _session(self, session_id: str, now: float, position: Position | None) -> _Session:
+        session = self.sessions.pop(session_id, None)  # re-insert: dict order = recency
+        if session is None:
+            session = _Session()
+        self.sessions[session_id] = session
+        session.last_seen = now
+        if position is not None:
+            session.partition = position[:2]
+        return session
+
+    def _exchange(self, session_id: str, record: WireRecord, now: float,
+                  position: Position | None) -> list[Interaction]:
+        assert record.request is not None
+        messages = wire.normalize_messages(record.request.messages)
+        action, logprobs = wire.response_message(record)
+        closed: list[Interaction] = []
+        session = self._session(session_id, now, position)
+        if _repeats_history(messages, session):
+            new = messages[session.history_len:]
+            context = tuple(messages)
+        else:
+            # A client that sends only the new messages (or the first record seen of a
+            # session): the request is the delta after what we know.
+            new = messages
+            pending = session.pending
+            known = (*pending.context, pending.action) if pending is not None else ()
+            context = (*known, *messages)
+        if session.pending is not None:
+            next_state = tuple(_until_assistant(new))
+            interaction = session.pending.close(session_id, next_state, "next_state")
+            closed.append(interaction)
+            session.last_closed = interaction
+        index = len(context)
+        session.pending = _Pending(
+            interaction_id=f"{session_id}#{index}", context=context, action=action, index=index,
+            position=position, model=record.model or (record.request.model)
+            or (record.response.model if record.response else None),
+            policy_version=_version(record.policy_version), behaviour_logprobs=logprobs,
+            usage=wire.usage_of(record), ts=wire.parse_ts(record.ts), shape="openai_exchange")
+        session.history_len = index + 1
+        session.last_action = action
+        self._bound()
+        return closed
+
+    def _transcript(self, session_id: str, record: WireRecord, now: float,
+                    position: Position | None) -> list[Interaction]:
+        assert record.messages is not None
+        messages = tuple(wire.normalize_messages(record.messages))
+        session = self._session(session_id, now, position)
+        # A growing transcript re-sent by its logger: only the actions not closed yet.
+        start = session.pending.index if session.pending is not None else session.history_len
+        actions = [i for i in range(start, len(messages)) if messages[i].role == "assistant"]
+        closed: list[Interaction] = []
+        for n, i in enumerate(actions):
+            last = n + 1 == len(actions)
+            next_state = messages[i + 1:actions[n + 1] if not last else len(messages)]
+            pending = session.pending
+            if pending is None or pending.index != i:  # keeps feedback already attached
+                pending = _Pending(
+                    interaction_id=f"{session_id}#{i}", context=messages[:i], action=messages[i],
+                    index=i, position=position, model=record.model,
+                    policy_version=_version(record.policy_version), behaviour_logprobs=None,
+                    usage=Usage(), ts=wire.parse_ts(record.ts), shape="transcript")
+            session.pending = None
+            if not last:
+                closed.append(pending.close(session_id, next_state, "next_state"))
+            elif record.reward is not None:
+                # A transcript with a reward is complete: its outcome closes the last action.
+                closed.append(pending.close(session_id, next_state, "session_end",
+                                            outcome=float(record.reward)))
+            else:
+                # Its next state may still grow (a later, longer transcript): wait for it.
+                pending.partial_next = next_state
+                pending.position = position
+                session.pending = pending
+        if closed:
+            session.last_closed = closed[-1]
+        session.history_len = len(messages)
+        self._bound()
+        return closed
+
+    def _feedback(self, session_id: str, feedback: Feedback, now: float) -> list[Interaction]:
+        session = self.sessions.get(session_id)
+        if session is None or (session.pending is None and session.last_closed is None):
+            raise BadRecord("unmatched_feedback", f"no action known for session {session_id!r}")
+        session.last_seen = now
+        if session.pending is not None:
+            session.pending.feedback += (feedback,)
+            return []
+        assert session.last_closed is not None
+        # The action already met its next state: its feedback closes a second interaction
+        # for the same action, scored by the feedback extractor alone.
+        last = session.last_closed
+        return [Interaction(
+            interaction_id=last.interaction_id, session_id=session_id, context=last.context,
+            action=last.action, next_state=(), closed_by="feedback", feedback=(feedback,),
+            model=last.model, policy_version=last.policy_version,
+            behaviour_logprobs=last.behaviour_logprobs, usage=Usage(), ts=last.ts,
+            shape=last.shape)]
+
+    def _session_end(self, session_id: str, outcome: float | None) -> list[Interaction]:
+        session = self.sessions.pop(session_id, None)
+        if session is None or session.pending is None:
+            return []
+        pending = session.pending
+        return [pending.close(session_id, pending.partial_next, "session_end", outcome=outcome)]
+
+    # -- closing ----------------------------------------------------------------------------
+    def close_idle(self, now: float) -> list[Interaction]:
+        """Close and forget sessions idle for longer than ``idle_timeout_s``."""
+        closed: list[Interaction] = []
+        horizon = now - self.idle_timeout_s
+        for session_id, session in list(self.sessions.items()):
+            if session.last_seen > horizon:
+                break  # insertion order is recency order
+            closed.extend(self._forget(session_id, "idle_timeout"))
+        return closed
+
+    def close_all(self, closed_by: ClosedBy = "end_of_input") -> list[Interaction]:
+        """Close every pending action (end of a file, or shutdown of a one-shot run)."""
+        closed: list[Interaction] = []
+        for session_id in list(self.sessions):
+            closed.extend(self._forget(session_id, closed_by))
+        return closed
+
+    def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> int:
+        """Forget (without closing) the sessions of revoked partitions; returns how many."""
+        dropped = set(partitions)
+        gone = [s for s, state in self.sessions.items() if state.partition in dropped]
+        for session_id in gone:
+            del self.sessions[session_id]
+        return len(gone)
+
+    def _forget(self, session_id: str, closed_by: ClosedBy) -> list[Interaction]:
+        pending = self.sessions.pop(session_id).pending
+        if pending is None:
+            return []
+        return [pending.close(session_id, pending.partial_next, closed_by)]
+
+    def _bound(self) -> None:
+        while len(self.sessions) > self.max_sessions:
+            oldest = next(iter(self.sessions))
+            self.evicted += 1
+            # Bounded memory beats completeness: the evicted pending action is dropped and
+            # counted, and no longer holds back the committed offset.
+            self.sessions.pop(oldest)
+
+    # -- offsets ----------------------------------------------------------------------------
+    def low_watermarks(self) -> dict[tuple[str, int], int]:
+        """Per (topic, partition): the offset of the oldest record a pending action needs."""
+        marks: dict[tuple[str, int], int] = {}
+        for session in self.sessions.values():
+            pending = session.pending
+            if pending is None or pending.position is None:
+                continue
+            topic, partition, offset = pending.position
+            key = (topic, partition)
+            if key not in marks or offset < marks[key]:
+                marks[key] = offset
+        return marks
+
+    @property
+    def pending_count(self) -> int:
+        """Actions waiting for their next state."""
+        return sum(1 for s in self.sessions.values() if s.pending is not None)
+
+
+def _version(value: str | int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _until_assistant(messages: list[Message]) -> list[Message]:
+    out = []
+    for message in messages:
+        if message.role == "assistant":
+            break
+        out.append(message)
+    return out
+
+
+def _repeats_history(messages: list[Message], session: _Session) -> bool:
+    """Does the request repeat the whole known history (as real clients send it)?"""
+    n = session.history_len
+    if n == 0 or len(messages) < n or session.last_action is None:
+        return n == 0
+    echoed = messages[n - 1]
+    last = session.last_action
+    return echoed.role == "assistant" and (
+        [c.id for c in echoed.tool_calls] == [c.id for c in last.tool_calls]
+        and (echoed.content == last.content or bool(last.tool_calls)))

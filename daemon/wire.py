@@ -1,0 +1,266 @@
+"""Wire records: what one Kafka message (or file line) may be, decoded by one typed decoder.
+
+Accepted shapes (one JSON object per record, Kafka key = session id):
+
+1. ``openai_exchange``: an OpenAI chat-completions exchange as an API proxy logs it:
+   ``{"session_id", "ts"?, "model"?, "policy_version"?, "request": {"messages", "tools"?},
+   "response": {"choices": [{"message", "logprobs"?}]} | <the message itself>, "usage"?}``.
+2. ``transcript``: a whole conversation: ``{"session_id", "messages", "reward"?, "metadata"?}``.
+3. ``feedback``: ``{"type": "feedback", "session_id", "value"? , "text"?}`` (value: a number
+   in [-1, 1], a boolean, or ``"up"``/``"down"``-style strings).
+4. ``session_end``: ``{"type": "session_end", "session_id", "outcome"?}``.
+
+The JSON shapes are not tagged uniformly, so one merged :class:`WireRecord` Struct decodes all
+of them in a single typed pass (msgspec checks every type), and :func:`classify` tells which
+shape it is. :func:`normalize_messages` turns OpenAI messages (string or multi-part content,
+``tool_calls`` with JSON-string arguments) into the pipeline's flat :class:`Message`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+
+from nextstate.extractors.types import Feedback, Message, ToolCall, Usage
+
+
+class BadRecord(ValueError):
+    """A record that cannot be processed; ``reason`` is a short machine-readable label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class WireFunction(msgspec.Struct, frozen=True):
+    name: str = ""
+    arguments: str | dict[str, Any] | None = None
+
+
+class WireToolCall(msgspec.Struct, frozen=True):
+    id: str = ""
+    type: str = "function"
+    function: WireFunction = WireFunction()
+
+
+class WirePart(msgspec.Struct, frozen=True):
+    type: str = "text"
+    text: str | None = None
+
+
+class WireMessage(msgspec.Struct, frozen=True):
+    role: str
+    content: str | list[WirePart] | None = None
+    tool_calls: list[WireToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class WireTokenLogprob(msgspec.Struct, frozen=True):
+    logprob: float
+
+
+class WireLogprobs(msgspec.Struct, frozen=True):
+    content: list[WireTokenLogprob] | None = None
+
+
+class WireChoice(msgspec.Struct, frozen=True):
+    message: WireMessage
+    logprobs: WireLogprobs | None = None
+
+
+class WireResponse(msgspec.Struct, frozen=True):
+    """Either ``{"choices": [...]}`` or an assistant message itself (merged, untagged)."""
+
+    choices: list[WireChoice] | None = None
+    role: str | None = None
+    content: str | list[WirePart] | None = None
+    tool_calls: list[WireToolCall] | None = None
+    model: str | None = None
+    usage: WireUsage | None = None
+
+
+class WireRequest(msgspec.Struct, frozen=True):
+    messages: list[WireMessage] = []
+    tools: list[Any] | None = None
+    model: str | None = None
+
+
+class WirePromptDetails(msgspec.Struct, frozen=True):
+    cached_tokens: int | None = None
+
+
+class WireUsage(msgspec.Struct, frozen=True):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: WirePromptDetails | None = None
+
+
+class WireRecord(msgspec.Struct, frozen=True):
+    """Every accepted shape merged into one Struct (absent fields are ``None``)."""
+
+    session_id: str | None = None
+    type: str | None = None
+    ts: float | str | None = None
+    model: str | None = None
+    policy_version: str | int | None = None
+    request: WireRequest | None = None
+    response: WireResponse | None = None
+    usage: WireUsage | None = None
+    messages: list[WireMessage] | None = None
+    reward: float | None = None
+    metadata: dict[str, Any] | None = None
+    value: float | bool | str | None = None
+    text: str | None = None
+    outcome: float | bool | str | None = None
+
+
+# msgspec resolves the forward reference of WireResponse.usage at decoder build time.
+DECODER = msgspec.json.Decoder(WireRecord)
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+          "tool": "tool", "function": "tool"}
+_POSITIVE = {"up", "thumbs_up", "thumbsup", "good", "positive", "like", "yes", "true", "success",
+             "succeeded", "resolved", "+1"}
+_NEGATIVE = {"down", "thumbs_down", "thumbsdown", "bad", "negative", "dislike", "no", "false",
+             "failure", "failed", "unresolved", "-1"}
+
+
+def decode(value: bytes | str) -> WireRecord:
+    """Decode one record; raises :class:`BadRecord` with reason ``decode`` on bad JSON/types."""
+    try:
+        return DECODER.decode(value)
+    except msgspec.ValidationError as exc:
+        raise BadRecord("schema", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRecord("decode", str(exc)) from None
+
+
+def classify(record: WireRecord) -> str:
+    """Which input shape a decoded record is; raises :class:`BadRecord` when none fits."""
+    if not record.session_id:
+        raise BadRecord("no_session", "record has no session_id")
+    if record.type is not None:
+        if record.type in ("feedback", "session_end"):
+            return record.type
+        raise BadRecord("unknown_type", f"unknown record type {record.type!r}")
+    if record.request is not None and record.response is not None:
+        return "openai_exchange"
+    if record.messages is not None:
+        return "transcript"
+    raise BadRecord("unknown_shape",
+                    "expected request+response, messages, or a type of feedback/session_end")
+
+
+def parse_ts(ts: float | str | None) -> float:
+    """Seconds since the epoch from a number (s or ms) or an ISO-8601 string; 0.0 if absent."""
+    if ts is None:
+        return 0.0
+    if isinstance(ts, str):
+        try:
+            parsed = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRecord("schema", f"ts is not ISO-8601: {ts[:40]!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return parsed.timestamp()
+    return ts / 1000.0 if ts > 1e11 else float(ts)
+
+
+def score_value(value: float | bool | str | None) -> float | None:
+    """A feedback value or outcome as a score in [-1, 1] (booleans and thumbs map to +-1)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return 1.0 if value else -1.0
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _POSITIVE:
+            return 1.0
+        if word in _NEGATIVE:
+            return -1.0
+        try:
+            value = float(word)
+        except ValueError:
+            raise BadRecord("schema", f"feedback value {value[:40]!r} is not a score") from None
+    return min(1.0, max(-1.0, float(value)))
+
+
+def feedback_of(record: WireRecord) -> Feedback:
+    """The explicit feedback a ``feedback`` record carries."""
+    value = score_value(record.value)
+    if value is None and not record.text:
+        raise BadRecord("schema", "feedback has neither value nor text")
+    return Feedback(value=value, text=record.text)
+
+
+def usage_of(record: WireRecord) -> Usage:
+    """Token usage from the record (or from an inline response's usage)."""
+    usage = record.usage or (record.response.usage if record.response else None)
+    if usage is None:
+        return Usage()
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else None
+    return Usage(prompt_tokens=usage.prompt_tokens or 0,
+                 completion_tokens=usage.completion_tokens or 0,
+                 cached_tokens=cached or 0)
+
+
+def _content_text(content: str | list[WirePart] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.text if p.text is not None else f"[{p.type}]" for p in content)
+
+
+def _tool_calls(calls: list[WireToolCall] | None) -> tuple[ToolCall, ...]:
+    if not calls:
+        return ()
+    out = []
+    for call in calls:
+        args = call.function.arguments
+        if args is None:
+            args = ""
+        elif not isinstance(args, str):
+            args = msgspec.json.encode(args).decode()
+        out.append(ToolCall(id=call.id, name=call.function.name, arguments=args))
+    return tuple(out)
+
+
+def normalize_message(message: WireMessage) -> Message:
+    """One wire message as a pipeline :class:`Message`; unknown roles are a :class:`BadRecord`."""
+    role = _ROLES.get(message.role)
+    if role is None:
+        raise BadRecord("unknown_role", f"unknown message role {message.role[:40]!r}")
+    return Message(role=role, content=_content_text(message.content),  # type: ignore[arg-type]
+                   tool_calls=_tool_calls(message.tool_calls),
+                   tool_call_id=message.tool_call_id, name=message.name)
+
+
+def normalize_messages(messages: list[WireMessage]) -> list[Message]:
+    """Every wire message of a list, normalized."""
+    return [normalize_message(m) for m in messages]
+
+
+def response_message(record: WireRecord) -> tuple[Message, tuple[float, ...] | None]:
+    """The assistant message an exchange's response holds, and its token log-probs if logged."""
+    response = record.response
+    assert response is not None
+    if response.choices is not None:
+        if not response.choices:
+            raise BadRecord("schema", "response.choices is empty")
+        choice = response.choices[0]
+        wire = choice.message
+        logprobs = (tuple(t.logprob for t in choice.logprobs.content)
+                    if choice.logprobs and choice.logprobs.content else None)
+    else:
+        wire = WireMessage(role=response.role or "assistant", content=response.content,
+                           tool_calls=response.tool_calls)
+        logprobs = None
+    message = normalize_message(wire)
+    if message.role != "assistant":
+        raise BadRecord("schema", f"response message has role {message.role!r}, not assistant")
+    return message, logprobs
