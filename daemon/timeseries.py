@@ -113,7 +113,10 @@ def _connect_readonly(path: str | Path) -> sqlite3.Connection:
     if not path.exists():
         raise FileNotFoundError(f"no time series at {path}")
     # Not mode=ro: a WAL reader may need to create the -shm file when the writer is gone.
-    return sqlite3.connect(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    # One read transaction, so that every SELECT sees the same committed snapshots.
+    conn.execute("BEGIN")
+    return conn
 
 
 def _latest(conn: sqlite3.Connection) -> Sample | None:
