@@ -4,38 +4,89 @@ A tool's answer is the most direct next state an agent gets: an exception, an HT
 ``Error:`` payload or an unknown-tool message says the call was wrong; an empty result says it
 found nothing; anything else is a (weak) success. The reward is put on the tool-call
 arguments (``credit="tool_args"``): the tool judged the call, not the prose around it.
+
+Structured (JSON) results are judged by their structure (an ``error`` key with a value, a 4xx
+status, ``ok: false``), and plain-text results by how they *start*: a search result or a file
+that merely mentions "Error:" somewhere inside is a successful call, not a failed one.
+Terminal and GUI tools are skipped by default: their own extractors read them better.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import msgspec
+
+from nextstate.extractors.names import GUI_TOOLS, TERMINAL_TOOLS
 from nextstate.extractors.registry import register
 from nextstate.extractors.types import Interaction, ScoredTuple, tool_results_for, tuple_from
 
 # Severity -> (reward, confidence). Ordered from the most to the least certain reading.
 _ERROR_PATTERNS: tuple[tuple[str, re.Pattern[str], float, float], ...] = (
-    ("unknown_tool", re.compile(r"\b(unknown|no such|invalid|unsupported) (tool|function)\b",
+    ("unknown_tool", re.compile(r"\b(unknown|no such|invalid|unsupported|unrecognized) "
+                                r"(tool|function)\b|\btool .{1,40} (not found|does not exist)",
                                 re.I), -1.0, 0.95),
-    ("schema", re.compile(r"\b(missing (required )?(argument|parameter|field)|"
-                          r"required (argument|parameter|property)|invalid (argument|"
-                          r"parameter|value)|validation error|unexpected keyword|"
-                          r"is not of type|must be (a|an|one of))\b", re.I), -0.9, 0.9),
-    ("exception", re.compile(r"^\s*(Traceback \(most recent call last\)|\w+(Error|Exception)"
-                             r"\b[:(])", re.I | re.M), -0.8, 0.9),
-    ("error_payload", re.compile(r"^\s*[\[{]?\s*\"?(error|err)\"?\s*[:=]", re.I), -0.8, 0.85),
-    ("http_error", re.compile(r"\b(HTTP|status(?: code)?)[ /:=]*\s*[45]\d\d\b", re.I),
-     -0.7, 0.85),
+    ("schema", re.compile(r"\b(missing (a )?(required )?(argument|parameter|field|property|key)|"
+                          r"required (argument|parameter|property|field)|invalid (argument|"
+                          r"parameter|value|input|arguments)|validation error|unexpected "
+                          r"keyword|is not of type|must be (a|an|one of)|is a required "
+                          r"property|additional properties are not allowed|"
+                          r"failed to parse (arguments|json))\b", re.I), -0.9, 0.9),
+    ("exception", re.compile(r"^\s*(Traceback \(most recent call last\)|(\w+\.)*\w*(Error|"
+                             r"Exception)\b[:(])", re.M), -0.8, 0.9),
+    ("error_payload", re.compile(r"^\s*[\[{]?\s*\"?(error|err|failed|failure|fatal)\"?\s*"
+                                 r"[:=!]", re.I), -0.8, 0.85),
+    ("http_error", re.compile(r"\b(HTTP(/\d(\.\d)?)?|status(?: code)?)[ /:=]*\s*[45]\d\d\b|"
+                              r"^\s*[45]\d\d (Not Found|Bad Request|Unauthorized|Forbidden|"
+                              r"Internal Server Error|Service Unavailable|Too Many Requests)",
+                              re.I), -0.7, 0.85),
     ("timeout", re.compile(r"\b(timed? ?out|deadline exceeded)\b", re.I), -0.5, 0.8),
 )
-_EMPTY = re.compile(r"^\s*(|null|none|\[\]|\{\}|\"\"|no results?( found)?\.?|not found\.?)\s*$",
-                    re.I)
+_EMPTY = re.compile(r"^\s*(|null|none|\[\]|\{\}|\"\"|no (results?|matches|data|records|items)"
+                    r"( found| returned)?\.?|nothing found\.?|not found\.?|0 results?( found)?"
+                    r"\.?)\s*$", re.I)
 _EXPECTED_HINT = re.compile(
-    r"(missing (?:required )?(?:argument|parameter|field)s?:?\s*'?\"?[\w.]+'?\"?|"
-    r"(?:expected|must be|should be|required)[^.\n]{0,80}|"
+    r"(missing (?:a )?(?:required )?(?:argument|parameter|field|property|key)s?:?\s*'?\"?[\w.]+"
+    r"'?\"?|'?\"?[\w.]+'?\"? is a required property|"
+    r"(?:expected|must be|should be|required|allowed values?(?: are)?|valid values?"
+    r"(?: are)?|did you mean)[^.\n]{0,80}|"
     r"unknown (?:tool|function)[^.\n]{0,60})",
     re.I,
 )
+_ERROR_KEYS = ("error", "errors", "exception", "error_message", "err")
+_EMPTY_KEYS = ("results", "items", "data", "hits", "rows", "records", "matches")
+_HEAD_CHARS = 300
+
+
+def _classify_text(head: str) -> tuple[str, float, float] | None:
+    for label, pattern, reward, confidence in _ERROR_PATTERNS:
+        if pattern.search(head):
+            return label, reward, confidence
+    return None
+
+
+def _classify_json(data: Any) -> tuple[str, float, float] | None:
+    """Judge a decoded JSON result by its structure; ``None`` when it says nothing either way."""
+    if data is None or data == "" or data == [] or data == {}:
+        return "empty", -0.3, 0.6
+    if not isinstance(data, dict):
+        return ("success", 0.5, 0.7) if isinstance(data, list) else None
+    for key in _ERROR_KEYS:
+        value = data.get(key)
+        if value:
+            detail = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+            return _classify_text(detail[:_HEAD_CHARS]) or ("error_payload", -0.8, 0.85)
+    for key in ("status", "status_code", "statusCode", "code"):
+        value = data.get(key)
+        if isinstance(value, int) and 400 <= value < 600:
+            return "http_error", -0.7, 0.85
+    if data.get("ok") is False or data.get("success") is False:
+        return "error_payload", -0.8, 0.85
+    present = [k for k in _EMPTY_KEYS if k in data]
+    if present and all(not data[k] for k in present):
+        return "empty", -0.3, 0.6
+    return "success", 0.5, 0.7
 
 
 def classify_tool_result(text: str) -> tuple[str, float, float]:
@@ -45,11 +96,23 @@ def classify_tool_result(text: str) -> tuple[str, float, float]:
 
     >>> classify_tool_result("Error: missing required argument 'date'")[0]
     'schema'
+    >>> classify_tool_result('{"results": [{"title": "Fixing Error: ENOENT"}], "error": null}')[0]
+    'success'
     """
-    head = text[:4000]
-    for label, pattern, reward, confidence in _ERROR_PATTERNS:
-        if pattern.search(head):
-            return label, reward, confidence
+    stripped = text.strip()
+    if stripped[:1] in ("{", "[", '"') or stripped in ("null", ""):
+        try:
+            reading = _classify_json(msgspec.json.decode(stripped)) if stripped else None
+        except msgspec.DecodeError:
+            reading = None
+        if reading is not None:
+            return reading
+        if not stripped:
+            return "empty", -0.3, 0.6
+    head = stripped[:_HEAD_CHARS]
+    reading = _classify_text(head)
+    if reading is not None:
+        return reading
     if _EMPTY.match(head):
         return "empty", -0.3, 0.6
     return "success", 0.5, 0.6
@@ -60,15 +123,17 @@ class ToolResultExtractor:
     """Scores each answered tool call of an action; directive hints from error messages.
 
     Args:
-        ignore_tools: tool names to skip (e.g. GUI tools scored by the ``gui`` extractor).
+        ignore_tools: tool names to skip; by default the terminal and GUI tools, which the
+            ``terminal`` and ``gui`` extractors own.
         excerpt_chars: how much of the tool result to keep as the next-state excerpt.
     """
 
     __slots__ = ("excerpt_chars", "ignore_tools")
 
-    def __init__(self, ignore_tools: tuple[str, ...] | list[str] = (),
+    def __init__(self, ignore_tools: tuple[str, ...] | list[str] | None = None,
                  excerpt_chars: int = 300) -> None:
-        self.ignore_tools = frozenset(ignore_tools)
+        self.ignore_tools = (frozenset(ignore_tools) if ignore_tools is not None
+                             else TERMINAL_TOOLS | GUI_TOOLS)
         self.excerpt_chars = excerpt_chars
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
@@ -85,7 +150,7 @@ class ToolResultExtractor:
         tuples = [tuple_from(interaction, extractor="tool", kind="evaluative", source="tool",
                              excerpt=excerpt, reward=reward, confidence=confidence,
                              credit="tool_args")]
-        if reward < 0:
+        if reward < 0 and label != "empty":
             match = _EXPECTED_HINT.search(answer.content[:4000])
             if match:
                 hint = f"The call to {call.name} failed: {match.group(0).strip()}."

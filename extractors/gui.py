@@ -1,0 +1,284 @@
+"""GUI / web state diffs: what did the action change on the page?
+
+Observations are the results of GUI tools: a JSON object ``{"url", "title", "axtree"|"dom",
+"error"}`` (the shape BrowserGym-style agents produce) or raw accessibility-tree / DOM text.
+Given the observation before the action (the latest earlier GUI result in the context) and
+the one after it, this extractor reads, in order:
+
+1. the action's own error (``error`` field): the action failed (a timeout is milder than an
+   invalid action);
+2. an error page after navigation, or an error dialog / alert / toast that appeared;
+3. a success toast ("saved", "has been added");
+4. the targeted element's state change (``click('42')`` and line ``[42] ...`` changed; a
+   ``fill`` whose value now shows), then navigation, then any significant change;
+5. nothing changed for an action that should change something: a no-op, negative.
+
+The diff is line-set based, linear in tree size: lines only in one of the two trees are the
+change; pairs that differ only in digits or focus are noise (clocks, counters, focus rings).
+Passive actions (``noop``, ``scroll``, ``send_msg_to_user``, notes) expect no change and are
+only scored on their errors. The next-state excerpt is a compact diff.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import msgspec
+
+from nextstate.extractors.names import GUI_TOOLS, tool_name
+from nextstate.extractors.registry import register
+from nextstate.extractors.types import Interaction, Message, ScoredTuple, tuple_from
+
+
+class Observation(NamedTuple):
+    """One parsed GUI observation."""
+
+    url: str
+    title: str
+    tree: str
+    error: str
+
+
+class GuiReading(NamedTuple):
+    """How one action's page change reads."""
+
+    label: str
+    reward: float
+    confidence: float
+    hint: str | None
+    diff: str
+
+
+PASSIVE_ACTIONS: frozenset[str] = frozenset({
+    "noop", "scroll", "hover", "mouse_move", "send_msg_to_user", "report_infeasible",
+    "take_note", "calculate", "screenshot", "wait", "focus", "tab_focus", "answer", "stop",
+    "finish", "done", "note",
+})
+_NON_GUI_ACTIONS = frozenset({"send_msg_to_user", "report_infeasible", "take_note", "calculate",
+                              "answer", "stop", "finish", "done", "note"})
+_ACTION = re.compile(r"^\s*([A-Za-z_]\w*)\s*\(\s*(?:['\"]([^'\"]*)['\"])?(?:\s*,\s*['\"]"
+                     r"([^'\"]*)['\"])?")
+_BID = re.compile(r"^\s*\[([^\]]+)\]")
+_NOISE = re.compile(r"\d+|, focused|\bfocused\b|^\s*\[[^\]]*\]\s*")
+_ERROR_PAGE = re.compile(r"\b(?:404|403|500|502|503|not found|page not found|access denied|"
+                         r"forbidden|internal server error|bad gateway|this site can.t be "
+                         r"reached|err_\w+|whoops|something went wrong)\b", re.I)
+_ALERT_ROLE = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?(?:alert|alertdialog|dialog|status)\b")
+_ERROR_TEXT = re.compile(r"\b(?:error|invalid|failed|failure|is required|required field|"
+                         r"not found|denied|unable to|couldn.t|could not|went wrong|try again|"
+                         r"incorrect|not allowed|please (?:enter|select|fill|correct))\b", re.I)
+_SUCCESS_TEXT = re.compile(r"\b(?:success(?:fully)?|saved|has been (?:added|created|updated|"
+                           r"saved|submitted|deleted|sent|posted)|you (?:saved|added|"
+                           r"submitted)|thank you for your|added to (?:your )?cart)\b", re.I)
+_MAX_DIFF_LINES = 6
+
+
+def parse_observation(content: str) -> Observation:
+    """Parse a GUI tool result: the JSON object shape, or raw tree/DOM text."""
+    stripped = content.lstrip()
+    if stripped.startswith("{"):
+        try:
+            data = msgspec.json.decode(stripped)
+        except msgspec.DecodeError:
+            data = None
+        if isinstance(data, dict):
+            tree = data.get("axtree") or data.get("dom") or data.get("accessibility_tree") or ""
+            return Observation(str(data.get("url") or ""), str(data.get("title") or ""),
+                               str(tree), str(data.get("error") or data.get("last_action_error")
+                                              or ""))
+    return Observation("", "", content, "")
+
+
+def parse_action(call_name: str, arguments: str) -> tuple[str, str | None, str | None]:
+    """``(action name, target id, value)`` from a GUI call.
+
+    Handles BrowserGym-style ``{"action": "click('42')"}`` arguments and tools named after
+    the action (``click`` with ``{"bid": "42"}``).
+    """
+    text = arguments
+    data = None
+    if arguments.lstrip().startswith("{"):
+        try:
+            data = msgspec.json.decode(arguments)
+        except msgspec.DecodeError:
+            data = None
+    if isinstance(data, dict):
+        action = data.get("action")
+        if isinstance(action, str) and "(" in action:
+            text = action
+        else:
+            target = next((str(data[k]) for k in ("bid", "element", "element_id", "ref", "id",
+                                                  "selector") if k in data), None)
+            value = next((str(data[k]) for k in ("value", "text", "url") if k in data), None)
+            name = action if isinstance(action, str) and action else call_name
+            return name, target, value
+    match = _ACTION.match(text)
+    if match:
+        return match.group(1), match.group(2), match.group(3)
+    return call_name, None, None
+
+
+def _noise_key(line: str) -> str:
+    return _NOISE.sub("", line).strip()
+
+
+def diff_trees(before: str, after: str) -> tuple[list[str], list[str]]:
+    """Lines added and removed between two trees, noise pairs dropped; linear in size.
+
+    A removed and an added line that are equal once digits, bids and focus marks are dropped
+    are the same element with a ticking number or moved focus: noise, not change.
+    """
+    before_lines = set(before.splitlines())
+    after_lines = set(after.splitlines())
+    added = [ln for ln in after.splitlines() if ln not in before_lines and ln.strip()]
+    removed = [ln for ln in before.splitlines() if ln not in after_lines and ln.strip()]
+    if added and removed:
+        removed_keys = {_noise_key(ln) for ln in removed}
+        added_keys = {_noise_key(ln) for ln in added}
+        added = [ln for ln in added if _noise_key(ln) not in removed_keys]
+        removed = [ln for ln in removed if _noise_key(ln) not in added_keys]
+    return added, removed
+
+
+def _compact(action: str, before: Observation | None, after: Observation, added: list[str],
+             removed: list[str]) -> str:
+    parts = [action]
+    if before is not None and before.url != after.url:
+        parts.append(f"url {before.url} -> {after.url}")
+    if before is not None and before.title != after.title:
+        parts.append(f"title {before.title!r} -> {after.title!r}")
+    if after.error:
+        parts.append(f"error {after.error.splitlines()[0][:160]}")
+    parts.append(f"+{len(added)}/-{len(removed)} lines")
+    parts.extend("+ " + ln.strip()[:100] for ln in added[:_MAX_DIFF_LINES])
+    parts.extend("- " + ln.strip()[:100] for ln in removed[: _MAX_DIFF_LINES // 2])
+    return "; ".join(parts)
+
+
+def read_gui_change(action: str, target: str | None, value: str | None,
+                    before: Observation | None, after: Observation) -> GuiReading | None:
+    """Score one GUI action from the observations before and after it."""
+    call_text = f"{action}({target!r})" if target else f"{action}()"
+    if after.error:
+        first = after.error.strip().splitlines()[0][:200]
+        timeout = "timeout" in first.lower()
+        reward, confidence = (-0.5, 0.8) if timeout else (-0.8, 0.9)
+        added, removed = diff_trees(before.tree, after.tree) if before else ([], [])
+        return GuiReading("action_error", reward, confidence,
+                          f"The action {call_text} failed: {first}",
+                          _compact(call_text, before, after, added, removed))
+    if action in _NON_GUI_ACTIONS:
+        return None
+    if before is None:
+        if _ERROR_PAGE.search(after.title):
+            return GuiReading("error_page", -0.6, 0.8, None,
+                              _compact(call_text, None, after, [], []))
+        return None
+    added, removed = diff_trees(before.tree, after.tree)
+    diff = _compact(call_text, before, after, added, removed)
+    navigated = before.url != after.url
+    head = after.title + "\n" + after.tree[:400]
+    if (navigated or before.title != after.title) and _ERROR_PAGE.search(head) and not \
+            _ERROR_PAGE.search(before.title + "\n" + before.tree[:400]):
+        return GuiReading("error_page", -0.6, 0.8,
+                          f"The action {call_text} led to an error page: {after.title[:120]}",
+                          diff)
+    alerts = [ln for ln in added if _ALERT_ROLE.match(ln)]
+    error_lines = [ln for ln in added[:200] if _ERROR_TEXT.search(ln)]
+    if error_lines and (alerts or len(added) <= 20):
+        message = error_lines[0].strip()[:200]
+        return GuiReading("error_message", -0.6, 0.85 if alerts else 0.7,
+                          f"After {call_text} the page showed: {message}", diff)
+    if any(_SUCCESS_TEXT.search(ln) for ln in added[:200]) and (alerts or len(added) <= 20):
+        return GuiReading("success_message", 0.7, 0.8, None, diff)
+    if target:
+        marker = f"[{target}]"
+        changed = [ln for ln in added if ln.lstrip().startswith(marker)]
+        if changed and value and action in ("fill", "type", "select_option") and \
+                value.lower() in changed[0].lower():
+            return GuiReading("value_set", 0.6, 0.8, None, diff)
+        if changed or any(ln.lstrip().startswith(marker) for ln in removed):
+            return GuiReading("target_changed", 0.5, 0.7, None, diff)
+    if navigated:
+        return GuiReading("navigation", 0.5, 0.65, None, diff)
+    if added or removed or before.title != after.title:
+        return GuiReading("page_changed", 0.3, 0.55, None, diff)
+    if action in PASSIVE_ACTIONS:
+        return None
+    return GuiReading("no_op", -0.5, 0.75,
+                      f"The action {call_text} changed nothing on the page; "
+                      "target another element or use another action.", diff)
+
+
+@register("gui")
+class GuiDiffExtractor:
+    """Scores GUI actions by diffing the observations before and after them.
+
+    Args:
+        tools: names of the GUI tools (defaults: browser, computer, click, navigate, ...).
+        history: how many earlier messages to search for the observation before the action.
+
+    Example:
+        >>> import json
+        >>> from nextstate.extractors.types import Interaction, Message, ToolCall
+        >>> obs = json.dumps({"url": "u", "title": "t", "axtree": "[1] button 'Go'"})
+        >>> call = ToolCall("c2", "browser", json.dumps({"action": "click('1')"}))
+        >>> i = Interaction("s#3", "s", (Message("tool", obs, tool_call_id="c1",
+        ...                 name="browser"),), Message("assistant", tool_calls=(call,)),
+        ...                 (Message("tool", obs, tool_call_id="c2", name="browser"),))
+        >>> [(t.reward, t.kind) for t in GuiDiffExtractor()(i)]
+        [(-0.5, 'evaluative'), (0.0, 'directive')]
+    """
+
+    __slots__ = ("_cache_content", "_cache_obs", "history", "tools")
+
+    def __init__(self, tools: tuple[str, ...] | list[str] | None = None,
+                 history: int = 40) -> None:
+        self.tools = frozenset(tools) if tools is not None else GUI_TOOLS
+        self.history = history
+        # The observation after step k is the one before step k+1: parse it once.
+        self._cache_content: str | None = None
+        self._cache_obs: Observation | None = None
+
+    def _parse(self, content: str) -> Observation:
+        if content is not self._cache_content:
+            self._cache_content, self._cache_obs = content, parse_observation(content)
+        assert self._cache_obs is not None
+        return self._cache_obs
+
+    def _before(self, interaction: Interaction) -> Message | None:
+        context = interaction.context
+        stop = max(0, len(context) - self.history)
+        for index in range(len(context) - 1, stop - 1, -1):
+            message = context[index]
+            if message.role == "tool" and tool_name(message, context, index) in self.tools:
+                return message
+        return None
+
+    def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
+        calls = [c for c in interaction.action.tool_calls if c.name in self.tools]
+        if not calls:
+            return []
+        ids = {c.id for c in calls}
+        after_message = next((m for m in interaction.next_state if m.role == "tool" and (
+            m.tool_call_id in ids or m.name in self.tools)), None)
+        if after_message is None:
+            return []
+        call = next((c for c in calls if c.id == after_message.tool_call_id), calls[-1])
+        action, target, value = parse_action(call.name, call.arguments)
+        before_message = self._before(interaction)
+        before = self._parse(before_message.content) if before_message is not None else None
+        after = self._parse(after_message.content)
+        reading = read_gui_change(action, target, value, before, after)
+        if reading is None:
+            return []
+        tuples = [tuple_from(interaction, extractor="gui", kind="evaluative", source="gui",
+                             excerpt=reading.diff, reward=reading.reward,
+                             confidence=reading.confidence, credit="tool_args")]
+        if reading.hint and reading.reward < 0:
+            tuples.append(tuple_from(interaction, extractor="gui", kind="directive",
+                                     source="gui", excerpt=reading.diff, hint=reading.hint,
+                                     confidence=min(reading.confidence, 0.7),
+                                     credit="tool_args"))
+        return tuples

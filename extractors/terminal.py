@@ -1,0 +1,273 @@
+"""Terminal / SWE results: exit codes, tracebacks, compiler errors and test-runner summaries.
+
+A shell tool's output says more than "error or not": a test run reports how many tests pass
+and fail, and comparing that with the previous run in the same session tells progress (fewer
+failures: positive) from regression. Rules, from the most to the least informative reading:
+
+1. a test summary (pytest, unittest, go test, cargo test, jest/mocha): all green is positive;
+   versus the previous summary, fewer failures is progress, more is a regression, the same
+   count is an unchanged (possibly unrelated) failure and weak; failures that look
+   environmental (network, timeouts) are read with low confidence;
+2. compiler errors, then uncaught tracebacks, then "command not found";
+3. the exit code (benign non-zero codes of ``grep``/``diff``/``test`` are not errors);
+4. nothing recognisable: no tuple.
+
+Hints name the first failing test or the error line, which is what the next step should fix.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import msgspec
+
+from nextstate.extractors.names import TERMINAL_TOOLS, tool_name
+from nextstate.extractors.registry import register
+from nextstate.extractors.types import Interaction, ScoredTuple, tool_results_for, tuple_from
+
+
+class RunSummary(NamedTuple):
+    """Counts from one test-runner summary (errors count as failures)."""
+
+    passed: int
+    failed: int
+
+
+class TerminalReading(NamedTuple):
+    """How one terminal result reads."""
+
+    label: str
+    reward: float
+    confidence: float
+    hint: str | None
+    credit: str = "action"
+
+
+_PYTEST_LINE = re.compile(r"^=*\s*(?:\d+ \w+(?:, )?)+ in [\d.]+s\b.*$", re.M)
+_COUNT = re.compile(r"(\d+) (passed|failed|errors?|error)\b")
+_UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in", re.M)
+_UNITTEST_FAILED = re.compile(r"^FAILED \(([^)]*)\)", re.M)
+_CARGO = re.compile(r"test result: (?:ok|FAILED)\. (\d+) passed; (\d+) failed", re.I)
+_JEST = re.compile(r"^Tests:\s+(.*\d+ total)", re.M)
+_JEST_COUNT = re.compile(r"(\d+) (passed|failed)")
+_MOCHA = re.compile(r"^\s*(\d+) (passing|failing)\b", re.M)
+_GO_CASE = re.compile(r"^\s*--- (PASS|FAIL): (\S+)", re.M)
+_GO_PKG = re.compile(r"^(ok|FAIL)\s+\S+\s", re.M)
+_FAILED_TEST = re.compile(
+    r"^(?:FAILED (\S+(?: - .{0,120})?)|\s*--- FAIL: (\S+)|test (\S+) \.\.\. FAILED|"
+    r"\s*● (.{3,120})|FAIL: (\S+ \([^)]*\)))", re.M)
+_ENVIRONMENTAL = re.compile(
+    r"\b(?:ConnectionError|ConnectionRefused\w*|Connection refused|NewConnectionError|"
+    r"Max retries exceeded|Temporary failure in name resolution|Network is unreachable|"
+    r"rate limit\w*|flaky|ECONNREFUSED|ETIMEDOUT|ReadTimeout|503 Service Unavailable)\b", re.I)
+_COMPILER = re.compile(
+    r"^(?:(?:\S+?:\d+(?::\d+)?:\s*)?(?:fatal )?error(?:\[E\d+\])?:\s*.+|\S+\(\d+,\d+\): error "
+    r"TS\d+: .+|error TS\d+: .+|\S+\.go:\d+:\d+: .+|\S+\.java:\d+: error: .+)$", re.M)
+_TRACEBACK = re.compile(r"^Traceback \(most recent call last\):", re.M)
+_EXCEPTION_LINE = re.compile(
+    r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit|Interrupt|Failure)\b(?::.*)?$", re.M)
+_NOT_FOUND = re.compile(
+    r"^.*(?:command not found|is not recognized as an internal or external command|"
+    r"No such file or directory|Permission denied|Segmentation fault).*$", re.M | re.I)
+_EXIT_CODE = re.compile(
+    r"(?:\bexit(?:ed)?(?: with)?(?: code| status)?|\bexit_code|\breturncode|\breturn code)"
+    r"\s*[:=]?\s*\[?(-?\d+)\b", re.I)
+_BENIGN_NONZERO = re.compile(r"^\s*(?:grep|egrep|rg|diff|cmp|test|\[|git diff|find)\b")
+_HEAD, _TAIL = 4000, 12000
+
+
+def _window(text: str) -> str:
+    # Summaries sit at the end of long outputs, causes near the start: scan both, bounded.
+    if len(text) <= _HEAD + _TAIL:
+        return text
+    return text[:_HEAD] + "\n" + text[-_TAIL:]
+
+
+def parse_test_summary(text: str) -> RunSummary | None:
+    """Pass/fail counts from the last test-runner summary in ``text``, or ``None``.
+
+    >>> parse_test_summary("===== 2 failed, 10 passed in 0.31s =====")
+    RunSummary(passed=10, failed=2)
+    """
+    if ("pass" not in text and "fail" not in text and "FAIL" not in text
+            and "Ran " not in text and "ok " not in text):
+        return None
+    lines = _PYTEST_LINE.findall(text)
+    if lines:
+        counts = {"passed": 0, "failed": 0}
+        for number, word in _COUNT.findall(lines[-1]):
+            counts["passed" if word == "passed" else "failed"] += int(number)
+        return RunSummary(counts["passed"], counts["failed"])
+    cargo = _CARGO.findall(text)
+    if cargo:
+        return RunSummary(sum(int(p) for p, _ in cargo), sum(int(f) for _, f in cargo))
+    jest = _JEST.findall(text)
+    if jest:
+        counts = dict.fromkeys(("passed", "failed"), 0)
+        for number, word in _JEST_COUNT.findall(jest[-1]):
+            counts[word] += int(number)
+        return RunSummary(counts["passed"], counts["failed"])
+    ran = _UNITTEST_RAN.findall(text)
+    if ran:
+        total = int(ran[-1])
+        failed_match = _UNITTEST_FAILED.findall(text)
+        failed = sum(int(n) for n in re.findall(r"(?:failures|errors)=(\d+)",
+                                                failed_match[-1])) if failed_match else 0
+        return RunSummary(total - failed, failed)
+    mocha = _MOCHA.findall(text)
+    if mocha:
+        counts = {"passing": 0, "failing": 0}
+        for number, word in mocha:
+            counts[word] = int(number)
+        return RunSummary(counts["passing"], counts["failing"])
+    cases = _GO_CASE.findall(text)
+    if cases:
+        failed = sum(1 for status, _ in cases if status == "FAIL")
+        return RunSummary(len(cases) - failed, failed)
+    packages = _GO_PKG.findall(text)
+    if packages:
+        failed = packages.count("FAIL")
+        return RunSummary(len(packages) - failed, failed)
+    return None
+
+
+def _split_output(content: str) -> tuple[str, int | None]:
+    """(output text, exit code) from a plain or JSON ``{"stdout","stderr","exit_code"}`` result."""
+    stripped = content.lstrip()
+    if stripped.startswith("{"):
+        try:
+            data = msgspec.json.decode(stripped)
+        except msgspec.DecodeError:
+            data = None
+        if isinstance(data, dict):
+            parts = [str(data.get(k) or "") for k in ("stdout", "output", "stderr", "error")]
+            code = next((data[k] for k in ("exit_code", "returncode", "exitCode", "code",
+                                           "status") if isinstance(data.get(k), int)), None)
+            return "\n".join(p for p in parts if p), code
+    match = _EXIT_CODE.search(content[-2000:])
+    return content, int(match.group(1)) if match else None
+
+
+def _command_of(arguments: str) -> str:
+    if arguments.lstrip().startswith("{"):
+        try:
+            data = msgspec.json.decode(arguments)
+        except msgspec.DecodeError:
+            return arguments
+        if isinstance(data, dict):
+            for key in ("command", "cmd", "script", "code", "input"):
+                if isinstance(data.get(key), str):
+                    return data[key]
+    return arguments
+
+
+def _first_failure(text: str) -> str | None:
+    match = _FAILED_TEST.search(text)
+    if not match:
+        return None
+    return next(g for g in match.groups() if g).strip()
+
+
+def read_terminal(content: str, command: str = "",
+                  previous: RunSummary | None = None) -> TerminalReading | None:
+    """Read one terminal result; ``previous`` is the session's last test summary, if any."""
+    output, code = _split_output(content)
+    text = _window(output)
+    summary = parse_test_summary(text)
+    if summary is not None and summary.passed + summary.failed > 0:
+        failing = _first_failure(text)
+        hint = f"Make the failing test pass: {failing}" if failing else None
+        if summary.failed == 0:
+            progressed = previous is not None and previous.failed > 0
+            return TerminalReading("tests_pass", 0.9 if progressed else 0.7,
+                                   0.9 if progressed else 0.85, None)
+        if _ENVIRONMENTAL.search(text):
+            return TerminalReading("tests_fail_environment", -0.2, 0.4, None)
+        if previous is not None and previous.failed > 0:
+            if summary.failed < previous.failed:
+                return TerminalReading("tests_progress", 0.6, 0.85, hint)
+            if summary.failed > previous.failed:
+                return TerminalReading("tests_regress", -0.8, 0.9, hint)
+            return TerminalReading("tests_unchanged", -0.2, 0.5, hint)
+        if previous is not None and summary.failed > 0:
+            return TerminalReading("tests_regress", -0.8, 0.9, hint)
+        return TerminalReading("tests_fail", -0.6, 0.75, hint)
+    compiler = _COMPILER.search(text)
+    if compiler:
+        return TerminalReading("compile_error", -0.8, 0.9,
+                               f"Fix the compiler error: {compiler.group(0).strip()[:200]}")
+    if _TRACEBACK.search(text):
+        lines = _EXCEPTION_LINE.findall(text)
+        last = lines[-1].strip()[:200] if lines else None
+        return TerminalReading("traceback", -0.7, 0.85, f"Fix the error: {last}" if last else None)
+    missing = _NOT_FOUND.search(text)
+    if missing and code != 0:
+        return TerminalReading("command_failed", -0.8, 0.9,
+                               f"The command failed: {missing.group(0).strip()[:200]}",
+                               "tool_args")
+    if code is not None:
+        if code == 0:
+            return TerminalReading("exit_ok", 0.3, 0.6, None)
+        if code == 1 and _BENIGN_NONZERO.match(command):
+            return None  # no match / files differ: an answer, not a failure
+        last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()
+                     and not _EXIT_CODE.search(ln)), "")
+        return TerminalReading("exit_nonzero", -0.5, 0.7,
+                               f"The command exited with {code}: {last[:200]}" if last else None)
+    return None
+
+
+@register("terminal")
+class TerminalExtractor:
+    """Scores shell/terminal tool results; compares test summaries with the previous run.
+
+    Args:
+        tools: names of the terminal tools (defaults: bash, shell, terminal, run_command, ...).
+        history: how many earlier messages to search for the previous test summary.
+        excerpt_chars: how much of the output to keep (its tail: summaries sit at the end).
+    """
+
+    __slots__ = ("excerpt_chars", "history", "tools")
+
+    def __init__(self, tools: tuple[str, ...] | list[str] | None = None, history: int = 40,
+                 excerpt_chars: int = 400) -> None:
+        self.tools = frozenset(tools) if tools is not None else TERMINAL_TOOLS
+        self.history = history
+        self.excerpt_chars = excerpt_chars
+
+    def _previous_summary(self, interaction: Interaction) -> RunSummary | None:
+        context = interaction.context
+        stop = max(0, len(context) - self.history)
+        for index in range(len(context) - 1, stop - 1, -1):
+            message = context[index]
+            if message.role == "tool" and tool_name(message, context, index) in self.tools:
+                summary = parse_test_summary(_window(_split_output(message.content)[0]))
+                if summary is not None:
+                    return summary
+        return None
+
+    def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
+        pairs = [(c, a) for c, a in tool_results_for(interaction) if c.name in self.tools]
+        if not pairs:
+            return []
+        previous = self._previous_summary(interaction)
+        readings = []
+        for call, answer in pairs:
+            reading = read_terminal(answer.content, _command_of(call.arguments), previous)
+            if reading is not None:
+                readings.append((call, answer, reading))
+        if not readings:
+            return []
+        call, answer, reading = min(readings, key=lambda r: r[2].reward)
+        tail = answer.content[-self.excerpt_chars:]
+        excerpt = f"[{call.name}] {reading.label}: {tail}"
+        credit = "tool_args" if reading.credit == "tool_args" else "action"
+        tuples = [tuple_from(interaction, extractor="terminal", kind="evaluative",
+                             source="terminal", excerpt=excerpt, reward=reading.reward,
+                             confidence=reading.confidence, credit=credit)]
+        if reading.hint and reading.reward < 0:
+            tuples.append(tuple_from(interaction, extractor="terminal", kind="directive",
+                                     source="terminal", excerpt=excerpt, hint=reading.hint,
+                                     confidence=min(reading.confidence, 0.8), credit=credit))
+        return tuples

@@ -1,0 +1,217 @@
+"""User replies: was the user satisfied, did they correct the action, or just move on?
+
+The reply that follows an assistant turn is the richest free signal a chat agent gets. This
+module reads it with precompiled rules, in the order that resolves the hard cases:
+
+1. sarcasm ("great, now it's broken") and "thanks, but ..." are negative although they open
+   with praise: praise followed by a complaint or a contrast is read as the complaint;
+2. explicit corrections and complaints ("that's wrong", "I asked for Tuesday") are negative
+   and confident; polite corrections ("actually, it should be Friday") are negative too;
+3. a reply that repeats or rephrases the previous request says the action missed it;
+4. thanks / satisfaction is positive; an acknowledged move on ("ok, now ...") weakly positive;
+5. anything else (a neutral new request) yields no tuple.
+
+A correction also yields a directive tuple whose hint is the clause of the reply that says what
+was wanted ("use the metric system", "I asked for Tuesday").
+"""
+
+from __future__ import annotations
+
+import re
+from difflib import SequenceMatcher
+from typing import NamedTuple
+
+from nextstate.extractors.names import previous_user_request
+from nextstate.extractors.registry import register
+from nextstate.extractors.types import Interaction, ScoredTuple, next_user_message, tuple_from
+
+
+class ReplyReading(NamedTuple):
+    """How one reply reads: a label, its reward and confidence, and a hint for corrections."""
+
+    label: str
+    reward: float
+    confidence: float
+    hint: str | None = None
+
+
+_PRAISE_OPENER = re.compile(
+    r"^\W*(?:oh,?\s+|wow,?\s+|well,?\s+)?(?:thanks?|thank you|thx|ty|perfect|great|awesome|"
+    r"excellent|nice|brilliant|amazing|wonderful|fantastic|lovely|cool|good job|well done|"
+    r"super|splendid|terrific)\b", re.I)
+_SARCASM_OUTCOME = re.compile(
+    r"\b(?:now nothing (?:works|loads|runs|happens)|"
+    r"now (?:it|nothing|everything|the \w+)\b.{0,40}\b(?:broken|broke|crash\w*|fails?|"
+    r"failing|gone|deleted|lost|worse|doesn'?t|won'?t|isn'?t)|for nothing|another (?:error|"
+    r"bug|crash|failure|exception)|(?:broke|deleted|wiped|lost|crashed) (?:everything|it|the|my|"
+    r"all)|even worse|yeah,? right|just what i needed,? another|exactly what i didn'?t)\b",
+    re.I)
+_CONTRAST = re.compile(r"(?:^|[,.;!]\s*|\s)(?:but|however|though|although|except|only)\b[,\s]*",
+                       re.I)
+_COMPLAINT = re.compile(
+    r"(?:\b(?:that|this|it|you|thats|that is|this is|it is)(?:'s|'re| is| are|s)?\s+"
+    r"(?:still\s+)?(?:not (?:right|correct|what|it|accurate|true|working)|wrong|incorrect|"
+    r"inaccurate|useless|nonsense|broken|off|a mistake)\b"
+    r"|^\W*(?:no|nope|nah|wrong|incorrect|not quite|not really|negative)\b(?!\s+(?:problem|"
+    r"worries|need|rush|thanks))"
+    r"|\bnothing (?:works|happens|changed|loads|shows up)\b"
+    r"|\bnot what i (?:asked|wanted|meant|said|need(?:ed)?)\b"
+    r"|\bi (?:said|asked for|asked you|meant|told you|specified|explicitly|clearly)\b"
+    r"|\b(?:doesn'?t|didn'?t|does not|did not|won'?t|isn'?t|is not|still (?:doesn'?t|"
+    r"not|fails?|broken|wrong|the same)) (?:work|working|compile|run|help|fix|answer|load|"
+    r"make sense|match|add up)\w*\b"
+    r"|\byou (?:forgot|missed|ignored|skipped|left out|misread|misunderstood|broke|got (?:it|"
+    r"that|this) wrong|made (?:that|this|it) up|didn'?t (?:read|listen|answer|do|include|use))\b"
+    r"|\b(?:try again|redo (?:it|this|that)|wrong (?:answer|file|date|day|city|one|number|"
+    r"language|unit|format)|hallucinat\w*|makes no sense|that'?s (?:not it|incorrect)|"
+    r"why (?:did|would) you|are you sure|where did you get)\b)", re.I)
+_POLITE_CORRECTION = re.compile(
+    r"(?:^\W*(?:actually|hmm+|um+|erm|wait|sorry)\b"
+    r"|\bi think (?:it|the|that|this|you)\b.{0,80}\b(?:not|should|was|is actually)\b"
+    r"|\b(?:should(?:n'?t)? (?:it |that |this )?(?:be|have been|have|use|say|include))\b"
+    r"|\b(?:instead of|rather than|not quite|close,? but|almost,? but|double[- ]check|"
+    r"(?:looks?|seems?) (?:off|wrong|incorrect|too (?:high|low|long|short))|i meant|"
+    r"supposed to|that was meant|i was (?:asking|hoping|looking) for|"
+    r"(?:could|can) you (?:please )?(?:use|keep|switch|redo|fix|recheck|re-check)|"
+    r"please (?:use|keep|switch|stick|don'?t|do not|fix)|you (?:should|need to) (?:use|have|"
+    r"include))\b)", re.I)
+_POSITIVE = re.compile(
+    r"\b(?:thanks?|thank you|thx|cheers|much appreciated|appreciate it|"
+    r"(?:that|it|this) (?:works|worked|did it|did the trick|fixed it|helps|helped|is perfect|"
+    r"is exactly)|works (?:now|perfectly|great|fine|like a charm)|"
+    r"(?:looks|sounds|seems) (?:good|great|right|perfect|correct|fine)|lgtm|spot on|"
+    r"exactly what i (?:needed|wanted)|perfect|excellent|awesome|great (?:job|work)|"
+    r"you'?re (?:a lifesaver|the best|right)|problem solved|that'?s (?:it|right|correct|"
+    r"perfect|great)|no problems?|all good|nailed it|love it|well done)\b", re.I)
+_MOVE_ON = re.compile(r"^\W*(?:ok(?:ay)?|alright|all right|got it|cool|good|great|nice|fine|"
+                      r"understood|noted|sure)\b[,.!\s]+\S", re.I)
+_SENTENCES = re.compile(
+    r"(?<=[.!?;\n])\s+|\s+(?=but\b)|\s+-\s+|,\s+(?=i (?:said|asked|meant|wanted|told)\b)", re.I)
+_DIRECTIVE = re.compile(
+    r"\b(?:use|using|i (?:said|asked|meant|wanted|specified|told you|need(?:ed)?)|should|"
+    r"instead|rather|make (?:it|sure)|please|don'?t|do not|needs? to|has to|have to|must|"
+    r"supposed to|expected|keep|switch|convert|include|exclude|add|remove|in (?:metric|"
+    r"celsius|fahrenheit|imperial|utc)|it'?s .{1,40}\bnot\b|not .{1,40}\b(?:but)\b|"
+    r"was (?:on|at|in|for)|is (?:on|at|in|for)|(?:the )?(?:deadline|date|day|total|answer|"
+    r"name|number|price) (?:is|was))\b", re.I)
+_LEADING_FILLER = re.compile(
+    r"^\W*(?:(?:no|nope|nah|wrong|incorrect|actually|hmm+|um+|wait|sorry|oh|well|thanks?|"
+    r"thank you|great|ok(?:ay)?|but|and|so|also|that(?:'s| is) (?:wrong|not right|incorrect)|"
+    r"not quite|close|almost)\b[,.!:;\s-]*)+", re.I)
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _normalise(text: str) -> str:
+    return text.replace("’", "'").replace("‘", "'").strip()
+
+
+def _similar(reply: str, request: str) -> bool:
+    """Whether the reply repeats or rephrases the request (token overlap, then difflib)."""
+    a, b = reply.lower(), request.lower()
+    if len(a) < 12 or len(b) < 12:
+        return False
+    words_a, words_b = set(_WORD.findall(a)), set(_WORD.findall(b))
+    if not words_a or not words_b:
+        return False
+    overlap = len(words_a & words_b) / min(len(words_a), len(words_b))
+    if overlap < 0.6:
+        return False
+    jaccard = len(words_a & words_b) / len(words_a | words_b)
+    return jaccard >= 0.6 or SequenceMatcher(None, a, b).ratio() >= 0.7
+
+
+def correction_hint(reply: str) -> str | None:
+    """The clause of a correction that says what was wanted, or ``None``.
+
+    >>> correction_hint("No, use the metric system.")
+    'use the metric system'
+    """
+    after_contrast = None
+    match = _CONTRAST.search(reply)
+    if match and _PRAISE_OPENER.match(reply):
+        after_contrast = reply[match.end():]
+    for text in (after_contrast, reply):
+        if not text:
+            continue
+        for clause in _SENTENCES.split(text):
+            clause = _LEADING_FILLER.sub("", clause).strip(" ,.;!-\n\t")
+            if len(clause) >= 4 and _DIRECTIVE.search(clause):
+                return clause[:300]
+    if after_contrast:
+        clause = _LEADING_FILLER.sub("", after_contrast).strip(" ,.;!-\n\t")
+        return clause[:300] if len(clause) >= 4 else None
+    return None
+
+
+def classify_reply(reply: str, previous_request: str | None = None) -> ReplyReading | None:
+    """Read a user reply as a signal on the action it answers; ``None`` means no signal.
+
+    Args:
+        reply: the user's reply text.
+        previous_request: the user's request the action answered (for rephrase detection).
+
+    >>> classify_reply("Thanks, but I asked for Tuesday").label
+    'correction'
+    """
+    text = _normalise(reply)
+    if not text:
+        return None
+    praise = _PRAISE_OPENER.match(text)
+    if praise and _SARCASM_OUTCOME.search(text):
+        return ReplyReading("sarcasm", -0.8, 0.8, None)
+    complaint = _COMPLAINT.search(text)
+    if complaint:
+        return ReplyReading("complaint", -0.8, 0.9, correction_hint(text))
+    if praise and _CONTRAST.search(text, praise.end()):
+        return ReplyReading("correction", -0.5, 0.85, correction_hint(text))
+    if _POLITE_CORRECTION.search(text):
+        return ReplyReading("correction", -0.5, 0.8, correction_hint(text))
+    if previous_request and _similar(text, previous_request):
+        return ReplyReading("rephrase", -0.6, 0.75, None)
+    if _POSITIVE.search(text):
+        return ReplyReading("satisfied", 0.8, 0.85, None)
+    if _MOVE_ON.match(text):
+        return ReplyReading("moves_on", 0.3, 0.55, None)
+    return None
+
+
+@register("user")
+class UserReplyExtractor:
+    """Scores an action by the user's reply; corrections also give a directive tuple.
+
+    Args:
+        excerpt_chars: how much of the reply to keep as the next-state excerpt.
+        min_confidence: readings below this confidence are dropped.
+
+    Example:
+        >>> from nextstate.extractors.types import Interaction, Message
+        >>> i = Interaction("s#1", "s", (Message("user", "Weather in Oslo?"),),
+        ...                 Message("assistant", "It is 50 F."),
+        ...                 (Message("user", "No, use the metric system."),))
+        >>> [t.kind for t in UserReplyExtractor()(i)]
+        ['evaluative', 'directive']
+    """
+
+    __slots__ = ("excerpt_chars", "min_confidence")
+
+    def __init__(self, excerpt_chars: int = 300, min_confidence: float = 0.0) -> None:
+        self.excerpt_chars = excerpt_chars
+        self.min_confidence = min_confidence
+
+    def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
+        reply = next_user_message(interaction)
+        if reply is None or not reply.content:
+            return []
+        request = previous_user_request(interaction)
+        reading = classify_reply(reply.content, request.content if request else None)
+        if reading is None or reading.confidence < self.min_confidence:
+            return []
+        excerpt = reply.content[: self.excerpt_chars]
+        tuples = [tuple_from(interaction, extractor="user", kind="evaluative", source="user",
+                             excerpt=excerpt, reward=reading.reward,
+                             confidence=reading.confidence)]
+        if reading.hint:
+            tuples.append(tuple_from(interaction, extractor="user", kind="directive",
+                                     source="user", excerpt=excerpt, hint=reading.hint,
+                                     confidence=min(reading.confidence, 0.8)))
+        return tuples

@@ -1,0 +1,92 @@
+"""Tests for the terminal / SWE extractor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nextstate.extractors.terminal import (
+    RunSummary,
+    TerminalExtractor,
+    parse_test_summary,
+    read_terminal,
+)
+from nextstate.extractors.types import Message, ToolCall
+
+
+@pytest.mark.parametrize(("text", "summary"), [
+    ("====== 2 failed, 10 passed in 0.31s ======", RunSummary(10, 2)),
+    ("============ 12 passed, 1 warning in 1.02s ============", RunSummary(12, 0)),
+    ("== 1 failed, 3 passed, 2 errors in 4.1s ==", RunSummary(3, 3)),
+    ("test result: FAILED. 8 passed; 2 failed; 0 ignored; 0 measured", RunSummary(8, 2)),
+    ("Tests:       1 failed, 9 passed, 10 total", RunSummary(9, 1)),
+    ("--- FAIL: TestAdd (0.00s)\n--- PASS: TestSub (0.00s)\nFAIL", RunSummary(1, 1)),
+    ("ok  \tgithub.com/a/b\t0.01s\nok  \tgithub.com/a/c\t0.02s\n", RunSummary(2, 0)),
+    ("Ran 5 tests in 0.1s\n\nFAILED (failures=2, errors=1)", RunSummary(2, 3)),
+    ("  3 passing (20ms)\n  1 failing", RunSummary(3, 1)),
+    ("total 12\ndrwxr-xr-x 2 root root", None),
+])
+def test_parse_test_summary(text: str, summary: RunSummary | None) -> None:
+    """Summaries of pytest, cargo, jest, go test, unittest and mocha are parsed."""
+    assert parse_test_summary(text) == summary
+
+
+def test_progress_against_previous_run_is_positive() -> None:
+    """Fewer failing tests than the previous run is progress."""
+    reading = read_terminal("=== 1 failed, 11 passed in 1s ===", previous=RunSummary(10, 2))
+    assert reading is not None and reading.label == "tests_progress" and reading.reward > 0
+
+
+def test_more_failures_than_before_is_a_regression() -> None:
+    """More failing tests than before is a confident negative."""
+    reading = read_terminal("=== 3 failed, 9 passed in 1s ===", previous=RunSummary(11, 1))
+    assert reading is not None and reading.label == "tests_regress"
+    assert reading.reward < 0 and reading.confidence >= 0.8
+
+
+def test_environmental_failures_are_low_confidence() -> None:
+    """Failures caused by the network are not blamed on the action with confidence."""
+    reading = read_terminal("E   requests.exceptions.ConnectionError: Max retries exceeded\n"
+                            "=== 1 failed, 40 passed in 3s ===")
+    assert reading is not None and reading.confidence < 0.5
+
+
+@pytest.mark.parametrize(("output", "label", "hint_part"), [
+    ("Traceback (most recent call last):\n  File \"a.py\", line 3\nNameError: name 'x' is "
+     "not defined\n", "traceback", "NameError"),
+    ("src/main.rs:3:5: error[E0308]: mismatched types", "compile_error", "mismatched types"),
+    ("bash: pyhton: command not found\nexit code: 127", "command_failed", "command not found"),
+])
+def test_errors_give_hints(output: str, label: str, hint_part: str) -> None:
+    """Tracebacks, compiler errors and missing commands are negative with a hint."""
+    reading = read_terminal(output)
+    assert reading is not None and reading.label == label and reading.reward < 0
+    assert hint_part in (reading.hint or "")
+
+
+def test_grep_without_match_is_not_an_error() -> None:
+    """grep's exit code 1 means no match, not failure."""
+    assert read_terminal('{"stdout": "", "stderr": "", "exit_code": 1}', "grep -r foo src") \
+        is None
+    reading = read_terminal('{"stdout": "", "stderr": "boom", "exit_code": 1}', "make")
+    assert reading is not None and reading.reward < 0
+
+
+def test_extractor_reads_previous_summary_from_context(tool_step) -> None:
+    """The extractor finds the session's previous test run and scores progress."""
+    earlier = [
+        Message("assistant", "", tool_calls=(ToolCall("c0", "bash",
+                                                      json.dumps({"command": "pytest"})),)),
+        Message("tool", "=== 4 failed, 8 passed in 1s ===", tool_call_id="c0", name="bash"),
+    ]
+    interaction = tool_step("bash", "=== 12 passed in 1s ===", json.dumps({"command": "pytest"}),
+                            earlier)
+    (scored,) = TerminalExtractor()(interaction)
+    assert scored.source == "terminal" and scored.reward == 0.9
+
+
+def test_extractor_ignores_other_tools(tool_step) -> None:
+    """Non-terminal tools are not scored by the terminal extractor."""
+    assert TerminalExtractor()(tool_step("search", "=== 1 failed in 1s ===")) == []
+    assert TerminalExtractor(tools=["search"])(tool_step("search", "=== 1 failed in 1s ==="))
