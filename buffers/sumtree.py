@@ -106,14 +106,18 @@ class SumTree:
         base = np.arange(t.size, dtype=np.int64) * f
         node = np.zeros(t.size, dtype=np.int64)
         for level in reversed(self._levels):
+            rows = level.reshape(-1, f)
+            # Round-off can steer a target past the last real node into level padding.
+            np.minimum(node, rows.shape[0] - 1, out=node)
             # Exclusive prefix sums of each node's children, as one small matmul: much
             # cheaper than a row-wise cumsum over a (batch, fanout) array in numpy.
-            prefix = level.reshape(-1, f)[node] @ self._strict_upper
+            prefix = rows[node] @ self._strict_upper
             child = (prefix <= t[:, None]).sum(axis=1)
             child -= 1
             t -= prefix.ravel()[base + child]
             node *= f
             node += child
+        np.minimum(node, self.capacity - 1, out=node)
         # A target at the very edge (float round-off between a parent and its children's
         # sum) can land on a zero-mass leaf; redo those few exactly.
         bad = self._levels[0][node] <= 0.0
