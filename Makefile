@@ -1,0 +1,35 @@
+# Set-up and entry points. `make demo` and `make test` are the README's two commands: each
+# creates (or reuses) the virtualenv .venv and installs everything the project needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench install chromium
+
+# The virtualenv, torch's CPU build first (a bare `torch` requirement would pull a multi-GB
+# CUDA build), then the project with its test extras. Re-run when pyproject.toml changes.
+$(BIN)/nextstate: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/nextstate
+
+# The main job on its embedded default: the closed-loop demo (no broker needed).
+demo: install
+	$(BIN)/nextstate demo
+
+# Debian's chromium renders the report page for its screenshot test (root installs it).
+chromium:
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed: the report screenshot test will be skipped"
+
+test: install chromium
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_buffers.py
+	$(BIN)/python benchmarks/bench_trainer.py

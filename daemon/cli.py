@@ -1,0 +1,236 @@
+"""The ``nextstate`` command.
+
+    nextstate run    --config nextstate.toml | --source file:PATH [--state-dir DIR]
+    nextstate stats  --state-dir DIR
+    nextstate export --state-dir DIR --format tuples|rewards [--buffer NAME] --out FILE
+    nextstate report --state-dir DIR --out DIR
+    nextstate train  --state-dir DIR
+    nextstate demo
+    nextstate eval-extractors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import msgspec
+import structlog
+from prometheus_client import CollectorRegistry
+
+from nextstate.daemon.config import DaemonConfig, load_config
+from nextstate.daemon.pipeline import CHECKPOINT_FILE, Pipeline
+from nextstate.daemon.service import Health, Progress, configure_logging, start_http_server
+from nextstate.daemon.yieldstats import YieldCollector, YieldStats
+
+log = structlog.get_logger("nextstate")
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="consume agent interactions and produce training tuples")
+    p.add_argument("--config", help="TOML config file (flags override it)")
+    p.add_argument("--source", help="kafka | file:PATH | file:- (stdin)")
+    p.add_argument("--state-dir", help="buffers, checkpoints and the time series live here")
+    p.add_argument("--follow", action="store_true", default=None,
+                   help="file sources: keep tailing the file")
+    p.add_argument("--bootstrap-servers", help="comma-separated host:port list")
+    p.add_argument("--topic", help="the agent-interaction topic")
+    p.add_argument("--group-id", help="the consumer group")
+    p.add_argument("--extractors", help="comma-separated extractor names, in order")
+    p.add_argument("--metrics-host", help="metrics/health bind address (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, help="0: any free port, -1: no server")
+    p.add_argument("--log-format", choices=["auto", "json", "console"])
+    p.add_argument("--progress", choices=["auto", "on", "off"])
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """``nextstate run``: the daemon."""
+    try:
+        config = load_config(
+            args.config, source=args.source, state_dir=args.state_dir, follow=args.follow,
+            extractors=args.extractors.split(",") if args.extractors else None,
+            metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+            log_format=args.log_format, progress=args.progress,
+            **{"kafka.bootstrap_servers": args.bootstrap_servers.split(",")
+               if args.bootstrap_servers else None,
+               "kafka.topic": args.topic, "kafka.group_id": args.group_id})
+    except (ValueError, OSError) as exc:
+        print(f"nextstate: {exc}", file=sys.stderr)
+        return 2
+    return run_daemon(config)
+
+
+def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int:
+    """Run until the input ends (file) or ``stop``/SIGTERM/SIGINT (Kafka or --follow)."""
+    configure_logging(config.log_format)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    from nextstate.daemon import sources  # Kafka client import only when running
+
+    is_kafka = config.source == "kafka"
+    if not is_kafka and not config.source.startswith("file:"):
+        print(f"nextstate: source must be kafka or file:PATH, not {config.source!r}",
+              file=sys.stderr)
+        return 2
+    dead_letters = sources.kafka_dead_letters(config) if is_kafka else None
+    pipeline = Pipeline(config, dead_letters=dead_letters)
+    health = Health()
+    registry = CollectorRegistry()
+    collector = YieldCollector(pipeline.stats)
+    registry.register(collector)
+    server = None
+    if config.metrics_port >= 0:
+        server = start_http_server(config.metrics_host, config.metrics_port, registry, health)
+        host, port = server.server_address[:2]
+        (config.state_path / "http.json").write_text(json.dumps({"host": host, "port": port}))
+    tty = sys.stderr.isatty()
+    progress = Progress(pipeline.stats, config.progress == "on" or
+                        (config.progress == "auto" and tty))
+    log.info("starting", source=config.source, state_dir=str(config.state_path),
+             extractors=config.extractors,
+             metrics=f"{server.server_address[0]}:{server.server_address[1]}" if server
+             else None, kafka=config.redacted()["kafka"] if is_kafka else None)
+    try:
+        if is_kafka:
+            runner = sources.KafkaRunner(pipeline, config, stop, health, progress)
+            try:
+                runner.run()
+            finally:
+                runner.close()
+        else:
+            sources.run_file(pipeline, config.source.removeprefix("file:"), stop, health,
+                             progress, follow=config.follow)
+    finally:
+        pipeline.close()
+        progress.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            (config.state_path / "http.json").unlink(missing_ok=True)
+    summary = pipeline.stats.summary()["all"]
+    log.info("stopped", interactions=int(summary["interactions"]),
+             tuples=int(summary["tuples"]),
+             signal_per_interaction=round(summary["signal_per_interaction"], 4),
+             dead_letters=int(pipeline.stats.total("dead_letters")))
+    return 0
+
+
+def _load_stats(state_dir: Path) -> YieldStats:
+    stats = YieldStats()
+    path = state_dir / CHECKPOINT_FILE
+    if path.exists():
+        stats.load_state_dict(json.loads(path.read_bytes()).get("stats", {}))
+    return stats
+
+
+def stats_main(args: argparse.Namespace) -> int:
+    """``nextstate stats``: the yield summary per source, and what the buffers hold."""
+    state_dir = Path(args.state_dir)
+    if not (state_dir / CHECKPOINT_FILE).exists():
+        print(f"nextstate: no checkpoint in {state_dir} (has the daemon run there?)",
+              file=sys.stderr)
+        return 2
+    stats = _load_stats(state_dir)
+    rows = stats.summary()
+    n = int(rows["all"]["interactions"])
+    print(f"interactions: {n:,}   records: {int(stats.total('records')):,}   "
+          f"dead letters: {int(stats.total('dead_letters')):,}")
+    print(f"{'source':<10}{'tuples':>10}{'per interaction':>17}{'share w/ signal':>17}"
+          f"{'conf-weighted':>15}")
+    for source, row in rows.items():
+        print(f"{source:<10}{int(row['tuples']):>10,}{row['signal_per_interaction']:>17.3f}"
+              f"{row['share_with_signal']:>17.3f}{row['confidence_weighted']:>15.3f}")
+    for kind in ("evaluative", "directive", "preference"):
+        print(f"{kind} tuples: {int(stats.total('tuples', kind=kind)):,}")
+    return 0
+
+
+def export_main(args: argparse.Namespace) -> int:
+    """``nextstate export``: every stored tuple (``tuples``) or one row per reward."""
+    from nextstate.buffers import BufferSet, BufferSpec
+
+    state_dir = Path(args.state_dir)
+    buffers_dir = state_dir / "buffers"
+    if not buffers_dir.exists():
+        print(f"nextstate: no buffers in {state_dir}", file=sys.stderr)
+        return 2
+    config = load_config(args.config) if args.config else DaemonConfig()
+    specs = [msgspec.convert(spec, BufferSpec) for spec in config.buffers]
+    buffers = BufferSet.open(buffers_dir, specs)
+    encoder = msgspec.json.Encoder()
+    written = 0
+    try:
+        with open(args.out, "wb") as out:
+            for name, buffer in buffers.buffers.items():
+                if args.buffer and name != args.buffer:
+                    continue
+                for t in buffer.iter_tuples():
+                    if args.format == "rewards":
+                        if t.kind != "evaluative":
+                            continue
+                        row: object = {"session_id": t.session_id,
+                                       "interaction_id": t.interaction_id, "source": t.source,
+                                       "reward": t.reward, "confidence": t.confidence}
+                    else:
+                        row = t
+                    out.write(encoder.encode(row) + b"\n")
+                    written += 1
+    finally:
+        buffers.close()
+    print(f"wrote {written:,} rows to {args.out}")
+    return 0
+
+
+def _delegate(module: str, function: str) -> Callable[[list[str]], int]:
+    def call(argv: list[str]) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), function)(argv))
+    return call
+
+
+# Subcommands owned by other packages: their own argument parsers take the rest of argv.
+DELEGATED: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "report": ("draw the yield report (PNG + HTML) from the time series",
+               _delegate("nextstate.daemon.report", "report_main")),
+    "demo": ("run the closed-loop demo: a simulated deployment that learns from its traffic",
+             _delegate("nextstate.daemon.demo", "demo_main")),
+    "train": ("train the policy from the durable buffers",
+              _delegate("nextstate.trainers.cli", "train_main")),
+    "eval-extractors": ("precision/recall of the extractors on the labeled set",
+                        _delegate("nextstate.extractors.evaluate", "main")),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nextstate`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]][1](argv[1:])
+    parser = argparse.ArgumentParser(prog="nextstate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    p = sub.add_parser("stats", help="yield summary per source")
+    p.add_argument("--state-dir", default="nextstate-state")
+    p = sub.add_parser("export", help="export stored tuples as JSON lines")
+    p.add_argument("--state-dir", default="nextstate-state")
+    p.add_argument("--config", help="the daemon's config (for its buffer names)")
+    p.add_argument("--format", choices=["tuples", "rewards"], default="tuples")
+    p.add_argument("--buffer", help="only this buffer")
+    p.add_argument("--out", required=True)
+    for name, (help_text, _) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    args = parser.parse_args(argv)
+    return {"run": run_main, "stats": stats_main, "export": export_main}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""The daemon's configuration: a TOML file, overridden by command-line flags.
+
+Every field has a default, so an empty file (or none) runs the daemon on its embedded defaults.
+Example ``nextstate.toml``::
+
+    source = "kafka"
+    state_dir = "/var/lib/nextstate"
+    extractors = ["feedback", "user", "tool", "terminal", "gui"]
+
+    [kafka]
+    bootstrap_servers = ["broker-1:9092", "broker-2:9092"]
+    topic = "agent-interactions"
+    group_id = "nextstate"
+    security_protocol = "SASL_SSL"
+    sasl_mechanism = "SCRAM-SHA-512"
+    sasl_username = "nextstate"
+    sasl_password_env = "NEXTSTATE_KAFKA_PASSWORD"   # the secret itself stays in the env
+
+    [join]
+    idle_timeout_s = 300
+
+    [[buffers]]
+    name = "evaluative"
+    kinds = ["evaluative"]
+    capacity = 1000000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+@dataclass
+class KafkaConfig:
+    """How to reach the agent-interaction topic."""
+
+    bootstrap_servers: list[str] = field(default_factory=lambda: ["localhost:9092"])
+    """Kafka brokers to bootstrap from (host:port)."""
+    topic: str = "agent-interactions"
+    """The topic of agent interactions (key = session id, value = one JSON record)."""
+    group_id: str = "nextstate"
+    """Consumer group: run several daemons with one group id to split the partitions."""
+    dlq_topic: str | None = None
+    """Where undecodable records go; default ``<topic>.dlq``."""
+    auto_offset_reset: str = "earliest"
+    """Where a group with no committed offset (or an out-of-range one) starts: earliest|latest."""
+    client_id: str = "nextstate"
+    """Client id reported to the brokers."""
+    security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+    sasl_mechanism: str | None = None
+    """PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password_env: str | None = None
+    """Name of the environment variable holding the SASL password (never put it in the file)."""
+    ssl_cafile: str | None = None
+    """CA bundle to verify the brokers with."""
+    ssl_certfile: str | None = None
+    """Client certificate (mutual TLS)."""
+    ssl_keyfile: str | None = None
+    """Client private key (mutual TLS)."""
+    poll_timeout_ms: int = 500
+    """How long one poll waits for records."""
+    max_poll_records: int = 500
+    """Records per poll at most."""
+    session_timeout_ms: int = 10_000
+    """Group session timeout: a member silent this long is considered dead."""
+    heartbeat_interval_ms: int = 3_000
+    """Heartbeat period (under a third of the session timeout)."""
+    max_poll_interval_ms: int = 300_000
+    """Max time between polls before the member is evicted; also bounds rebalance waits."""
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``kafka.KafkaConsumer`` (the password read from the env)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers, "group_id": self.group_id,
+            "client_id": self.client_id, "enable_auto_commit": False,
+            "auto_offset_reset": self.auto_offset_reset,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+            "max_poll_records": self.max_poll_records,
+        }
+        kwargs.update(self.security_kwargs())
+        return kwargs
+
+    def security_kwargs(self) -> dict[str, Any]:
+        """TLS/SASL settings shared by the consumer and the producers."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        for name in ("sasl_mechanism", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
+        if self.sasl_username is not None:
+            kwargs["sasl_plain_username"] = self.sasl_username
+        if self.sasl_password_env is not None:
+            kwargs["sasl_plain_password"] = os.environ.get(self.sasl_password_env, "")
+        return kwargs
+
+    @property
+    def dlq(self) -> str:
+        """The dead-letter topic."""
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+
+@dataclass
+class JoinConfig:
+    """How actions wait for their next state."""
+
+    idle_timeout_s: float = 300.0
+    """Close a session's pending action with no next state after this long without records."""
+    max_sessions: int = 100_000
+    """Sessions held at most; the least recently seen is closed and counted beyond it."""
+
+
+@dataclass
+class DaemonConfig:
+    """Everything ``nextstate run`` needs; see the module docstring for a TOML example."""
+
+    source: str = "kafka"
+    """``kafka``, ``file:PATH`` (JSON lines) or ``file:-`` (standard input)."""
+    state_dir: str = "nextstate-state"
+    """Where buffers, checkpoints, the time series and the file DLQ live."""
+    follow: bool = False
+    """File sources: keep tailing the file instead of exiting at its end."""
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    """Kafka consumer settings (used when ``source = "kafka"``)."""
+    join: JoinConfig = field(default_factory=JoinConfig)
+    """Join settings."""
+    extractors: list[str] = field(
+        default_factory=lambda: ["feedback", "user", "tool", "terminal", "gui"])
+    """Extractors to run, in order (registry names; ``judge`` adds the LLM judge)."""
+    extractor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-extractor keyword options, e.g. ``[extractor_options.gui] tools = ["browser"]``."""
+    redact: bool = True
+    """Replace emails, phone and card numbers, keys and tokens before tuples are stored."""
+    redact_patterns: dict[str, str] = field(default_factory=dict)
+    """Extra regexes to redact, by name."""
+    buffers: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"name": "evaluative", "kinds": ["evaluative"]},
+        {"name": "directive", "kinds": ["directive"]},
+        {"name": "preference", "kinds": ["preference"]},
+    ])
+    """Named replay buffers (``nextstate.buffers.BufferSpec`` fields)."""
+    commit_interval_s: float = 5.0
+    """Flush buffers, checkpoint and commit offsets at least this often."""
+    commit_every_records: int = 5_000
+    """... or after this many records, whichever comes first."""
+    timeseries_interval_s: float = 10.0
+    """How often the yield counters are appended to the time series."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the metrics/health server (loopback unless you mean otherwise)."""
+    metrics_port: int = 9464
+    """Port of the metrics/health server; 0 picks a free one, -1 disables it."""
+    log_format: str = "auto"
+    """``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise)."""
+    progress: str = "auto"
+    """Progress line on stderr: ``on``, ``off`` or ``auto`` (on a terminal)."""
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory as a path."""
+        return Path(self.state_dir)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a dict safe to log (it holds no secret: passwords live in the env)."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> DaemonConfig:
+    """Read a TOML config (or none) and apply flag overrides (``None`` values are ignored).
+
+    Raises:
+        ValueError: the file has unknown keys or wrong types (the message says which).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:
+            section, _, name = key.partition(".")
+            data.setdefault(section, {})[name] = value
+        else:
+            data[key] = value
+    where = f" in {path}" if path else ""
+    _check_keys(data, DaemonConfig, where, "")
+    try:
+        return msgspec.convert(data, DaemonConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"bad config{where}: {exc}") from None
+
+
+def _check_keys(data: dict[str, Any], cls: type, where: str, prefix: str) -> None:
+    """Reject unknown keys: a typo in a config file must not be silently ignored."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
+            raise ValueError(f"bad config{where}: unknown key {prefix}{key!r}; "
+                             f"known: {', '.join(sorted(fields))}")
+        sub = fields[key].default_factory
+        if isinstance(value, dict) and dataclasses.is_dataclass(sub):
+            _check_keys(value, sub, where, f"{prefix}{key}.")  # type: ignore[arg-type]

@@ -1,0 +1,227 @@
+"""The processing pipeline: record bytes -> decode -> join -> extractors -> redact -> buffers.
+
+:class:`Pipeline` is the part of the daemon that does not care where records come from: the
+file and Kafka sources (``daemon/sources.py``) feed it ``(value, key, topic, partition,
+offset)`` and ask it, at commit time, for the offsets that are safe to commit.
+
+Delivery: ``checkpoint()`` first makes everything durable (buffers, dead letters, then a
+checkpoint file with the processed offsets and the counters), and only then returns the offsets
+the source may commit: per partition the oldest record a pending join still needs (its low
+watermark). After a restart the source re-reads from there; records the checkpoint says were
+already processed are *replayed*: they rebuild the join's pending state but emit nothing, so no
+record is processed twice and no pending join is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from nextstate.buffers import BufferSet, BufferSpec
+from nextstate.daemon import wire
+from nextstate.daemon.config import DaemonConfig
+from nextstate.daemon.deadletter import DeadLetterSink, FileDeadLetters
+from nextstate.daemon.join import SessionJoiner
+from nextstate.daemon.timeseries import TimeSeriesRecorder
+from nextstate.daemon.timeseries import default_path as timeseries_path
+from nextstate.daemon.wire import BadRecord
+from nextstate.daemon.yieldstats import YieldStats
+from nextstate.extractors.redact import Redactor
+from nextstate.extractors.registry import build_extractors
+from nextstate.extractors.types import Interaction, ScoredTuple
+
+log = structlog.get_logger("nextstate.pipeline")
+
+ErrorCallback = Callable[[Exception, Interaction, str], bool]
+CHECKPOINT_FILE = "checkpoint.json"
+
+
+def log_extractor_error(exc: Exception, interaction: Interaction, extractor: str) -> bool:
+    """Default extractor error policy: log it and go on (one bad extractor call must not stop
+    the daemon; the interaction's other extractors still run)."""
+    log.error("extractor_failed", extractor=extractor, interaction_id=interaction.interaction_id,
+              error=repr(exc)[:500])
+    return True
+
+
+class Pipeline:
+    """Decodes, joins, extracts and stores; checkpoints what it has made durable.
+
+    Args:
+        config: the daemon configuration.
+        dead_letters: where rejected records go (default: ``<state_dir>/dlq.jsonl``).
+        on_extractor_error: ``(exc, interaction, extractor) -> suppress?``; re-raised if False.
+        clock: wall-clock seconds (idle timeouts, time series), injectable for tests.
+    """
+
+    def __init__(self, config: DaemonConfig, dead_letters: DeadLetterSink | None = None,
+                 on_extractor_error: ErrorCallback = log_extractor_error,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.state_dir = config.state_path
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.joiner = SessionJoiner(config.join.idle_timeout_s, config.join.max_sessions)
+        self.extractors = build_extractors(config.extractors, config.extractor_options)
+        # A judge runs cascaded: it sees the cheap extractors' tuples and only fills the gaps.
+        self._cascaded = [(name, ex) for name, ex in self.extractors
+                          if hasattr(ex, "judge_if_uncertain")]
+        self._cascaded_names = {name for name, _ in self._cascaded}
+        self.redactor = Redactor(enabled=config.redact, patterns=config.redact_patterns)
+        specs = [msgspec.convert(spec, BufferSpec) for spec in config.buffers]
+        self.buffers = BufferSet.open(self.state_dir / "buffers", specs)
+        self.dead_letters = dead_letters or FileDeadLetters(self.state_dir / "dlq.jsonl")
+        self.on_extractor_error = on_extractor_error
+        self.stats = YieldStats(clock=clock)
+        self.timeseries = TimeSeriesRecorder(timeseries_path(self.state_dir))
+        self._last_series = 0.0
+        self.processed: dict[tuple[str, int], int] = {}  # next offset to process, durable
+        self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
+        self.records_since_checkpoint = 0
+        self._load_checkpoint()
+
+    # -- records ----------------------------------------------------------------------------
+    def process(self, value: bytes, key: bytes | None, topic: str, partition: int,
+                offset: int) -> None:
+        """Process one record; bad ones go to the dead-letter sink with their reason."""
+        tp = (topic, partition)
+        replay = offset < self.processed.get(tp, 0)
+        self.seen[tp] = max(self.seen.get(tp, 0), offset + 1)
+        self.records_since_checkpoint += 1
+        try:
+            record = wire.decode(value)
+            if record.session_id is None and key:
+                record = msgspec.structs.replace(record, session_id=key.decode("utf-8",
+                                                                              "replace"))
+            shape = wire.classify(record)
+            closed = self.joiner.feed(record, shape, self.clock(), (topic, partition, offset))
+        except BadRecord as exc:
+            if not replay:
+                self.dead_letters.send(value, key, exc.reason, exc.detail, topic, partition,
+                                       offset)
+                self.stats.observe_dead_letter(exc.reason)
+            return
+        if replay:
+            return
+        self.stats.observe_record(shape)
+        if shape == "session_end":
+            self.stats.observe_session_end(wire.score_value(record.outcome))
+        elif shape == "transcript" and record.reward is not None:
+            self.stats.observe_session_end(record.reward)
+        if closed:
+            self.emit(closed)
+
+    def emit(self, interactions: Iterable[Interaction]) -> list[ScoredTuple]:
+        """Score closed interactions, redact the tuples and add them to the buffers."""
+        all_tuples: list[ScoredTuple] = []
+        for interaction in interactions:
+            tuples: list[ScoredTuple] = []
+            for name, extractor in self.extractors:
+                try:
+                    if name in self._cascaded_names:
+                        tuples.extend(extractor.judge_if_uncertain(  # type: ignore[attr-defined]
+                            interaction, tuples))
+                    else:
+                        tuples.extend(extractor(interaction))
+                except Exception as exc:
+                    if not self.on_extractor_error(exc, interaction, name):
+                        raise
+            if tuples:
+                tuples = [self.redactor(t) for t in tuples]
+                all_tuples.extend(tuples)
+            self.stats.observe_interaction(interaction, tuples)
+        if all_tuples:
+            self.buffers.extend(all_tuples)
+        return all_tuples
+
+    def tick(self) -> None:
+        """Periodic work: close idle sessions, append to the time series when due."""
+        now = self.clock()
+        closed = self.joiner.close_idle(now)
+        if closed:
+            self.emit(closed)
+        if now - self._last_series >= self.config.timeseries_interval_s:
+            self.record_timeseries(now)
+
+    def finish(self) -> None:
+        """End of input: close every pending join."""
+        self.emit(self.joiner.close_all("end_of_input"))
+
+    def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Forget revoked partitions (their pending joins are rebuilt by whoever gets them)."""
+        partitions = list(partitions)
+        dropped = self.joiner.drop_partitions(partitions)
+        for tp in partitions:
+            self.seen.pop(tp, None)
+        log.info("partitions_dropped", partitions=[f"{t}/{p}" for t, p in partitions],
+                 pending_sessions_dropped=dropped)
+
+    # -- durability -------------------------------------------------------------------------
+    def checkpoint(self) -> dict[tuple[str, int], int]:
+        """Make everything processed so far durable; return the offsets safe to commit."""
+        self.buffers.flush()
+        self.dead_letters.flush()
+        self._mirror_component_counters()
+        self.processed.update(self.seen)
+        state = {"processed": [[t, p, o] for (t, p), o in self.processed.items()],
+                 "stats": self.stats.state_dict(), "saved_at": self.clock()}
+        _atomic_write(self.state_dir / CHECKPOINT_FILE, json.dumps(state).encode())
+        self.records_since_checkpoint = 0
+        marks = self.joiner.low_watermarks()
+        return {tp: min(marks.get(tp, offset), offset) for tp, offset in self.seen.items()}
+
+    def record_timeseries(self, now: float | None = None) -> None:
+        """Append the counters to the time series (``nextstate report`` reads it)."""
+        now = self.clock() if now is None else now
+        self._mirror_component_counters()
+        self.timeseries.record(now, self.stats.snapshot())
+        self._last_series = now
+
+    def _mirror_component_counters(self) -> None:
+        for kind, count in self.redactor.counts.items():
+            self.stats.set_total("redactions", (("type", kind),), count)
+        for _, judge in self._cascaded:
+            self.stats.set_total("judge_calls", (), judge.calls)  # type: ignore[attr-defined]
+            self.stats.set_total("judge_tokens", (("direction", "prompt"),),
+                                 judge.prompt_tokens)  # type: ignore[attr-defined]
+            self.stats.set_total("judge_tokens", (("direction", "completion"),),
+                                 judge.completion_tokens)  # type: ignore[attr-defined]
+
+    def _load_checkpoint(self) -> None:
+        path = self.state_dir / CHECKPOINT_FILE
+        if not path.exists():
+            return
+        state: dict[str, Any] = json.loads(path.read_bytes())
+        self.processed = {(t, p): o for t, p, o in state.get("processed", [])}
+        self.stats.load_state_dict(state.get("stats", {}))
+        log.info("checkpoint_loaded", path=str(path), partitions=len(self.processed))
+
+    def close(self) -> None:
+        """Final checkpoint and time-series point, then release files."""
+        self.checkpoint()
+        self.record_timeseries()
+        self.timeseries.close()
+        self.buffers.close()
+        self.dead_letters.close()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write-to-temp, fsync, rename: a crash leaves the old or the new file, never half."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,226 @@
+"""Where records come from: a JSON-lines file (or stdin), or a Kafka topic in a consumer group.
+
+Both feed a :class:`~nextstate.daemon.pipeline.Pipeline` and follow the same rule: offsets
+(line numbers for files) are committed only after ``pipeline.checkpoint()`` has made what they
+cover durable, and only up to the oldest record a pending join still needs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from nextstate.daemon.config import DaemonConfig
+from nextstate.daemon.deadletter import KafkaDeadLetters
+from nextstate.daemon.pipeline import Pipeline
+from nextstate.daemon.service import Health, Progress
+
+log = structlog.get_logger("nextstate.sources")
+
+FILE_OFFSETS = "file_offsets.json"
+
+
+class _Cadence:
+    """Checkpoint when enough records or enough time has passed, whichever comes first."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.interval_s = config.commit_interval_s
+        self.every = config.commit_every_records
+        self.last = time.monotonic()
+
+    def due(self, pipeline: Pipeline) -> bool:
+        if (pipeline.records_since_checkpoint >= self.every
+                or time.monotonic() - self.last >= self.interval_s):
+            self.last = time.monotonic()
+            return True
+        return False
+
+
+# -- files --------------------------------------------------------------------------------------
+def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Health,
+             progress: Progress, follow: bool = False, poll_s: float = 0.2) -> None:
+    """Process a JSON-lines file (``-`` = stdin) to its end, then close every pending join.
+
+    A file run resumes where a killed run left off: its line offsets live in the state dir
+    (``file_offsets.json``), checkpointed like Kafka offsets. ``follow`` tails the file until
+    ``stop`` is set instead of finishing at its end.
+    """
+    if path == "-":
+        topic, start = f"stdin:{time.time()}", 0
+        lines: Iterator[bytes] = iter(sys.stdin.buffer.readline, b"")
+    else:
+        topic = f"file:{Path(path).resolve()}"
+        start = _file_offsets(pipeline).get(topic, 0)
+        lines = _read_lines(path, stop, follow, poll_s)
+    cadence = _Cadence(pipeline.config)
+    health.set_ready(True, "")
+    if start:
+        log.info("file_resume", source=topic, from_line=start)
+    for offset, line in enumerate(lines):
+        if stop.is_set():
+            break
+        if offset >= start and line.strip():
+            pipeline.process(line.rstrip(b"\r\n"), None, topic, 0, offset)
+        if offset % 256 == 0:
+            pipeline.tick()
+            health.beat()
+            progress.update()
+            if cadence.due(pipeline):
+                _save_file_offsets(pipeline, pipeline.checkpoint())
+    if not stop.is_set():
+        pipeline.finish()  # the whole file is in: no next state will come for what is pending
+    _save_file_offsets(pipeline, pipeline.checkpoint())
+    health.set_ready(False, "finished")
+
+
+def _read_lines(path: str, stop: threading.Event, follow: bool,
+                poll_s: float) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        partial = b""
+        while True:
+            line = fh.readline()
+            if line.endswith(b"\n"):
+                yield partial + line
+                partial = b""
+            elif line:
+                partial += line  # a writer mid-line: wait for the rest when following
+                if not follow:
+                    yield partial
+                    return
+            elif not follow or stop.wait(poll_s):
+                if partial and not follow:
+                    yield partial
+                return
+
+
+def _file_offsets(pipeline: Pipeline) -> dict[str, int]:
+    path = pipeline.state_dir / FILE_OFFSETS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_file_offsets(pipeline: Pipeline, committable: dict[tuple[str, int], int]) -> None:
+    offsets = _file_offsets(pipeline)
+    offsets.update({topic: offset for (topic, _), offset in committable.items()
+                    if topic.startswith("file:")})
+    tmp = pipeline.state_dir / (FILE_OFFSETS + ".tmp")
+    tmp.write_text(json.dumps(offsets))
+    tmp.replace(pipeline.state_dir / FILE_OFFSETS)
+
+
+# -- Kafka --------------------------------------------------------------------------------------
+class _Rebalance(ConsumerRebalanceListener):
+    """Commit what is safe before partitions leave; forget their pending joins."""
+
+    def __init__(self, runner: KafkaRunner) -> None:
+        self.runner = runner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if not revoked:
+            return
+        gone = [(tp.topic, tp.partition) for tp in revoked]
+        # kafka-python 3 runs listeners on its IO thread, where a blocking commit is refused:
+        # the commit is queued ahead of the group re-join on the same coordinator connection.
+        self.runner.commit(only=set(gone), blocking=False)
+        self.runner.pipeline.drop_partitions(gone)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}"
+                                                          for tp in assigned))
+
+
+class KafkaRunner:
+    """Consumes the interaction topic in a consumer group and drives the pipeline.
+
+    Args:
+        pipeline: the pipeline (its dead-letter sink should be a :class:`KafkaDeadLetters`).
+        config: the daemon configuration.
+        stop: set it (SIGTERM/SIGINT) to stop polling, checkpoint, commit and return.
+        health: readiness: assigned partitions and a working broker connection.
+        consumer: an already built consumer (tests); default: built from ``config.kafka``.
+    """
+
+    def __init__(self, pipeline: Pipeline, config: DaemonConfig, stop: threading.Event,
+                 health: Health, progress: Progress, consumer: KafkaConsumer | None = None
+                 ) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.stop = stop
+        self.health = health
+        self.progress = progress
+        self.consumer = consumer or KafkaConsumer(**config.kafka.consumer_kwargs())
+        self.lag = 0
+
+    def run(self) -> None:
+        kafka = self.config.kafka
+        self.consumer.subscribe([kafka.topic], listener=_Rebalance(self))
+        cadence = _Cadence(self.config)
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                batches = self.consumer.poll(timeout_ms=kafka.poll_timeout_ms,
+                                             max_records=kafka.max_poll_records)
+                for tp, records in batches.items():
+                    for record in records:
+                        self.pipeline.process(record.value, record.key, tp.topic,
+                                              tp.partition, record.offset)
+                self.pipeline.tick()
+                if cadence.due(self.pipeline):
+                    self.commit()
+                backoff = 0.5
+            except KafkaError as exc:
+                # The broker is away: not ready; back off and retry (nothing was committed
+                # past what is durable, so nothing is lost).
+                self.health.set_ready(False, f"kafka: {type(exc).__name__}")
+                log.warning("kafka_error", error=repr(exc)[:300], retry_in_s=backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            assigned = self.consumer.assignment()
+            self.health.set_ready(bool(assigned), "" if assigned else "no partitions assigned")
+            self.health.beat()
+            self.lag = self._lag(assigned)
+            self.progress.update(self.lag)
+        self.commit()
+
+    def commit(self, only: set[tuple[str, int]] | None = None, blocking: bool = True) -> None:
+        """Checkpoint the pipeline, then commit its safe offsets for assigned partitions."""
+        safe = self.pipeline.checkpoint()
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                   for (t, p), o in safe.items()
+                   if (t, p) in assigned and (only is None or (t, p) in only)}
+        if offsets and blocking:
+            self.consumer.commit(offsets)
+        elif offsets:
+            self.consumer.commit_async(offsets)
+            log.debug("committed", offsets={f"{tp.topic}/{tp.partition}": om.offset
+                                            for tp, om in offsets.items()})
+
+    def _lag(self, assigned: Any) -> int:
+        lag = 0
+        for tp in assigned:
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                lag += max(0, high - self.pipeline.seen.get((tp.topic, tp.partition), 0))
+        return lag
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+def kafka_dead_letters(config: DaemonConfig) -> KafkaDeadLetters:
+    """A producer-backed dead-letter sink for ``config.kafka.dlq``."""
+    producer = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all",
+                             client_id=f"{config.kafka.client_id}-dlq",
+                             **config.kafka.security_kwargs())
+    return KafkaDeadLetters(producer, config.kafka.dlq)

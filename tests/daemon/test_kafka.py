@@ -1,0 +1,138 @@
+"""Integration tests against a real Kafka-protocol broker (Tansu on loopback)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from nextstate.daemon.cli import run_daemon
+from nextstate.daemon.config import load_config
+from tests.daemon.test_pipeline import stored, weather_session
+from tests.kafka_broker import wait_for
+from tests.records import line
+
+pytestmark = pytest.mark.kafka
+
+PARTITIONS = 3
+
+
+def kafka_config(broker, tmp_path: Path, topic: str, group: str):
+    return load_config(
+        None, source="kafka", state_dir=str(tmp_path / "state"), extractors=["tool"],
+        metrics_port=0, log_format="json", progress="off", commit_interval_s=0.5,
+        **{"kafka.bootstrap_servers": [broker.bootstrap], "kafka.topic": topic,
+           "kafka.group_id": group, "kafka.session_timeout_ms": 6000,
+           "kafka.heartbeat_interval_ms": 1000, "kafka.max_poll_interval_ms": 6000,
+           "kafka.poll_timeout_ms": 200})
+
+
+class Daemon:
+    """``run_daemon`` on a thread, stopped like SIGTERM would (the stop event)."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.stop = threading.Event()
+        self.result: list[int] = []
+        self.thread = threading.Thread(
+            target=lambda: self.result.append(run_daemon(config, self.stop)))
+
+    def __enter__(self) -> Daemon:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "daemon did not stop"
+
+    def http(self, path: str) -> tuple[int, bytes]:
+        where = Path(self.config.state_dir) / "http.json"
+        if not where.exists():  # the daemon has not bound its server yet
+            return 0, b""
+        address = json.loads(where.read_text())
+        url = f"http://{address['host']}:{address['port']}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, error.read()
+        except urllib.error.URLError:
+            return 0, b""
+
+
+def produce_sessions(broker, topic: str, sessions: dict[str, list[dict]],
+                     extra: list[tuple[bytes | None, bytes]] = ()) -> int:
+    records = [(sid.encode(), line(r)) for sid, rs in sessions.items() for r in rs]
+    partition_of = {sid.encode(): n % PARTITIONS for n, sid in enumerate(sessions)}
+    broker.produce(topic, records + list(extra), partition_of)
+    return len(records) + len(extra)
+
+
+def committed(broker, topic: str, group: str) -> dict[int, int | None]:
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
+    finally:
+        consumer.close()
+
+
+def test_consumer_group_end_to_end_with_restart_and_poison_record(broker, tmp_path):
+    """Records across 3 partitions become tuples, offsets get committed, a poison record lands
+    in the DLQ with its reason, and a restarted daemon processes no record twice."""
+    topic, group = f"interactions-{uuid.uuid4().hex[:8]}", "nextstate-test"
+    broker.create_topic(topic, PARTITIONS)
+    broker.create_topic(f"{topic}.dlq", 1)
+    sessions = {f"s{n}": weather_session(f"s{n}", "Error: missing required argument 'day'"
+                                         if n % 2 else '{"temp_c": 21}') for n in range(9)}
+    poison = (b"s0", b'{"session_id": "s0", "request": [1, 2')
+    produce_sessions(broker, topic, {k: v[:2] for k, v in sessions.items()}, [poison])
+    config = kafka_config(broker, tmp_path, topic, group)
+    with Daemon(config) as daemon:
+        assert wait_for(lambda: daemon.http("/readyz")[0] == 200, 60)
+        # Two exchanges per session: the first action of each is closed, the second pending.
+        assert wait_for(lambda: b"nextstate_interactions_total" in daemon.http("/metrics")[1]
+                        and _metric(daemon, "nextstate_interactions_total") == 9, 60)
+        assert wait_for(lambda: all(committed(broker, topic, group).values()), 30)
+        assert daemon.http("/healthz")[0] == 200
+    assert daemon.result == [0]
+    first = stored(tmp_path / "state")
+    assert len(first) == 9 + 4  # one evaluative per session, a directive for the 4 errors
+    marks = committed(broker, topic, group)
+    # Each committed offset points at a pending action's record: it must be re-read.
+    assert all(offset is not None for offset in marks.values())
+
+    # The agents go on; a restarted daemon rebuilds pending joins and closes them.
+    produce_sessions(broker, topic, {k: v[2:] for k, v in sessions.items()})
+    with Daemon(kafka_config(broker, tmp_path, topic, group)) as daemon:
+        assert wait_for(lambda: _metric(daemon, "nextstate_interactions_total") == 18, 60)
+    tuples = stored(tmp_path / "state")
+    keys = [t.key for t in tuples]
+    assert len(keys) == len(set(keys)) == 9 + 4  # later actions carry no tool signal
+    records_total = _records_total(tmp_path)
+    assert records_total == 9 * 3 + 0  # each good record processed once, across both runs
+    dlq = KafkaConsumer(f"{topic}.dlq", bootstrap_servers=broker.bootstrap,
+                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    (dead,) = list(dlq)
+    dlq.close()
+    headers = dict(dead.headers)
+    assert dead.value == poison[1] and headers["nextstate.reason"] == b"schema"
+
+
+def _metric(daemon: Daemon, name: str) -> float:
+    _, body = daemon.http("/metrics")
+    return sum(float(row.rsplit(" ", 1)[1]) for row in body.decode().splitlines()
+               if row.startswith(name + "{") or row.startswith(name + " "))
+
+
+def _records_total(tmp_path: Path) -> float:
+    state = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
+    return sum(value for name, _, value in state["stats"]["counters"] if name == "records")

@@ -1,0 +1,187 @@
+"""Tests for the pipeline and the file source: records in, durable tuples and offsets out."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import msgspec
+
+from nextstate.buffers import BufferSet, BufferSpec
+from nextstate.daemon.cli import main as cli_main
+from nextstate.daemon.config import DaemonConfig, load_config
+from nextstate.daemon.pipeline import Pipeline
+from nextstate.daemon.service import Health, Progress
+from nextstate.daemon.sources import run_file
+from tests.records import assistant, conversation_exchanges, line, tool, user
+
+
+def weather_session(sid: str, result: str) -> list[dict]:
+    """A session whose tool call gets ``result``, then a user reply."""
+    call = assistant(calls=[(f"{sid}-c", "get_weather", {"city": "Paris"})])
+    records = conversation_exchanges(sid, [
+        (call, [tool(f"{sid}-c", result)]),
+        (assistant("Done."), [user("thanks!")]),
+        (assistant("Anything else?"), []),
+    ])
+    for record in records:
+        record["request"]["messages"].insert(1, user("weather in Paris?"))
+    return records
+
+
+def config_for(tmp_path: Path, **overrides) -> DaemonConfig:
+    return load_config(None, **{"state_dir": str(tmp_path / "state"), "extractors": ["tool"],
+                                **overrides})
+
+
+def stored(state_dir: Path) -> list:
+    specs = [msgspec.convert(s, BufferSpec) for s in DaemonConfig().buffers]
+    buffers = BufferSet.open(state_dir / "buffers", specs)
+    try:
+        return [t for b in buffers.buffers.values() for t in b.iter_tuples()]
+    finally:
+        buffers.close()
+
+
+def run(config: DaemonConfig, path: Path) -> Pipeline:
+    pipeline = Pipeline(config)
+    run_file(pipeline, str(path), threading.Event(), Health(), Progress(pipeline.stats, False))
+    pipeline.close()
+    return pipeline
+
+
+def write_lines(path: Path, records: list[dict], extra: list[bytes] = ()) -> None:
+    path.write_bytes(b"\n".join([line(r) for r in records] + list(extra)) + b"\n")
+
+
+def test_file_run_produces_tool_tuples_and_dead_letters(tmp_path):
+    """Tool results become tuples; a poison record goes to the DLQ and later records still count."""
+    good = weather_session("ok", '{"temp_c": 18}')
+    bad = weather_session("bad", "Error: missing required argument 'day'")
+    source = tmp_path / "in.jsonl"
+    write_lines(source, good[:2], [b'{"session_id": "x", "request": '])
+    with source.open("ab") as fh:
+        fh.write(b"\n".join(line(r) for r in good[2:] + bad) + b"\n")
+    pipeline = run(config_for(tmp_path), source)
+    tuples = stored(tmp_path / "state")
+    rewards = {(t.session_id, t.kind): t.reward for t in tuples}
+    assert rewards[("ok", "evaluative")] > 0
+    assert rewards[("bad", "evaluative")] < 0
+    assert "day" in next(t.hint for t in tuples if t.kind == "directive")
+    (dead,) = [json.loads(x) for x in (tmp_path / "state" / "dlq.jsonl").read_text().splitlines()]
+    assert dead["reason"] == "decode" and dead["offset"] == 2
+    assert dead["value"].startswith('{"session_id": "x"')
+    assert pipeline.stats.total("interactions") == 6  # 3 actions x 2 sessions, all closed
+    assert pipeline.stats.total("dead_letters") == 1
+
+
+def test_rerun_of_a_finished_file_processes_nothing_twice(tmp_path):
+    """A second run over the same file and state dir adds no record, interaction or tuple."""
+    source = tmp_path / "in.jsonl"
+    write_lines(source, weather_session("a", "Error: HTTP 500"))
+    first = run(config_for(tmp_path), source)
+    after_first = stored(tmp_path / "state")
+    second = run(config_for(tmp_path), source)
+    assert second.stats.total("records") == first.stats.total("records") == 3
+    assert second.stats.total("interactions") == 3
+    assert after_first and stored(tmp_path / "state") == after_first
+
+
+def test_resume_after_partial_run_replays_pending_joins(tmp_path):
+    """A run cut mid-file resumes from the oldest pending record without re-emitting tuples."""
+    records = weather_session("a", "Error: HTTP 500")
+    source = tmp_path / "in.jsonl"
+    write_lines(source, records[:1])
+    # First run: only the tool-call exchange; stop before the end so nothing is closed.
+    pipeline = Pipeline(config_for(tmp_path))
+    stop = threading.Event()
+    for offset, raw in enumerate(source.read_bytes().splitlines()):
+        pipeline.process(raw, None, f"file:{source.resolve()}", 0, offset)
+    committable = pipeline.checkpoint()
+    assert committable == {(f"file:{source.resolve()}", 0): 0}  # the pending action's record
+    from nextstate.daemon.sources import _save_file_offsets
+
+    _save_file_offsets(pipeline, committable)
+    pipeline.close()
+    assert stored(tmp_path / "state") == []
+    # The agent goes on; the file grows; a new run resumes.
+    write_lines(source, records)
+    resumed = Pipeline(config_for(tmp_path))
+    run_file(resumed, str(source), stop, Health(), Progress(resumed.stats, False))
+    resumed.close()
+    (scored,) = stored(tmp_path / "state")
+    assert scored.interaction_id == "a#2" and scored.reward < 0
+    assert resumed.stats.total("records") == 3  # the first record was replayed, not recounted
+
+
+def test_cli_run_stats_and_export(tmp_path, capsys):
+    """The nextstate command runs a file, then prints stats and exports tuples and rewards."""
+    source = tmp_path / "in.jsonl"
+    write_lines(source, weather_session("a", "Error: missing required argument 'day'")
+                + weather_session("b", '{"temp_c": 3}'))
+    state = str(tmp_path / "state")
+    assert cli_main(["run", "--source", f"file:{source}", "--state-dir", state,
+                     "--extractors", "tool", "--metrics-port", "-1",
+                     "--log-format", "json"]) == 0
+    assert cli_main(["stats", "--state-dir", state]) == 0
+    out = capsys.readouterr().out
+    assert "interactions: 6" in out and "tool" in out
+    tuples_out, rewards_out = tmp_path / "t.jsonl", tmp_path / "r.jsonl"
+    assert cli_main(["export", "--state-dir", state, "--format", "tuples",
+                     "--out", str(tuples_out)]) == 0
+    assert cli_main(["export", "--state-dir", state, "--format", "rewards",
+                     "--out", str(rewards_out)]) == 0
+    tuples = [json.loads(x) for x in tuples_out.read_text().splitlines()]
+    rewards = [json.loads(x) for x in rewards_out.read_text().splitlines()]
+    assert {t["kind"] for t in tuples} == {"evaluative", "directive"}
+    assert sorted(r["session_id"] for r in rewards) == ["a", "b"]
+    assert set(rewards[0]) == {"session_id", "interaction_id", "source", "reward",
+                               "confidence"}
+
+
+def test_extractor_errors_do_not_stop_the_pipeline(tmp_path):
+    """An extractor that raises is logged and skipped; the other extractors still run."""
+    from nextstate.extractors.registry import register
+
+    @register("explodes_for_tests")
+    def explodes(**_):
+        def extractor(interaction):
+            raise RuntimeError("boom")
+        return extractor
+
+    source = tmp_path / "in.jsonl"
+    write_lines(source, weather_session("a", "Error: HTTP 500"))
+    seen = []
+    config = config_for(tmp_path, extractors=["explodes_for_tests", "tool"])
+    pipeline = Pipeline(config, on_extractor_error=lambda e, i, n: seen.append(n) or True)
+    run_file(pipeline, str(source), threading.Event(), Health(),
+             Progress(pipeline.stats, False))
+    pipeline.close()
+    assert seen == ["explodes_for_tests"] * 3
+    assert pipeline.stats.total("tuples", source="tool") == 1  # the tool error
+
+
+def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
+    """--follow keeps reading lines appended to the file, and stops cleanly when asked."""
+    from tests.kafka_broker import wait_for
+
+    source = tmp_path / "in.jsonl"
+    records = weather_session("a", "Error: HTTP 500")
+    write_lines(source, records[:1])
+    pipeline = Pipeline(config_for(tmp_path))
+    stop = threading.Event()
+    worker = threading.Thread(target=run_file, args=(pipeline, str(source), stop, Health(),
+                                                     Progress(pipeline.stats, False)),
+                              kwargs={"follow": True, "poll_s": 0.05})
+    worker.start()
+    try:
+        assert wait_for(lambda: pipeline.stats.total("records") == 1, 10)
+        with source.open("ab") as fh:
+            fh.write(line(records[1]) + b"\n")
+        assert wait_for(lambda: pipeline.stats.total("interactions") == 1, 10)
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+    pipeline.close()
