@@ -79,7 +79,9 @@ def pack_prefixes(seqs: Sequence[tuple[int, ...]], share: bool = True) -> Packin
         seq = seqs[i]
         n = len(seq)
         found = -1
-        for c in by_head.get(seq[:head_len], ()):
+        # Sequences shorter than the key could hide under any head: scan all carriers.
+        candidates = by_head.get(seq[:head_len], ()) if n >= head_len else range(len(carriers))
+        for c in candidates:
             if carriers[c][:n] == seq:
                 found = c
                 break

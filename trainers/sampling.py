@@ -25,7 +25,12 @@ class Batch(Protocol):
 
 @runtime_checkable
 class Sampleable(Protocol):
-    """A replay buffer the trainer can learn from."""
+    """A replay buffer the trainer can learn from.
+
+    ``sample`` raises ``ValueError`` (``nextstate.buffers``) or returns an empty batch when
+    nothing is sampleable; ``update_priorities`` takes the trainer's per-tuple priorities
+    (|advantage|, mean |distillation advantage| or DPO loss) for the sampled indices.
+    """
 
     def sample(self, batch_size: int, current_version: int | None = None) -> Batch: ...
 

@@ -12,15 +12,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nextstate.buffers.versions import UNKNOWN_VERSION, parse_policy_version
+
 
 def staleness_of(tuple_version: str | None, current_version: int) -> int | None:
-    """``current - version`` for a numeric version string, else None (unknown)."""
-    if tuple_version is None:
+    """``current - version`` by the label's trailing integer (``"7"``, ``"v7"``), else None.
+
+    Parsed like the buffers do (:func:`nextstate.buffers.parse_policy_version`) so the
+    trainer and the sampler agree on what is stale.
+    """
+    version = parse_policy_version(tuple_version)
+    if version == UNKNOWN_VERSION:
         return None
-    try:
-        return max(0, current_version - int(tuple_version))
-    except ValueError:
-        return None
+    return max(0, current_version - version)
 
 
 def staleness_weights(staleness: Sequence[int | None], max_staleness: int, mode: str,

@@ -123,6 +123,8 @@ class Trainer:
         random.seed(config.seed)
         np.random.seed(config.seed)
         torch.manual_seed(config.seed)
+        if config.torch_threads is not None:
+            torch.set_num_threads(config.torch_threads)
         self.policy = policy.to(config.device)
         self.buffers = dict(buffers)
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -221,7 +223,11 @@ class Trainer:
             for name, quota in _split(need, active).items():
                 if quota == 0:
                     continue
-                batch = self.buffers[name].sample(quota, current_version=self.policy_version)
+                try:
+                    batch = self.buffers[name].sample(quota, current_version=self.policy_version)
+                except ValueError:  # the buffers' way of saying "nothing sampleable"
+                    empty.append(name)
+                    continue
                 if len(batch.tuples) == 0:
                     empty.append(name)
                     continue

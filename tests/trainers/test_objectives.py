@@ -1,0 +1,88 @@
+"""Loss math against hand-computed values on 2-token toy cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nextstate.trainers.objectives import RunningBaseline, dpo_loss, kl_penalty, opd_loss, pg_loss
+
+
+def _logp(*probs: float) -> torch.Tensor:
+    return torch.tensor([[math.log(p) for p in probs]], requires_grad=True)
+
+
+def test_pg_loss_and_gradient_match_hand_computation() -> None:
+    """Ratios 1 and 0.5 with A=1 give loss -(1 + 0.5)/2 and per-token grads -ratio/2."""
+    logp = _logp(0.5, 0.25)
+    old = torch.tensor([[math.log(0.5), math.log(0.5)]])
+    loss = pg_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2), clip_eps=0.2)
+    assert loss.item() == pytest.approx(-0.75)
+    loss.sum().backward()
+    assert logp.grad.tolist()[0] == pytest.approx([-0.5, -0.25])
+
+
+def test_pg_clipped_token_gets_no_gradient() -> None:
+    """A ratio of 2 with a positive advantage is clipped to 1.2 and stops pushing."""
+    logp = _logp(0.5, 0.5)
+    old = torch.tensor([[math.log(0.5), math.log(0.25)]])
+    loss = pg_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2), clip_eps=0.2)
+    assert loss.item() == pytest.approx(-(1.0 + 1.2) / 2)
+    loss.sum().backward()
+    assert logp.grad.tolist()[0] == pytest.approx([-0.5, 0.0])
+
+
+def test_pg_mask_limits_credit_to_selected_tokens() -> None:
+    """With a mask on the second token only, the first token gets exactly zero gradient."""
+    logp = _logp(0.5, 0.25)
+    loss = pg_loss(logp, logp.detach(), torch.tensor([-1.0]), torch.tensor([[0.0, 1.0]]))
+    assert loss.item() == pytest.approx(1.0)
+    loss.sum().backward()
+    assert logp.grad.tolist()[0] == pytest.approx([0.0, 1.0])
+
+
+def test_opd_advantage_is_clipped_teacher_minus_student() -> None:
+    """Teacher [0.5, 1.0] vs student [0.5, 0.25]: advantages [0, log 4 -> clip 1]."""
+    logp = _logp(0.5, 0.25)
+    teacher = torch.tensor([[math.log(0.5), 0.0]])
+    loss, adv = opd_loss(logp, teacher, logp.detach(), torch.ones(1, 2), adv_clip=1.0)
+    assert adv.tolist()[0] == pytest.approx([0.0, 1.0])
+    assert loss.item() == pytest.approx(-0.5)
+    loss.sum().backward()
+    assert logp.grad.tolist()[0] == pytest.approx([0.0, -0.5])
+    _, unclipped = opd_loss(logp, teacher, logp.detach(), torch.ones(1, 2), adv_clip=5.0)
+    assert unclipped[0, 1].item() == pytest.approx(math.log(4))
+
+
+def test_dpo_loss_matches_formula() -> None:
+    """c=-1, r=-2, refs=-1.5, beta=0.5: margin 1, loss log(1 + e^-0.5)."""
+    chosen = torch.tensor([-1.0], requires_grad=True)
+    loss, margin = dpo_loss(chosen, torch.tensor([-2.0]), torch.tensor([-1.5]),
+                            torch.tensor([-1.5]), beta=0.5)
+    assert margin.item() == pytest.approx(1.0)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.5)))
+    loss.sum().backward()
+    assert chosen.grad.item() == pytest.approx(-0.5 * (1 - 1 / (1 + math.exp(-0.5))))
+
+
+def test_kl_penalty_k3_estimator() -> None:
+    """logp [0.5, 0.25] vs ref [0.25, 0.25]: k3 = [0.5 + log 2 - 1, 0], mean over 2."""
+    logp = _logp(0.5, 0.25)
+    ref = torch.tensor([[math.log(0.25), math.log(0.25)]])
+    kl = kl_penalty(logp, ref, torch.ones(1, 2))
+    assert kl.item() == pytest.approx((0.5 + math.log(2) - 1) / 2)
+
+
+def test_running_baseline_mean_then_ema_and_state_round_trip() -> None:
+    """Exact mean for the first 1/momentum rewards, EMA after; state survives a round trip."""
+    b = RunningBaseline(momentum=0.25)
+    b.update("tool", [1.0, 0.0, 1.0, 0.0])
+    assert b.value("tool") == pytest.approx(0.5)
+    b.update("tool", [1.0])
+    assert b.value("tool") == pytest.approx(0.5 + 0.25 * 0.5)
+    assert b.value("user") == 0.0
+    c = RunningBaseline()
+    c.load_state_dict(b.state_dict())
+    assert c.value("tool") == b.value("tool") and c.counts == b.counts

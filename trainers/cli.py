@@ -1,0 +1,91 @@
+"""``nextstate train``: run the trainer standalone against a state directory's durable buffers.
+
+The policy comes from the config file's ``[policy]`` table: ``kind = "tiny"`` (with
+:class:`~nextstate.trainers.tiny.TinyConfig` fields and ``seed``) or ``kind = "hf"`` with
+``path`` and an optional ``[policy.lora]`` table of ``peft.LoraConfig`` arguments. Buffers
+are the file's ``[[buffers]]`` (``BufferSpec`` fields; the daemon's defaults otherwise),
+opened from ``<state-dir>/buffers``; versions are published to ``<state-dir>/checkpoints``
+and training resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nextstate.trainers.config import TrainerConfig
+from nextstate.trainers.policy import CausalLMPolicy
+from nextstate.trainers.trainer import Trainer
+
+
+def build_policy(spec: Mapping[str, Any], device: str = "cpu") -> CausalLMPolicy:
+    """A fresh policy from a ``[policy]`` table (weights are then resumed by the trainer)."""
+    spec = dict(spec)
+    kind = spec.pop("kind", "tiny")
+    if kind == "tiny":
+        from nextstate.trainers.tiny import TinyConfig, TinyPolicy
+
+        seed = int(spec.pop("seed", 0))
+        return TinyPolicy(TinyConfig(**spec), seed=seed, device=device)
+    if kind == "hf":
+        from nextstate.trainers.hf import HFPolicy
+
+        return HFPolicy.from_pretrained(spec["path"], lora=spec.get("lora"), device=device)
+    raise ValueError(f"unknown policy kind {kind!r}")
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nextstate train --state-dir DIR [--config FILE] [--steps N]``.
+
+    Returns:
+        0 after training (also when the buffers ran dry), 2 on a missing state directory.
+    """
+    import msgspec
+
+    from nextstate.buffers import BufferSet, BufferSpec
+
+    parser = argparse.ArgumentParser(prog="nextstate train", description=__doc__)
+    parser.add_argument("--state-dir", required=True, help="the daemon's state directory")
+    parser.add_argument("--config", help="TOML/JSON with [trainer], [policy], [[buffers]]")
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps to run")
+    parser.add_argument("--log-every", type=int, default=10, help="print metrics every N steps")
+    args = parser.parse_args(argv)
+
+    state_dir = Path(args.state_dir)
+    if not (state_dir / "buffers").is_dir():
+        print(f"nextstate train: no buffers in {state_dir}", file=sys.stderr)
+        return 2
+    config, data = (TrainerConfig.from_file(Path(args.config)) if args.config
+                    else (TrainerConfig(), {}))
+    buffer_specs = data.get("buffers")
+    if buffer_specs is None:
+        from nextstate.daemon.config import DaemonConfig
+
+        buffer_specs = DaemonConfig().buffers
+    specs = [msgspec.convert(spec, BufferSpec) for spec in buffer_specs]
+    policy = build_policy(data.get("policy", {"kind": "tiny"}), device=config.device)
+    with BufferSet.open(state_dir / "buffers", specs) as buffer_set:
+        trainer = Trainer.resume(config, policy, buffer_set.buffers, state_dir / "checkpoints")
+        start = trainer.global_step
+        metrics: dict[str, float] = {}
+        for _ in range(args.steps):
+            step_metrics = trainer.step()
+            if not step_metrics:
+                print("nextstate train: no sampleable tuples; stopping", file=sys.stderr)
+                break
+            metrics = step_metrics
+            if trainer.global_step % args.log_every == 0:
+                print(json.dumps({k: round(v, 5) for k, v in metrics.items()}))
+        published = trainer.maybe_publish(force=True)
+    print(json.dumps({"steps": trainer.global_step - start, "step": trainer.global_step,
+                      "policy_version": trainer.policy_version,
+                      "published": str(published) if published else None}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(train_main())
