@@ -60,6 +60,7 @@ _NON_GUI_ACTIONS = frozenset({"send_msg_to_user", "report_infeasible", "take_not
 _ACTION = re.compile(r"^\s*([A-Za-z_]\w*)\s*\(\s*(?:['\"]([^'\"]*)['\"])?(?:\s*,\s*['\"]"
                      r"([^'\"]*)['\"])?")
 _BID = re.compile(r"^\s*\[([^\]]+)\]")
+_BID_ANY = re.compile(r"\[[^\]\n]{1,12}\]")
 _NOISE = re.compile(r"\d+|, focused|\bfocused\b|^\s*\[[^\]]*\]\s*")
 _ERROR_PAGE = re.compile(r"\b(?:404|403|500|502|503|not found|page not found|access denied|"
                          r"forbidden|internal server error|bad gateway|this site can.t be "
@@ -178,9 +179,10 @@ def read_gui_change(action: str, target: str | None, value: str | None,
     added, removed = diff_trees(before.tree, after.tree)
     diff = _compact(call_text, before, after, added, removed)
     navigated = before.url != after.url
-    head = after.title + "\n" + after.tree[:400]
+    # Element ids like [500] are not status codes: look at the page's words only.
+    head = _BID_ANY.sub("", after.title + "\n" + after.tree[:400])
     if (navigated or before.title != after.title) and _ERROR_PAGE.search(head) and not \
-            _ERROR_PAGE.search(before.title + "\n" + before.tree[:400]):
+            _ERROR_PAGE.search(_BID_ANY.sub("", before.title + "\n" + before.tree[:400])):
         return GuiReading("error_page", -0.6, 0.8,
                           f"The action {call_text} led to an error page: {after.title[:120]}",
                           diff)

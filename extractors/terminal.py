@@ -65,8 +65,6 @@ _COMPILER = re.compile(
     r"^(?:(?:\S+?:\d+(?::\d+)?:\s*)?(?:fatal )?error(?:\[E\d+\])?:\s*.+|\S+\(\d+,\d+\): error "
     r"TS\d+: .+|error TS\d+: .+|\S+\.go:\d+:\d+: .+|\S+\.java:\d+: error: .+)$", re.M)
 _TRACEBACK = re.compile(r"^Traceback \(most recent call last\):", re.M)
-_EXCEPTION_LINE = re.compile(
-    r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit|Interrupt|Failure)\b(?::.*)?$", re.M)
 _NOT_FOUND = re.compile(
     r"^.*(?:command not found|is not recognized as an internal or external command|"
     r"No such file or directory|Permission denied|Segmentation fault).*$", re.M | re.I)
@@ -183,7 +181,7 @@ def read_terminal(content: str, command: str = "",
             return TerminalReading("tests_pass", 0.9 if progressed else 0.7,
                                    0.9 if progressed else 0.85, None)
         if _ENVIRONMENTAL.search(text):
-            return TerminalReading("tests_fail_environment", -0.2, 0.4, None)
+            return None  # the network failed, not the action: no signal about it
         if previous is not None and previous.failed > 0:
             if summary.failed < previous.failed:
                 return TerminalReading("tests_progress", 0.6, 0.85, hint)
@@ -197,8 +195,11 @@ def read_terminal(content: str, command: str = "",
     if compiler:
         return TerminalReading("compile_error", -0.8, 0.9,
                                f"Fix the compiler error: {compiler.group(0).strip()[:200]}")
-    if _TRACEBACK.search(text):
-        lines = _EXCEPTION_LINE.findall(text)
+    traceback = _TRACEBACK.search(text)
+    if traceback:
+        # The exception is the last unindented line after the traceback header.
+        lines = [ln for ln in text[traceback.end():].splitlines()
+                 if ln.strip() and not ln[0].isspace()]
         last = lines[-1].strip()[:200] if lines else None
         return TerminalReading("traceback", -0.7, 0.85, f"Fix the error: {last}" if last else None)
     missing = _NOT_FOUND.search(text)

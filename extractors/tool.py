@@ -34,28 +34,35 @@ _ERROR_PATTERNS: tuple[tuple[str, re.Pattern[str], float, float], ...] = (
                           r"property|additional properties are not allowed|"
                           r"failed to parse (arguments|json))\b", re.I), -0.9, 0.9),
     ("exception", re.compile(r"^\s*(Traceback \(most recent call last\)|(\w+\.)*\w*(Error|"
-                             r"Exception)\b[:(])", re.M), -0.8, 0.9),
-    ("error_payload", re.compile(r"^\s*[\[{]?\s*\"?(error|err|failed|failure|fatal)\"?\s*"
-                                 r"[:=!]", re.I), -0.8, 0.85),
+                             r"Exception)\b[:(]|(\w+\.)*errors?\.\w+:)", re.M), -0.8, 0.9),
+    ("error_payload", re.compile(r"^\s*[\[{]?\s*\"?(error|err|failed|failure|fatal)\"?"
+                                 r"(\s+\d{3})?\s*[:=!]", re.I), -0.8, 0.85),
     ("http_error", re.compile(r"\b(HTTP(/\d(\.\d)?)?|status(?: code)?)[ /:=]*\s*[45]\d\d\b|"
                               r"^\s*[45]\d\d (Not Found|Bad Request|Unauthorized|Forbidden|"
-                              r"Internal Server Error|Service Unavailable|Too Many Requests)",
+                              r"Internal Server Error|Service Unavailable|Too Many Requests)|"
+                              r"^\s*[45]\d\d\s+[A-Z][a-z]+(\s+[A-Z][a-z]+)*\s*$",
                               re.I), -0.7, 0.85),
     ("timeout", re.compile(r"\b(timed? ?out|deadline exceeded)\b", re.I), -0.5, 0.8),
+    ("partial_failure", re.compile(r"\b[1-9]\d* (failed|errors?|failures)\b|\bpartial(ly)? "
+                                   r"fail", re.I), -0.5, 0.7),
 )
 _EMPTY = re.compile(r"^\s*(|null|none|\[\]|\{\}|\"\"|no (results?|matches|data|records|items)"
                     r"( found| returned)?\.?|nothing found\.?|not found\.?|0 results?( found)?"
                     r"\.?)\s*$", re.I)
-_EXPECTED_HINT = re.compile(
-    r"(missing (?:a )?(?:required )?(?:argument|parameter|field|property|key)s?:?\s*'?\"?[\w.]+"
-    r"'?\"?|'?\"?[\w.]+'?\"? is a required property|"
-    r"(?:expected|must be|should be|required|allowed values?(?: are)?|valid values?"
-    r"(?: are)?|did you mean)[^.\n]{0,80}|"
-    r"unknown (?:tool|function)[^.\n]{0,60})",
-    re.I,
+# Tried in order: the most specific statement of what was expected wins.
+_EXPECTED_HINTS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"did you mean[^.\n]{0,80}", re.I),
+    re.compile(r"missing (?:a )?(?:required )?(?:argument|parameter|field|property|key)s?:?\s*"
+               r"'?\"?[\w.]+'?\"?|'?\"?[\w.]+'?\"? is a required property", re.I),
+    re.compile(r"(?:expected|must be(?: one of)?|should be|(?:allowed|valid|available|"
+               r"supported) (?:values|options|times|choices|formats)(?: are)?)[^.\n]{0,80}",
+               re.I),
+    re.compile(r"unknown (?:tool|function)[^.\n]{0,60}", re.I),
 )
 _ERROR_KEYS = ("error", "errors", "exception", "error_message", "err")
 _EMPTY_KEYS = ("results", "items", "data", "hits", "rows", "records", "matches")
+_TRACEBACK_END = re.compile(r"^(\w+\.)*\w*(Error|Exception)(: .*)?$")
+_ERROR_STATUSES = frozenset({"error", "failed", "failure", "fail", "fatal"})
 _HEAD_CHARS = 300
 
 
@@ -81,6 +88,8 @@ def _classify_json(data: Any) -> tuple[str, float, float] | None:
         value = data.get(key)
         if isinstance(value, int) and 400 <= value < 600:
             return "http_error", -0.7, 0.85
+        if key == "status" and isinstance(value, str) and value.lower() in _ERROR_STATUSES:
+            return "error_payload", -0.8, 0.85
     if data.get("ok") is False or data.get("success") is False:
         return "error_payload", -0.8, 0.85
     present = [k for k in _EMPTY_KEYS if k in data]
@@ -109,8 +118,11 @@ def classify_tool_result(text: str) -> tuple[str, float, float]:
             return reading
         if not stripped:
             return "empty", -0.3, 0.6
-    head = stripped[:_HEAD_CHARS]
+    first, _, rest = stripped.partition("\n")
+    head = first[:_HEAD_CHARS]
     reading = _classify_text(head)
+    if reading is None and rest and _TRACEBACK_END.match(rest.rpartition("\n")[2]):
+        reading = "exception", -0.8, 0.9  # a traceback's last line names the exception
     if reading is not None:
         return reading
     if _EMPTY.match(head):
@@ -151,7 +163,8 @@ class ToolResultExtractor:
                              excerpt=excerpt, reward=reward, confidence=confidence,
                              credit="tool_args")]
         if reward < 0 and label != "empty":
-            match = _EXPECTED_HINT.search(answer.content[:4000])
+            text = answer.content[:4000]
+            match = next((m for p in _EXPECTED_HINTS if (m := p.search(text))), None)
             if match:
                 hint = f"The call to {call.name} failed: {match.group(0).strip()}."
                 tuples.append(tuple_from(interaction, extractor="tool", kind="directive",

@@ -38,14 +38,17 @@ class ReplyReading(NamedTuple):
 _PRAISE_OPENER = re.compile(
     r"^\W*(?:oh,?\s+|wow,?\s+|well,?\s+)?(?:thanks?|thank you|thx|ty|perfect|great|awesome|"
     r"excellent|nice|brilliant|amazing|wonderful|fantastic|lovely|cool|good job|well done|"
-    r"super|splendid|terrific)\b", re.I)
+    r"super|splendid|terrific|good|ok(?:ay)?|fine|sure|yes|cool cool)\b", re.I)
 _SARCASM_OUTCOME = re.compile(
     r"\b(?:now nothing (?:works|loads|runs|happens)|"
     r"now (?:it|nothing|everything|the \w+)\b.{0,40}\b(?:broken|broke|crash\w*|fails?|"
     r"failing|gone|deleted|lost|worse|doesn'?t|won'?t|isn'?t)|for nothing|another (?:error|"
     r"bug|crash|failure|exception)|(?:broke|deleted|wiped|lost|crashed) (?:everything|it|the|my|"
-    r"all)|even worse|yeah,? right|just what i needed,? another|exactly what i didn'?t)\b",
-    re.I)
+    r"all)|even worse|yeah,? right|just what i needed,? another|exactly what i didn'?t|"
+    r"(?:breaking|ruining|deleting|wiping) \w+)\b", re.I)
+_SARCASM_ALONE = re.compile(r"^\W*yeah,? right\b|\bthanks for nothing\b", re.I)
+_QUOTED = re.compile(r"(?<!\w)'[^'\n]{2,80}'(?!\w)|\"[^\"\n]{2,80}\"|`[^`\n]{1,80}`")
+_BARE_NO = re.compile(r"^\W*(?:no|nope|nah)\b", re.I)
 _CONTRAST = re.compile(r"(?:^|[,.;!]\s*|\s)(?:but|however|though|although|except|only)\b[,\s]*",
                        re.I)
 _COMPLAINT = re.compile(
@@ -55,13 +58,15 @@ _COMPLAINT = re.compile(
     r"|^\W*(?:no|nope|nah|wrong|incorrect|not quite|not really|negative)\b(?!\s+(?:problem|"
     r"worries|need|rush|thanks))"
     r"|\bnothing (?:works|happens|changed|loads|shows up)\b"
+    r"|\b(?:it|this|that|the app|now it) (?:still )?(?:crash(?:es|ed)|broke)\b|\bnot helpful\b"
     r"|\bnot what i (?:asked|wanted|meant|said|need(?:ed)?)\b"
     r"|\bi (?:said|asked for|asked you|meant|told you|specified|explicitly|clearly)\b"
     r"|\b(?:doesn'?t|didn'?t|does not|did not|won'?t|isn'?t|is not|still (?:doesn'?t|"
     r"not|fails?|broken|wrong|the same)) (?:work|working|compile|run|help|fix|answer|load|"
     r"make sense|match|add up)\w*\b"
-    r"|\byou (?:forgot|missed|ignored|skipped|left out|misread|misunderstood|broke|got (?:it|"
-    r"that|this) wrong|made (?:that|this|it) up|didn'?t (?:read|listen|answer|do|include|use))\b"
+    r"|\byou (?:just )?(?:forgot|missed|ignored|skipped|left out|misread|misunderstood|broke|"
+    r"got (?:it|that|this) wrong|made (?:that|this|it) up|made up|didn'?t (?:read|listen|"
+    r"answer|do|include|use))\b"
     r"|\b(?:try again|redo (?:it|this|that)|wrong (?:answer|file|date|day|city|one|number|"
     r"language|unit|format)|hallucinat\w*|makes no sense|that'?s (?:not it|incorrect)|"
     r"why (?:did|would) you|are you sure|where did you get)\b)", re.I)
@@ -74,11 +79,13 @@ _POLITE_CORRECTION = re.compile(
     r"supposed to|that was meant|i was (?:asking|hoping|looking) for|"
     r"(?:could|can) you (?:please )?(?:use|keep|switch|redo|fix|recheck|re-check)|"
     r"please (?:use|keep|switch|stick|don'?t|do not|fix)|you (?:should|need to) (?:use|have|"
-    r"include))\b)", re.I)
+    r"include)|instead|(?:isn'?t|wasn'?t|aren'?t) (?:it|that|this|there)|"
+    r"[\w.']+,\s*not\s+[\w.']+)\b)", re.I)
 _POSITIVE = re.compile(
     r"\b(?:thanks?|thank you|thx|cheers|much appreciated|appreciate it|"
     r"(?:that|it|this) (?:works|worked|did it|did the trick|fixed it|helps|helped|is perfect|"
-    r"is exactly)|works (?:now|perfectly|great|fine|like a charm)|"
+    r"is exactly|is (?:great|awesome|amazing|excellent|helpful))|helpful|"
+    r"works (?:now|perfectly|great|fine|like a charm)|ty|"
     r"(?:looks|sounds|seems) (?:good|great|right|perfect|correct|fine)|lgtm|spot on|"
     r"exactly what i (?:needed|wanted)|perfect|excellent|awesome|great (?:job|work)|"
     r"you'?re (?:a lifesaver|the best|right)|problem solved|that'?s (?:it|right|correct|"
@@ -90,8 +97,9 @@ _SENTENCES = re.compile(
 _DIRECTIVE = re.compile(
     r"\b(?:use|using|i (?:said|asked|meant|wanted|specified|told you|need(?:ed)?)|should|"
     r"instead|rather|make (?:it|sure)|please|don'?t|do not|needs? to|has to|have to|must|"
-    r"supposed to|expected|keep|switch|convert|include|exclude|add|remove|in (?:metric|"
+    r"supposed to|expected|keep|switch|convert|include|exclude|add|remove|mention|in (?:metric|"
     r"celsius|fahrenheit|imperial|utc)|it'?s .{1,40}\bnot\b|not .{1,40}\b(?:but)\b|"
+    r"[\w.']+,\s*not\s|instead|hoping for|wanted|"
     r"was (?:on|at|in|for)|is (?:on|at|in|for)|(?:the )?(?:deadline|date|day|total|answer|"
     r"name|number|price) (?:is|was))\b", re.I)
 _LEADING_FILLER = re.compile(
@@ -156,10 +164,15 @@ def classify_reply(reply: str, previous_request: str | None = None) -> ReplyRead
     text = _normalise(reply)
     if not text:
         return None
+    # Quoted text is what the user cites ("what does 'wrong number' mean?"), not their verdict.
+    text = _QUOTED.sub("'…'", text) if ("'" in text or '"' in text or "`" in text) else text
     praise = _PRAISE_OPENER.match(text)
-    if praise and _SARCASM_OUTCOME.search(text):
+    if (praise and _SARCASM_OUTCOME.search(text)) or _SARCASM_ALONE.search(text):
         return ReplyReading("sarcasm", -0.8, 0.8, None)
     complaint = _COMPLAINT.search(text)
+    if complaint and _BARE_NO.match(complaint.group(0)) and _COMPLAINT.search(
+            text, complaint.end()) is None and _POSITIVE.search(text):
+        complaint = None  # "No, that's all I needed, thanks!"
     if complaint:
         return ReplyReading("complaint", -0.8, 0.9, correction_hint(text))
     if praise and _CONTRAST.search(text, praise.end()):
