@@ -1,0 +1,259 @@
+"""The trainer learns (not just runs): PG, OPD, DPO, token-level credit, staleness, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nextstate.trainers.chat import hinted_context
+from nextstate.trainers.checkpoint import latest_checkpoint, load_policy, read_manifest
+from nextstate.trainers.config import TrainerConfig
+from nextstate.trainers.sampling import ListBuffer
+from nextstate.trainers.trainer import Trainer
+
+from .conftest import BAD, CONTEXT, GOOD, make_tuple
+
+
+def _config(**overrides) -> TrainerConfig:
+    return TrainerConfig(**({"batch_size": 8, "micro_batch_size": 4, "lr": 3e-3,
+                             "publish_every": 0} | overrides))
+
+
+def _trainer(policy, tuples, tmp_path, **overrides) -> Trainer:
+    return Trainer(_config(**overrides), policy, {"main": ListBuffer(tuples, seed=1)},
+                   tmp_path / "ckpt")
+
+
+def test_empty_buffers_skip_the_step(tiny_policy, tmp_path) -> None:
+    """With nothing sampleable, step returns {} and the step count does not move."""
+    trainer = _trainer(tiny_policy(), [], tmp_path)
+    assert trainer.step() == {}
+    assert trainer.global_step == 0
+
+
+def test_pg_raises_rewarded_and_lowers_punished_actions(tiny_policy, tmp_path) -> None:
+    """Log-prob of a +1 action rises and of a -1 action falls after a few steps."""
+    policy = tiny_policy()
+    tuples = [make_tuple(action=GOOD, reward=1.0), make_tuple(action=BAD, reward=-1.0)]
+    good0 = policy.action_logprobs(CONTEXT, GOOD).sum()
+    bad0 = policy.action_logprobs(CONTEXT, BAD).sum()
+    trainer = _trainer(policy, tuples, tmp_path, opd_weight=0.0, dpo_weight=0.0)
+    for _ in range(8):
+        metrics = trainer.step()
+    assert "losses/pg" in metrics and metrics["charts/step"] == 8.0
+    assert policy.action_logprobs(CONTEXT, GOOD).sum() > good0 + 1.0
+    assert policy.action_logprobs(CONTEXT, BAD).sum() < bad0 - 1.0
+
+
+def test_tool_args_credit_gives_prose_tokens_no_gradient(tiny_policy, tmp_path) -> None:
+    """A tool-result reward's gradient reaches only the tool-argument tokens of the action."""
+    policy = tiny_policy()
+    captured: list[torch.Tensor] = []
+    packed = policy.packed_logprobs
+
+    def keep_grads(encoded, share_prefixes=True):
+        logps, packing = packed(encoded, share_prefixes)
+        if torch.is_grad_enabled():
+            for lp in logps:
+                lp.retain_grad()
+            captured.extend(logps)
+        return logps, packing
+
+    policy.packed_logprobs = keep_grads
+    t = make_tuple(action=GOOD, reward=-1.0, source="tool", credit="tool_args")
+    trainer = _trainer(policy, [t], tmp_path, batch_size=1, micro_batch_size=1)
+    trainer.baseline.update("tool", [0.0])
+    trainer.step()
+    mask = torch.tensor(policy.encode(CONTEXT, GOOD).tool_arg_mask)
+    grad = captured[0].grad
+    assert mask.any() and (~mask).any()
+    assert torch.all(grad[~mask] == 0)
+    assert torch.all(grad[mask] != 0)
+
+
+def _kl_teacher_student(policy, context, hint, action, template) -> float:
+    """Mean over the action's positions of KL(p(. | context + hint) || p(. | context))."""
+    def dists(ctx):
+        enc = policy.encode(ctx, action)
+        with torch.no_grad():
+            logits = policy.logits(torch.tensor([enc.ids]))[0]
+        return torch.log_softmax(logits[enc.action_start - 1:-1], -1)
+
+    teacher = dists(hinted_context(context, hint, template))
+    student = dists(context)
+    return float((teacher.exp() * (teacher - student)).sum(-1).mean())
+
+
+def test_opd_shrinks_kl_between_hinted_teacher_and_student(tiny_policy, tmp_path) -> None:
+    """Distillation steps on directive tuples shrink KL(teacher || student) on their actions."""
+    policy = tiny_policy()
+    hint = "call the weather tool for Paris"
+    template = TrainerConfig().hint_template
+    # Make the hint matter first: fit the action under the hinted context only.
+    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=3e-3)
+    for _ in range(30):
+        optimizer.zero_grad()
+        (-policy.action_logprobs(hinted_context(CONTEXT, hint, template), GOOD,
+                                 grad=True).sum()).backward()
+        optimizer.step()
+    before = _kl_teacher_student(policy, CONTEXT, hint, GOOD, template)
+    trainer = _trainer(policy, [make_tuple("directive", action=GOOD, hint=hint)], tmp_path,
+                       pg_weight=0.0, dpo_weight=0.0)
+    for _ in range(10):
+        metrics = trainer.step()
+    after = _kl_teacher_student(policy, CONTEXT, hint, GOOD, template)
+    assert "losses/opd" in metrics
+    assert before > 0.1 and after < 0.5 * before
+
+
+def test_dpo_raises_the_chosen_minus_rejected_margin(tiny_policy, tmp_path) -> None:
+    """DPO steps on a correction pair widen log p(chosen) - log p(rejected)."""
+    policy = tiny_policy()
+    pair = make_tuple("preference", action=BAD, chosen=GOOD, rejected=BAD)
+
+    def margin() -> float:
+        return float(policy.action_logprobs(CONTEXT, GOOD).sum()
+                     - policy.action_logprobs(CONTEXT, BAD).sum())
+
+    before = margin()
+    trainer = _trainer(policy, [pair], tmp_path, pg_weight=0.0, opd_weight=0.0)
+    for _ in range(6):
+        metrics = trainer.step()
+    assert metrics["charts/dpo_margin_mean"] > 0
+    assert margin() > before + 5.0
+
+
+def test_stale_tuples_are_dropped_and_reported(tiny_policy, tmp_path) -> None:
+    """Tuples older than max_staleness versions are dropped; staleness stats are reported."""
+    fresh = make_tuple(reward=1.0, policy_version="5")
+    stale = make_tuple(action=BAD, reward=-1.0, policy_version="1", index=2)
+    trainer = _trainer(tiny_policy(), [fresh, stale], tmp_path, max_staleness=2,
+                       batch_size=16)
+    trainer.policy_version = 6
+    metrics = trainer.step()
+    assert metrics["charts/stale_dropped"] > 0
+    assert metrics["charts/staleness_max"] == 5.0
+    assert metrics["charts/tuples"] == 16 - metrics["charts/stale_dropped"]
+    assert trainer.tuples_seen["user"] == metrics["charts/tuples"]
+
+
+def test_buffer_mix_splits_the_batch_and_skips_empty_buffers(tiny_policy, tmp_path) -> None:
+    """A 3:1 mix draws 6 and 2 of 8; an empty buffer's share goes to the others."""
+    a = ListBuffer([make_tuple(reward=1.0, source="tool")])
+    b = ListBuffer([make_tuple(reward=-1.0, source="user", index=2)])
+    trainer = Trainer(_config(buffer_mix={"a": 3.0, "b": 1.0, "c": 1.0}), tiny_policy(),
+                      {"a": a, "b": b, "c": ListBuffer([])}, tmp_path)
+    metrics = trainer.step()
+    assert metrics["charts/tuples_tool"] == 6 and metrics["charts/tuples_user"] == 2
+    assert a.priorities[0] != 1.0  # the trainer fed priorities back
+
+
+def test_publish_is_versioned_atomic_and_announced(tiny_policy, tmp_path) -> None:
+    """Every publish_every steps a complete version appears, with manifest and announcement."""
+    announced: list[dict] = []
+    trainer = Trainer(_config(publish_every=2, keep_checkpoints=2), tiny_policy(),
+                      {"main": ListBuffer([make_tuple(reward=1.0)])}, tmp_path / "ckpt",
+                      announce=announced.append)
+    for _ in range(6):
+        trainer.step()
+    assert trainer.policy_version == 3
+    latest = latest_checkpoint(tmp_path / "ckpt")
+    assert latest is not None and latest.name == "v000003"
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["v000002", "v000003"]
+    manifest = read_manifest(latest)
+    assert manifest["version"] == 3 and manifest["step"] == 6
+    assert manifest["tuples_seen"] == {"user": 48} and "losses/pg" in manifest["losses"]
+    assert [a["version"] for a in announced] == [1, 2, 3]
+    assert json.loads((latest / "manifest.json").read_text())["version"] == 3
+    assert trainer.maybe_publish() is None
+    torch.testing.assert_close(load_policy(latest).action_logprobs(CONTEXT, GOOD),
+                               trainer.policy.action_logprobs(CONTEXT, GOOD), rtol=0, atol=0)
+
+
+def test_resume_continues_step_optimizer_and_training_exactly(tiny_policy, tmp_path) -> None:
+    """A restarted trainer resumes step, version and optimizer, and its next step is identical."""
+    tuples = [make_tuple(reward=1.0), make_tuple(action=BAD, reward=-0.5, index=2)]
+    config = _config(publish_every=3)
+    first = Trainer(config, tiny_policy(seed=0), {"main": ListBuffer(tuples)}, tmp_path)
+    for _ in range(3):
+        first.step()
+    resumed = Trainer.resume(config, tiny_policy(seed=99), {"main": ListBuffer(tuples)},
+                             tmp_path)
+    assert (resumed.global_step, resumed.policy_version) == (3, 1)
+    exp_avg = [s["exp_avg"] for s in first.optimizer.state.values()]
+    exp_avg2 = [s["exp_avg"] for s in resumed.optimizer.state.values()]
+    for x, y in zip(exp_avg, exp_avg2, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert resumed.baseline.state_dict() == first.baseline.state_dict()
+    # Same next batch on both: the weights after one more step must match.
+    first.buffers = {"main": ListBuffer(tuples, seed=7)}
+    resumed.buffers = {"main": ListBuffer(tuples, seed=7)}
+    first.step()
+    resumed.step()
+    assert resumed.global_step == 4
+    for p, q in zip(first.policy.parameters(), resumed.policy.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_state_dict_round_trip_includes_policy_weights(tiny_policy, tmp_path) -> None:
+    """trainer.state_dict() carries the weights; load_state_dict restores them in place."""
+    trainer = _trainer(tiny_policy(), [make_tuple(reward=1.0)], tmp_path)
+    trainer.step()
+    state = trainer.state_dict()
+    other = _trainer(tiny_policy(seed=5), [make_tuple(reward=1.0)], tmp_path)
+    other.load_state_dict(state)
+    assert other.global_step == 1
+    torch.testing.assert_close(other.policy.action_logprobs(CONTEXT, GOOD),
+                               trainer.policy.action_logprobs(CONTEXT, GOOD))
+
+
+def test_behaviour_logprobs_are_used_when_aligned(tiny_policy, tmp_path) -> None:
+    """Logged behaviour log-probs of the right length enter the ratio; others are ignored."""
+    policy = tiny_policy()
+    n = policy.encode(CONTEXT, GOOD).action_len
+    aligned = make_tuple(reward=1.0, behaviour_logprobs=tuple([-3.0] * n))
+    misaligned = make_tuple(reward=1.0, behaviour_logprobs=(-1.0,), index=2)
+    trainer = _trainer(policy, [misaligned], tmp_path, batch_size=2)
+    assert trainer.step()["charts/behaviour_logprobs_used"] == 0
+    trainer2 = _trainer(tiny_policy(), [aligned], tmp_path, batch_size=2)
+    assert trainer2.step()["charts/behaviour_logprobs_used"] == 2
+
+
+def test_trains_from_a_real_buffer_set(tiny_policy, tmp_path) -> None:
+    """The trainer samples a prioritized nextstate.buffers buffer and updates its priorities."""
+    from nextstate.buffers import BufferSet, BufferSpec
+
+    specs = [BufferSpec("evaluative", kinds=("evaluative",), sampler="prioritized", seed=0)]
+    policy = tiny_policy()
+    good0 = policy.action_logprobs(CONTEXT, GOOD).sum()
+    with BufferSet.open(None, specs) as buffers:
+        buffers.extend([make_tuple(reward=1.0, policy_version="0"),
+                        make_tuple(action=BAD, reward=-1.0, index=2, policy_version="0")])
+        trainer = Trainer(_config(), policy, buffers.buffers, tmp_path)
+        for _ in range(5):
+            metrics = trainer.step()
+    assert metrics["charts/tuples"] == 8
+    assert policy.action_logprobs(CONTEXT, GOOD).sum() > good0
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_schedule_warms_up_then_decays(tiny_policy, tmp_path, schedule) -> None:
+    """The learning rate ramps up over warm-up steps and decays to 0 at total_steps."""
+    trainer = _trainer(tiny_policy(), [make_tuple(reward=1.0)], tmp_path, batch_size=1,
+                       schedule=schedule, warmup_steps=2, total_steps=4, lr=1.0)
+    lrs = [trainer.step()["charts/lr"] for _ in range(4)]
+    assert lrs[0] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.0)
+    assert lrs[1] > lrs[2] > lrs[3]
+    assert np.isfinite(lrs).all()
+
+
+def test_unhinted_directive_and_incomplete_preference_are_ignored(tiny_policy, tmp_path) -> None:
+    """Tuples missing their hint or pair contribute no loss (and do not crash the step)."""
+    trainer = _trainer(tiny_policy(), [make_tuple("directive"), make_tuple("preference")],
+                       tmp_path)
+    metrics = trainer.step()
+    assert "losses/opd" not in metrics and "losses/dpo" not in metrics
+    assert metrics["charts/tuples"] == 8
