@@ -38,17 +38,17 @@ class ReplyReading(NamedTuple):
 _PRAISE_OPENER = re.compile(
     r"^\W*(?:oh,?\s+|wow,?\s+|well,?\s+)?(?:thanks?|thank you|thx|ty|perfect|great|awesome|"
     r"excellent|nice|brilliant|amazing|wonderful|fantastic|lovely|cool|good job|well done|"
-    r"super|splendid|terrific|good|ok(?:ay)?|fine|sure|yes|cool cool)\b", re.I)
+    r"super|splendid|terrific|good|ok(?:ay)?|fine|sure|yes|cool cool)\b")
 _SARCASM_OUTCOME = re.compile(
     r"\b(?:now nothing (?:works|loads|runs|happens)|"
     r"now (?:it|nothing|everything|the \w+)\b.{0,40}\b(?:broken|broke|crash\w*|fails?|"
     r"failing|gone|deleted|lost|worse|doesn'?t|won'?t|isn'?t)|for nothing|another (?:error|"
     r"bug|crash|failure|exception)|(?:broke|deleted|wiped|lost|crashed) (?:everything|it|the|my|"
     r"all)|even worse|yeah,? right|just what i needed,? another|exactly what i didn'?t|"
-    r"(?:breaking|ruining|deleting|wiping) \w+)\b", re.I)
-_SARCASM_ALONE = re.compile(r"^\W*yeah,? right\b|\bthanks for nothing\b", re.I)
+    r"(?:breaking|ruining|deleting|wiping) \w+)\b")
+_SARCASM_ALONE = re.compile(r"^\W*yeah,? right\b|\bthanks for nothing\b")
 _QUOTED = re.compile(r"(?<!\w)'[^'\n]{2,80}'(?!\w)|\"[^\"\n]{2,80}\"|`[^`\n]{1,80}`")
-_BARE_NO = re.compile(r"^\W*(?:no|nope|nah)\b", re.I)
+_BARE_NO = re.compile(r"^\W*(?:no|nope|nah)\b")
 _CONTRAST = re.compile(r"(?:^|[,.;!]\s*|\s)(?:but|however|though|although|except|only)\b[,\s]*",
                        re.I)
 _COMPLAINT = re.compile(
@@ -69,7 +69,7 @@ _COMPLAINT = re.compile(
     r"answer|do|include|use))\b"
     r"|\b(?:try again|redo (?:it|this|that)|wrong (?:answer|file|date|day|city|one|number|"
     r"language|unit|format)|hallucinat\w*|makes no sense|that'?s (?:not it|incorrect)|"
-    r"why (?:did|would) you|are you sure|where did you get)\b)", re.I)
+    r"why (?:did|would) you|are you sure|where did you get)\b)")
 _POLITE_CORRECTION = re.compile(
     r"(?:^\W*(?:actually|hmm+|um+|erm|wait|sorry)\b"
     r"|\bi think (?:it|the|that|this|you)\b.{0,80}\b(?:not|should|was|is actually)\b"
@@ -80,7 +80,7 @@ _POLITE_CORRECTION = re.compile(
     r"(?:could|can) you (?:please )?(?:use|keep|switch|redo|fix|recheck|re-check)|"
     r"please (?:use|keep|switch|stick|don'?t|do not|fix)|you (?:should|need to) (?:use|have|"
     r"include)|instead|(?:isn'?t|wasn'?t|aren'?t) (?:it|that|this|there)|"
-    r"[\w.']+,\s*not\s+[\w.']+)\b)", re.I)
+    r"[\w.']+,\s*not\s+[\w.']+)\b)")
 _POSITIVE = re.compile(
     r"\b(?:thanks?|thank you|thx|cheers|much appreciated|appreciate it|"
     r"(?:that|it|this) (?:works|worked|did it|did the trick|fixed it|helps|helped|is perfect|"
@@ -89,9 +89,9 @@ _POSITIVE = re.compile(
     r"(?:looks|sounds|seems) (?:good|great|right|perfect|correct|fine)|lgtm|spot on|"
     r"exactly what i (?:needed|wanted)|perfect|excellent|awesome|great (?:job|work)|"
     r"you'?re (?:a lifesaver|the best|right)|problem solved|that'?s (?:it|right|correct|"
-    r"perfect|great)|no problems?|all good|nailed it|love it|well done)\b", re.I)
+    r"perfect|great)|no problems?|all good|nailed it|love it|well done)\b")
 _MOVE_ON = re.compile(r"^\W*(?:ok(?:ay)?|alright|all right|got it|cool|good|great|nice|fine|"
-                      r"understood|noted|sure)\b[,.!\s]+\S", re.I)
+                      r"understood|noted|sure)\b[,.!\s]+\S")
 _SENTENCES = re.compile(
     r"(?<=[.!?;\n])\s+|\s+(?=but\b)|\s+-\s+|,\s+(?=i (?:said|asked|meant|wanted|told)\b)", re.I)
 _DIRECTIVE = re.compile(
@@ -107,6 +107,18 @@ _LEADING_FILLER = re.compile(
     r"thank you|great|ok(?:ay)?|but|and|so|also|that(?:'s| is) (?:wrong|not right|incorrect)|"
     r"not quite|close|almost)\b[,.!:;\s-]*)+", re.I)
 _WORD = re.compile(r"[a-z0-9']+")
+# Substrings without which a family's regex cannot match: cheap `in` checks skip the scan.
+_COMPLAINT_NEEDLES = (
+    "no", "wrong", "incorrect", "accurate", "useless", "nonsense", "broke", "off", "mistake",
+    "said", "asked", "meant", "told", "specified", "explicit", "clearly", "n't", "still",
+    "crash", "forgot", "missed", "ignored", "skipped", "left out", "misread", "misunderstood",
+    "made", "try again", "redo", "hallucinat", "why", "sure", "where did", "nah", "true",
+)
+_POLITE_NEEDLES = (
+    "actually", "hmm", "um", "erm", "wait", "sorry", "i think", "should", "instead", "rather",
+    "no", "close", "almost", "double", "look", "seem", "meant", "supposed", "i was",
+    "could you", "can you", "you should", "you need", "please", "n't",
+)
 
 
 def _normalise(text: str) -> str:
@@ -136,7 +148,7 @@ def correction_hint(reply: str) -> str | None:
     """
     after_contrast = None
     match = _CONTRAST.search(reply)
-    if match and _PRAISE_OPENER.match(reply):
+    if match and _PRAISE_OPENER.match(reply.lower()):
         after_contrast = reply[match.end():]
     for text in (after_contrast, reply):
         if not text:
@@ -166,24 +178,27 @@ def classify_reply(reply: str, previous_request: str | None = None) -> ReplyRead
         return None
     # Quoted text is what the user cites ("what does 'wrong number' mean?"), not their verdict.
     text = _QUOTED.sub("'…'", text) if ("'" in text or '"' in text or "`" in text) else text
-    praise = _PRAISE_OPENER.match(text)
-    if (praise and _SARCASM_OUTCOME.search(text)) or _SARCASM_ALONE.search(text):
+    low = text.lower()
+    praise = _PRAISE_OPENER.match(low)
+    if (praise and _SARCASM_OUTCOME.search(low)) or (("right" in low or "nothing" in low) \
+            and _SARCASM_ALONE.search(low)):
         return ReplyReading("sarcasm", -0.8, 0.8, None)
-    complaint = _COMPLAINT.search(text)
+    complaint = (_COMPLAINT.search(low) if any(n in low for n in _COMPLAINT_NEEDLES)
+                 else None)
     if complaint and _BARE_NO.match(complaint.group(0)) and _COMPLAINT.search(
-            text, complaint.end()) is None and _POSITIVE.search(text):
+            low, complaint.end()) is None and _POSITIVE.search(low):
         complaint = None  # "No, that's all I needed, thanks!"
     if complaint:
         return ReplyReading("complaint", -0.8, 0.9, correction_hint(text))
-    if praise and _CONTRAST.search(text, praise.end()):
+    if praise and _CONTRAST.search(low, praise.end()):
         return ReplyReading("correction", -0.5, 0.85, correction_hint(text))
-    if _POLITE_CORRECTION.search(text):
+    if any(n in low for n in _POLITE_NEEDLES) and _POLITE_CORRECTION.search(low):
         return ReplyReading("correction", -0.5, 0.8, correction_hint(text))
     if previous_request and _similar(text, previous_request):
         return ReplyReading("rephrase", -0.6, 0.75, None)
-    if _POSITIVE.search(text):
+    if _POSITIVE.search(low):
         return ReplyReading("satisfied", 0.8, 0.85, None)
-    if _MOVE_ON.match(text):
+    if _MOVE_ON.match(low):
         return ReplyReading("moves_on", 0.3, 0.55, None)
     return None
 

@@ -15,9 +15,22 @@ sys.path.insert(0, str(HERE / "eval_src"))
 
 import feedback_items  # noqa: E402
 import gui_items  # noqa: E402
+import heldout_feedback_items  # noqa: E402
+import heldout_gui_items  # noqa: E402
+import heldout_terminal_items  # noqa: E402
+import heldout_tool_items  # noqa: E402
+import heldout_user_items  # noqa: E402
 import terminal_items  # noqa: E402
 import tool_items  # noqa: E402
 import user_items  # noqa: E402
+
+SETS = {
+    # Dev set: written first, measured, then used to find gaps in the rules.
+    "extractor_eval.jsonl": (user_items, feedback_items, tool_items, terminal_items, gui_items),
+    # Held-out set: written after the rule fixes, measured once, not used to change rules.
+    "extractor_heldout.jsonl": (heldout_user_items, heldout_feedback_items,
+                                heldout_tool_items, heldout_terminal_items, heldout_gui_items),
+}
 
 
 def _call(call_id: str, name: str, arguments: str) -> dict:
@@ -39,25 +52,26 @@ def _item(source: str, index: int, case: str, context: list, action: dict, next_
     return item
 
 
-def build() -> list[dict]:
+def build(user, feedback_cases, tool, terminal, gui) -> list[dict]:
+    """Labeled items from one set's case modules (user, feedback, tool, terminal, gui)."""
     items = []
-    for i, (request, answer, reply, sign, hint) in enumerate(user_items.CASES):
+    for i, (request, answer, reply, sign, hint) in enumerate(user.CASES):
         items.append(_item("user", i, "reply", [{"role": "user", "content": request}],
                            {"role": "assistant", "content": answer},
                            [{"role": "user", "content": reply}], sign, hint))
-    for i, (events, sign, hint) in enumerate(feedback_items.CASES):
+    for i, (events, sign, hint) in enumerate(feedback_cases.CASES):
         feedback = [{k: v for k, v in (("value", value), ("text", text)) if v is not None}
                     for value, text in events]
         items.append(_item("feedback", i, "feedback",
                            [{"role": "user", "content": "What's the weather in Oslo tomorrow?"}],
                            {"role": "assistant", "content": "Tomorrow: 50 F, light rain."}, [],
                            sign, hint, feedback))
-    for i, (name, arguments, result, sign, hint) in enumerate(tool_items.CASES):
+    for i, (name, arguments, result, sign, hint) in enumerate(tool.CASES):
         items.append(_item("tool", i, "tool_result",
                            [{"role": "user", "content": "Please take care of this for me."}],
                            _call("call_1", name, arguments),
-                           [_result("call_1", name, tool_items.as_result(result))], sign, hint))
-    for i, (tool, command, output, previous, sign, hint) in enumerate(terminal_items.CASES):
+                           [_result("call_1", name, result)], sign, hint))
+    for i, (tool, command, output, previous, sign, hint) in enumerate(terminal.CASES):
         arguments = json.dumps({"command": command})
         context = [{"role": "user", "content": "Fix the failing build and make the tests pass."}]
         if previous is not None:
@@ -65,7 +79,7 @@ def build() -> list[dict]:
                         {"role": "assistant", "content": "I edited the code; running again."}]
         items.append(_item("terminal", i, "terminal", context, _call("call_1", tool, arguments),
                            [_result("call_1", tool, output)], sign, hint))
-    for i, (action, before, after, sign, hint) in enumerate(gui_items.CASES):
+    for i, (action, before, after, sign, hint) in enumerate(gui.CASES):
         context = [{"role": "user", "content": "Complete the task on the website."},
                    _call("call_0", "browser", json.dumps({"action": "noop()"})),
                    _result("call_0", "browser", before)]
@@ -76,7 +90,8 @@ def build() -> list[dict]:
 
 
 if __name__ == "__main__":
-    out = HERE / "extractor_eval.jsonl"
-    rows = build()
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    print(f"wrote {len(rows)} items to {out}")
+    for name, modules in SETS.items():
+        out = HERE / name
+        rows = build(*modules)
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        print(f"wrote {len(rows)} items to {out}")

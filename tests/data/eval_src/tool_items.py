@@ -4,8 +4,6 @@ Errors, empty results and successes, including errors inside successful output (
 logs and JSON that mention errors) and partial failures.
 """
 
-import json
-
 CASES = [
     # --- plain errors
     ("get_weather", '{"city": "Oslo"}', "Error: missing required argument 'date'", -1, "date"),
@@ -117,8 +115,3 @@ CASES = [
     ("delete_file", '{"path": "tmp.txt"}', "", 0, None),
     ("set_reminder", '{"at": "18:00"}', '{"ok": true}', 1, None),
 ]
-
-
-def as_result(text: str) -> str:
-    """Tool results are text; JSON results stay JSON text."""
-    return text if isinstance(text, str) else json.dumps(text)
