@@ -34,8 +34,15 @@ _SECRET = re.compile(
     r"\s*[\"']?[^\s\"',;]{8,}"
     r"|^(?:[Aa]pi[_-]?[Kk]ey|[Tt]oken|[Ss]ecret|[Pp]assword)\s*[:=]\s*[\"']?[^\s\"',;]{8,}",
     re.M)
-_SECRET_GUARDS = ("sk-", "pk-", "rk-", "gh", "github_pat", "AKIA", "xox", "AIza", "eyJ",
-                  "Bearer", "ey", "oken", "ecret", "assw")
+
+
+def _may_hold_secret(text: str) -> bool:
+    # An ``or`` chain of ``in`` tests: the cheapest guard CPython offers (no generator).
+    return ("sk-" in text or "pk-" in text or "rk-" in text or "gh" in text or "AKIA" in text
+            or "xox" in text or "AIza" in text or "ey" in text or "Bearer" in text
+            or "oken" in text or "ecret" in text or "assw" in text)
+
+
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _DIGIT_RUN = re.compile(r"\d[\d ().+-]{7,}\d")
 # Cards before phones in one alternation: a Luhn-invalid 16-digit id is kept whole rather
@@ -109,7 +116,7 @@ class Redactor:
         """Redact one string."""
         if not text:
             return text
-        if any(guard in text for guard in _SECRET_GUARDS):
+        if _may_hold_secret(text):
             text = self._sub("SECRET", _SECRET, text)
         if "@" in text:
             text = self._sub("EMAIL", _EMAIL, text)
