@@ -173,9 +173,12 @@ class ReplayBuffer:
         priorities = np.asarray(priorities, dtype=np.float64).ravel()
         if indices.shape != priorities.shape:
             raise ValueError(f"{indices.size} indices but {priorities.size} priorities")
-        if indices.size and (indices.min() < 0 or indices.max() >= self.storage.capacity):
+        if not indices.size:
+            return
+        if indices.min() < 0 or indices.max() >= self.storage.capacity:
             raise ValueError("index out of range")
-        if not np.isfinite(priorities).all() or (priorities < 0).any():
+        # NaN fails both comparisons, so two reductions check finite and non-negative.
+        if not (priorities.min() >= 0.0 and priorities.max() < np.inf):
             raise ValueError("priorities must be finite and >= 0")
         self.storage.set_priorities(indices, priorities)
         self.sampler.update_priorities(self.storage, indices)

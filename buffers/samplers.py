@@ -36,6 +36,7 @@ class Sampler(abc.ABC):
         self.max_staleness = max_staleness
         self.staleness_decay = staleness_decay
         self._dropped = np.zeros(capacity, dtype=bool)
+        self._any_dropped = False  # lets the hot update path skip a mask
         self._swept_version: int | None = None
 
     @abc.abstractmethod
@@ -109,6 +110,7 @@ class Sampler(abc.ABC):
 
     def _drop(self, storage: Storage, slots: np.ndarray) -> None:
         self._dropped[slots] = True
+        self._any_dropped = True
 
     def state_dict(self) -> dict[str, Any]:
         """Configuration, dropped slots and the version of the last staleness sweep."""
@@ -126,6 +128,7 @@ class Sampler(abc.ABC):
         self._swept_version = state["swept_version"]
         self._dropped[:] = False
         self._dropped[np.asarray(state["dropped"], dtype=np.int64)] = True
+        self._any_dropped = bool(self._dropped.any())
 
 
 class UniformSampler(Sampler):
@@ -215,7 +218,11 @@ class PrioritizedSampler(Sampler):
         self._tree.set(slots, self._masses(storage.priority[slots]))
 
     def update_priorities(self, storage: Storage, slots: np.ndarray) -> None:
-        slots = slots[(storage.seq[slots] != FREE) & ~self._dropped[slots]]
+        keep = storage.seq[slots] != FREE
+        if self._any_dropped:
+            keep &= ~self._dropped[slots]
+        if not keep.all():
+            slots = slots[keep]
         self._tree.set(slots, self._masses(storage.priority[slots]))
 
     def rebuild(self, storage: Storage) -> None:

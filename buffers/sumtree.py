@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 FANOUT = 16
+_FLAT = 4096
 
 
 class SumTree:
@@ -30,7 +31,7 @@ class SumTree:
         [0, 2]
     """
 
-    __slots__ = ("_levels", "_strict_upper", "capacity", "fanout")
+    __slots__ = ("_flat_level", "_levels", "_ones", "_strict_upper", "capacity", "fanout")
 
     def __init__(self, capacity: int, fanout: int = FANOUT) -> None:
         if capacity < 1:
@@ -38,6 +39,7 @@ class SumTree:
         self.capacity = capacity
         self.fanout = fanout
         self._strict_upper = np.triu(np.ones((fanout, fanout)), 1)
+        self._ones = np.ones(fanout)
         self._levels: list[np.ndarray] = []
         n = capacity
         while True:
@@ -46,6 +48,10 @@ class SumTree:
             n = padded // fanout
             if n == 1:
                 break
+        self._flat_level = min(
+            i for i, level in enumerate(self._levels)
+            if level.size <= _FLAT or i == len(self._levels) - 1
+        )
 
     @property
     def total(self) -> float:
@@ -78,19 +84,20 @@ class SumTree:
         self._levels[0][self.capacity :] = 0.0
         for lower, upper in zip(self._levels, self._levels[1:], strict=False):
             n = lower.size // self.fanout
-            upper[:n] = lower.reshape(-1, self.fanout).sum(axis=1)
+            upper[:n] = lower.reshape(-1, self.fanout) @ self._ones
 
     def _propagate(self, indices: np.ndarray) -> None:
         f = self.fanout
         nodes = indices
         for lower, upper in zip(self._levels, self._levels[1:], strict=False):
             nodes = nodes // f
+            # Row sums as a BLAS gemv: several times faster than .sum(axis=1) on short rows.
             if nodes.size * f >= lower.size:
-                # Touching most of the level: one contiguous sum beats a gather.
-                upper[: lower.size // f] = lower.reshape(-1, f).sum(axis=1)
+                # Touching most of the level: one contiguous pass beats a gather.
+                upper[: lower.size // f] = lower.reshape(-1, f) @ self._ones
             else:
                 # Duplicate parents are harmless: each gets the same exact sum.
-                upper[nodes] = lower.reshape(-1, f)[nodes].sum(axis=1)
+                upper[nodes] = lower.reshape(-1, f)[nodes] @ self._ones
 
     def find(self, targets: np.ndarray) -> np.ndarray:
         """The leaf holding each prefix-sum target.
@@ -104,15 +111,27 @@ class SumTree:
         f = self.fanout
         t = np.maximum(np.asarray(targets, dtype=np.float64), 0.0)
         base = np.arange(t.size, dtype=np.int64) * f
-        node = np.zeros(t.size, dtype=np.int64)
-        for level in reversed(self._levels):
+        # The top levels are small: one cumsum + searchsorted over the first level of at
+        # most _FLAT nodes replaces several (batch, fanout) steps.
+        top = self._flat_level
+        level = self._levels[top]
+        cumulative = np.cumsum(level)
+        np.minimum(t, np.nextafter(cumulative[-1], 0.0), out=t)
+        node = np.searchsorted(cumulative, t, side="right")
+        np.minimum(node, level.size - 1, out=node)
+        t -= cumulative[node] - level[node]
+        for level in reversed(self._levels[:top]):
             rows = level.reshape(-1, f)
             # Round-off can steer a target past the last real node into level padding.
             np.minimum(node, rows.shape[0] - 1, out=node)
             # Exclusive prefix sums of each node's children, as one small matmul: much
             # cheaper than a row-wise cumsum over a (batch, fanout) array in numpy.
             prefix = rows[node] @ self._strict_upper
-            child = (prefix <= t[:, None]).sum(axis=1)
+            # child = how many prefixes are <= t, minus one; counted by a BLAS gemv over
+            # the comparison written as floats (a bool row-sum is several times slower).
+            below = np.less_equal(prefix, t[:, None], out=np.empty_like(prefix),
+                                  casting="unsafe")
+            child = (below @ self._ones).astype(np.int64)
             child -= 1
             t -= prefix.ravel()[base + child]
             node *= f
