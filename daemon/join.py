@@ -18,9 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from nextstate.daemon import wire
+from nextstate.daemon import anthropic, otel, wire
 from nextstate.daemon.wire import BadRecord, WireRecord
-from nextstate.extractors.types import ClosedBy, Feedback, Interaction, Message, Usage
+from nextstate.extractors.types import ClosedBy, Feedback, Interaction, Message, ToolCall, Usage
+
+EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_SHAPE})
+"""Shapes joined as request/response exchanges (the adapters rewrite theirs to OpenAI form)."""
 
 Position = tuple[str, int, int]  # (topic, partition, offset) of a record
 
@@ -88,12 +91,17 @@ class SessionJoiner:
         """Apply one decoded record of the given shape (see :func:`wire.classify`)."""
         session_id = record.session_id
         assert session_id is not None
-        if shape == "openai_exchange":
-            return self._exchange(session_id, record, now, position)
+        if shape in EXCHANGE_SHAPES:
+            closed = self._exchange(session_id, record, now, position)
+            if shape != "openai_exchange":  # adapted shapes (OTel, Anthropic) keep their label
+                self.sessions[session_id].pending.shape = shape  # type: ignore[union-attr]
+            return closed
         if shape == "transcript":
             return self._transcript(session_id, record, now, position)
         if shape == "feedback":
             return self._feedback(session_id, wire.feedback_of(record), now)
+        if shape == otel.TOOL_SHAPE:
+            return self._tool_result(session_id, record, now)
         if shape == "session_end":
             return self._session_end(session_id, wire.score_value(record.outcome))
         raise BadRecord("unknown_shape", shape)
@@ -126,7 +134,7 @@ class SessionJoiner:
             known = (*pending.context, pending.action) if pending is not None else ()
             context = (*known, *messages)
         if session.pending is not None:
-            next_state = tuple(_until_assistant(new))
+            next_state = _with_reported(_until_assistant(new), session.pending.partial_next)
             interaction = session.pending.close(session_id, next_state, "next_state")
             closed.append(interaction)
             session.last_closed = interaction
@@ -198,6 +206,32 @@ class SessionJoiner:
             behaviour_logprobs=last.behaviour_logprobs, usage=Usage(), ts=last.ts,
             shape=last.shape)]
 
+    def _tool_result(self, session_id: str, record: WireRecord, now: float
+                     ) -> list[Interaction]:
+        """A tool result reported on its own (an OTel ``execute_tool`` span).
+
+        It is kept with the pending action that called the tool (the next exchange's request
+        may repeat it, but the span's status is the authority on errors), or, with no such
+        action (message content not captured), it closes an interaction of its own: the call
+        as the action, the result as its next state.
+        """
+        assert record.messages
+        result = wire.normalize_message(record.messages[0])
+        session = self._session(session_id, now, None)
+        pending = session.pending
+        if pending is not None and any(result.tool_call_id in (None, c.id)
+                                       for c in pending.action.tool_calls):
+            pending.partial_next += (result,)
+            return []
+        arguments = (record.metadata or {}).get("arguments", "")
+        call = ToolCall(id=result.tool_call_id or "", name=result.name or "",
+                        arguments=arguments if isinstance(arguments, str) else "")
+        return [Interaction(
+            interaction_id=f"{session_id}#tool:{call.id or call.name}", session_id=session_id,
+            context=(), action=Message(role="assistant", tool_calls=(call,)),
+            next_state=(result,), closed_by="next_state", ts=wire.parse_ts(record.ts),
+            shape=otel.TOOL_SHAPE)]
+
     def _session_end(self, session_id: str, outcome: float | None) -> list[Interaction]:
         session = self.sessions.pop(session_id, None)
         if session is None or session.pending is None:
@@ -267,6 +301,16 @@ class SessionJoiner:
 
 def _version(value: str | int | None) -> str | None:
     return None if value is None else str(value)
+
+
+def _with_reported(new: list[Message], reported: tuple[Message, ...]) -> tuple[Message, ...]:
+    """The next state, with tool results reported on their own (OTel tool spans) replacing
+    the request's copies of the same call's result, or put first where it has none."""
+    if not reported:
+        return tuple(new)
+    by_id = {m.tool_call_id: m for m in reported}
+    merged = [by_id.pop(m.tool_call_id, m) if m.role == "tool" else m for m in new]
+    return (*by_id.values(), *merged)
 
 
 def _until_assistant(messages: list[Message]) -> list[Message]:

@@ -47,8 +47,17 @@ class WireToolCall(msgspec.Struct, frozen=True):
 
 
 class WirePart(msgspec.Struct, frozen=True):
+    """An OpenAI content part, or an Anthropic content block (``tool_use``: id/name/input;
+    ``tool_result``: tool_use_id/content/is_error), normalized by ``daemon/anthropic.py``."""
+
     type: str = "text"
     text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+    tool_use_id: str | None = None
+    content: str | list[WirePart] | None = None
+    is_error: bool | None = None
 
 
 class WireMessage(msgspec.Struct, frozen=True):
@@ -81,12 +90,15 @@ class WireResponse(msgspec.Struct, frozen=True):
     tool_calls: list[WireToolCall] | None = None
     model: str | None = None
     usage: WireUsage | None = None
+    type: str | None = None          # Anthropic: "message"
+    stop_reason: str | None = None   # Anthropic: "end_turn", "tool_use", ...
 
 
 class WireRequest(msgspec.Struct, frozen=True):
     messages: list[WireMessage] = []
     tools: list[Any] | None = None
     model: str | None = None
+    system: str | list[WirePart] | None = None  # Anthropic's top-level system prompt
 
 
 class WirePromptDetails(msgspec.Struct, frozen=True):
@@ -97,6 +109,10 @@ class WireUsage(msgspec.Struct, frozen=True):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     prompt_tokens_details: WirePromptDetails | None = None
+    input_tokens: int | None = None                 # Anthropic names (daemon/anthropic.py)
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
 
 
 class WireRecord(msgspec.Struct, frozen=True):

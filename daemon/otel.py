@@ -1,0 +1,294 @@
+"""OpenTelemetry GenAI spans (OTLP JSON or protobuf batches) as records the join reads.
+
+An OpenTelemetry Collector (or Rotel) exporting traces to Kafka writes one record per export
+batch: ``{"resourceSpans": [...]}`` (the OTel Collector, OTLP/HTTP JSON), a bare JSON list of
+ResourceSpans (Rotel), or a binary ``TracesData`` (protobuf encoding). :func:`decode_batch`
+turns a batch into per-span :class:`~nextstate.daemon.wire.WireRecord` s, in batch order
+(a batch processor exports spans in the order they end, so a tool span follows the chat span
+that asked for it):
+
+- ``chat`` spans (and ``text_completion``/``generate_content``; ``invoke_agent`` only when
+  its trace has no model-call span in the batch) with ``gen_ai.output.messages`` become
+  exchanges, shape ``otel_span``: ``gen_ai.system_instructions`` + ``gen_ai.input.messages``
+  -> the request, the first output message -> the response, ``gen_ai.usage.*`` -> usage
+  (the deprecated ``prompt_tokens``/``completion_tokens`` names too).
+- ``execute_tool`` spans become tool results, shape ``otel_tool``: a ``tool`` message with
+  ``gen_ai.tool.call.id``/``gen_ai.tool.name`` and ``gen_ai.tool.call.result``; a span whose
+  status is ERROR reads ``"Error: <status message or error.type>"`` so the tool extractor
+  scores it as the failure the span reports. The join attaches it to the pending action.
+- The session is ``gen_ai.conversation.id`` (from the span itself, else from any span of
+  the same trace in the batch, e.g. a parent ``invoke_agent``), else the trace id (hex).
+
+Spans of other operations (embeddings, HTTP, DB...) are skipped. For several daemons in one
+consumer group, the collector must key records by trace (the OTel Collector's Kafka exporter:
+``partition_traces_by_id: true``), so that one session stays on one partition.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import msgspec
+
+from nextstate.daemon.wire import (
+    BadRecord,
+    WireFunction,
+    WireMessage,
+    WirePromptDetails,
+    WireRecord,
+    WireRequest,
+    WireResponse,
+    WireToolCall,
+    WireUsage,
+)
+
+EXCHANGE_SHAPE = "otel_span"
+TOOL_SHAPE = "otel_tool"
+_MODEL_CALLS = frozenset({"chat", "text_completion", "generate_content"})
+_STATUS_ERROR = (2, "STATUS_CODE_ERROR")
+
+
+class AnyValue(msgspec.Struct, frozen=True):
+    stringValue: str | None = None
+    intValue: int | str | None = None
+    doubleValue: float | str | None = None
+    boolValue: bool | None = None
+    arrayValue: ArrayValue | None = None
+
+
+class ArrayValue(msgspec.Struct, frozen=True):
+    values: list[AnyValue] = []
+
+
+class KeyValue(msgspec.Struct, frozen=True):
+    key: str
+    value: AnyValue = AnyValue()
+
+
+class Status(msgspec.Struct, frozen=True):
+    code: int | str | None = None
+    message: str | None = None
+
+
+class Span(msgspec.Struct, frozen=True):
+    traceId: str = ""
+    spanId: str = ""
+    name: str = ""
+    startTimeUnixNano: int | str | None = None
+    attributes: list[KeyValue] = []
+    status: Status | None = None
+
+
+class ScopeSpans(msgspec.Struct, frozen=True):
+    spans: list[Span] = []
+
+
+class ResourceSpans(msgspec.Struct, frozen=True):
+    scopeSpans: list[ScopeSpans] = []
+
+
+class TracesData(msgspec.Struct, frozen=True):
+    resourceSpans: list[ResourceSpans] = []
+
+
+class _Part(msgspec.Struct, frozen=True):
+    """One part of a GenAI semconv message (``text``, ``tool_call``, ``tool_call_response``)."""
+
+    type: str = "text"
+    content: Any = None
+    id: str | None = None
+    name: str | None = None
+    arguments: Any = None
+    response: Any = None
+    result: Any = None
+
+
+class _Message(msgspec.Struct, frozen=True):
+    role: str = "user"
+    parts: list[_Part] = []
+
+
+_ENVELOPE = msgspec.json.Decoder(TracesData)
+_LIST = msgspec.json.Decoder(list[ResourceSpans])
+_MESSAGES = msgspec.json.Decoder(list[_Message])
+_PARTS = msgspec.json.Decoder(list[_Part])
+
+
+def looks_like_otlp_json(value: bytes) -> bool:
+    """Cheap shape test: a JSON list, or an object whose first key is ``resourceSpans``."""
+    head = value[:64].lstrip()
+    return head[:1] == b"[" or (head[:1] == b"{" and b'"resourceSpans"' in head)
+
+
+def looks_like_otlp_proto(value: bytes) -> bool:
+    """A binary ``TracesData`` starts with field 1 (tag byte 0x0a) and is not JSON."""
+    return value[:1] == b"\n" and value.lstrip()[:1] not in (b"{", b"[")
+
+
+def decode_batch(value: bytes) -> list[tuple[WireRecord, str]]:
+    """Every usable GenAI span of an OTLP batch as ``(record, shape)``, in batch order.
+
+    Raises:
+        BadRecord: the batch is not valid OTLP (``decode``/``schema``).
+    """
+    spans = [s for rs in _traces(value) for ss in rs.scopeSpans for s in ss.spans]
+    attrs = [_attributes(s) for s in spans]
+    conversation: dict[str, str] = {}
+    model_call_traces: set[str] = set()
+    for span, a in zip(spans, attrs, strict=True):
+        if isinstance(a.get("gen_ai.conversation.id"), str):
+            conversation.setdefault(span.traceId, a["gen_ai.conversation.id"])
+        if a.get("gen_ai.operation.name") in _MODEL_CALLS:
+            model_call_traces.add(span.traceId)
+    out: list[tuple[WireRecord, str]] = []
+    for span, a in zip(spans, attrs, strict=True):
+        operation = a.get("gen_ai.operation.name")
+        session = str(a.get("gen_ai.conversation.id") or conversation.get(span.traceId)
+                      or _hex_id(span.traceId))
+        if operation in _MODEL_CALLS or (operation == "invoke_agent"
+                                         and span.traceId not in model_call_traces):
+            record = _exchange(session, span, a)
+            if record is not None:
+                out.append((record, EXCHANGE_SHAPE))
+        elif operation == "execute_tool":
+            out.append((_tool_result(session, span, a), TOOL_SHAPE))
+    return out
+
+
+def _traces(value: bytes) -> list[ResourceSpans]:
+    try:
+        if looks_like_otlp_proto(value):
+            return _from_proto(value)
+        if value.lstrip()[:1] == b"[":
+            return _LIST.decode(value)
+        return _ENVELOPE.decode(value).resourceSpans
+    except msgspec.ValidationError as exc:
+        raise BadRecord("schema", f"OTLP: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRecord("decode", f"OTLP: {exc}") from None
+
+
+def _from_proto(value: bytes) -> list[ResourceSpans]:
+    try:
+        from google.protobuf.json_format import MessageToDict
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.trace.v1.trace_pb2 import TracesData as PbTracesData
+    except ImportError:  # the protobuf encoding needs the optional opentelemetry-proto
+        raise BadRecord("decode", "OTLP protobuf needs the opentelemetry-proto package") from None
+    message = PbTracesData()
+    try:
+        message.ParseFromString(value)
+    except DecodeError as exc:
+        raise BadRecord("decode", f"OTLP protobuf: {exc}") from None
+    return msgspec.convert(MessageToDict(message), TracesData).resourceSpans
+
+
+def _hex_id(value: str) -> str:
+    """Ids are hex in the collector's JSON, base64 in protobuf's canonical JSON: use hex."""
+    if len(value) in (16, 32):
+        return value.lower()
+    try:
+        return base64.b64decode(value).hex()
+    except ValueError:
+        return value
+
+
+def _value(value: AnyValue) -> Any:
+    if value.stringValue is not None:
+        return value.stringValue
+    if value.intValue is not None:
+        return int(value.intValue)
+    if value.doubleValue is not None:
+        return float(value.doubleValue)
+    if value.boolValue is not None:
+        return value.boolValue
+    if value.arrayValue is not None:
+        return [_value(v) for v in value.arrayValue.values]
+    return None
+
+
+def _attributes(span: Span) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in span.attributes}
+
+
+def _messages(raw: Any, decoder: msgspec.json.Decoder[Any]) -> Any:
+    """A JSON-string (or, from some SDKs, already structured) messages attribute, decoded."""
+    if raw is None:
+        return None
+    try:
+        if isinstance(raw, str):
+            return decoder.decode(raw)
+        return msgspec.convert(raw, decoder.type)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadRecord("schema", f"GenAI messages attribute: {exc}") from None
+
+
+def _json_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
+def _wire_messages(message: _Message) -> list[WireMessage]:
+    """One semconv message as wire messages (each tool response its own ``tool`` message)."""
+    texts: list[str] = []
+    calls: list[WireToolCall] = []
+    out: list[WireMessage] = []
+    for part in message.parts:
+        if part.type == "text":
+            texts.append(_json_text(part.content))
+        elif part.type == "tool_call":
+            calls.append(WireToolCall(id=part.id or "", function=WireFunction(
+                name=part.name or "", arguments=_json_text(part.arguments))))
+        elif part.type == "tool_call_response":
+            out.append(WireMessage(role="tool", tool_call_id=part.id, content=_json_text(
+                part.response if part.response is not None else part.result)))
+        elif part.type != "reasoning":
+            texts.append(f"[{part.type}]")
+    if texts or calls or not out:
+        out.insert(0, WireMessage(role=message.role, content="\n".join(texts) or None,
+                                  tool_calls=calls or None))
+    return out
+
+
+def _exchange(session: str, span: Span, a: dict[str, Any]) -> WireRecord | None:
+    outputs = _messages(a.get("gen_ai.output.messages"), _MESSAGES)
+    if not outputs:
+        return None  # content capture off: nothing to judge (its tool spans still count)
+    messages: list[WireMessage] = []
+    system = _messages(a.get("gen_ai.system_instructions"), _PARTS)
+    if system:
+        messages.append(WireMessage(role="system", content="\n".join(
+            _json_text(p.content) for p in system if p.type == "text")))
+    for message in _messages(a.get("gen_ai.input.messages"), _MESSAGES) or ():
+        messages.extend(_wire_messages(message))
+    (action, *_) = _wire_messages(outputs[0])
+    model = a.get("gen_ai.response.model") or a.get("gen_ai.request.model")
+    prompt = a.get("gen_ai.usage.input_tokens", a.get("gen_ai.usage.prompt_tokens"))
+    completion = a.get("gen_ai.usage.output_tokens", a.get("gen_ai.usage.completion_tokens"))
+    cached = a.get("gen_ai.usage.cache_read.input_tokens")
+    return WireRecord(
+        session_id=session, ts=_start_seconds(span), model=model,
+        request=WireRequest(messages=messages),
+        response=WireResponse(role="assistant", content=action.content,
+                              tool_calls=action.tool_calls),
+        usage=WireUsage(prompt_tokens=prompt, completion_tokens=completion,
+                        prompt_tokens_details=WirePromptDetails(cached_tokens=cached)))
+
+
+def _tool_result(session: str, span: Span, a: dict[str, Any]) -> WireRecord:
+    content = _json_text(a.get("gen_ai.tool.call.result"))
+    status = span.status
+    if status is not None and status.code in _STATUS_ERROR:
+        reason = status.message or a.get("error.type") or content or "tool failed"
+        content = f"Error: {reason}" if not str(reason).lower().startswith("error") else reason
+    name = a.get("gen_ai.tool.name")
+    return WireRecord(session_id=session, ts=_start_seconds(span), messages=[WireMessage(
+        role="tool", content=content, tool_call_id=a.get("gen_ai.tool.call.id"),
+        name=name if isinstance(name, str) else None)],
+        metadata={"arguments": _json_text(a.get("gen_ai.tool.call.arguments"))})
+
+
+def _start_seconds(span: Span) -> float | None:
+    return int(span.startTimeUnixNano) / 1e9 if span.startTimeUnixNano else None

@@ -1,0 +1,92 @@
+"""An output Kafka topic of scored tuples, for a training job that runs somewhere else.
+
+Every tuple the pipeline stores is also sent here as msgspec JSON (a :class:`ScoredTuple`),
+keyed ``"<interaction_id>|<extractor>|<kind>"`` (its dedup key). The pipeline flushes the
+sink in ``checkpoint()`` *before* it returns offsets to commit, so a committed input offset
+never runs ahead of the tuples produced from it.
+
+Delivery: at least once, with a dedup key. The producer is idempotent
+(``enable_idempotence=True``, ``acks="all"``: kafka-python 3 supports it), so its own retries
+add no copies; a crash between a produce and the next checkpoint re-processes those input
+records after the restart (or on the partition's new owner in a consumer group) and sends
+their tuples again under the same keys. A consumer that keeps the last tuple per key (or a
+compacted topic) sees every tuple exactly once; :func:`dedup_key` is the key to use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import msgspec
+
+from nextstate.extractors.types import ScoredTuple
+
+
+def dedup_key(t: ScoredTuple) -> bytes:
+    """The tuple's Kafka key: ``interaction_id|extractor|kind``."""
+    return f"{t.interaction_id}|{t.extractor}|{t.kind}".encode()
+
+
+class TupleSink(Protocol):
+    """Where stored tuples are also sent (the pipeline's optional second output)."""
+
+    def send(self, tuples: Iterable[ScoredTuple]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TupleTopicSink:
+    """Sends tuples to a Kafka topic; ``flush()`` returns once the broker acknowledged all.
+
+    Args:
+        producer: a ``kafka.KafkaProducer`` (see :func:`tuple_topic_sink` for the settings).
+        topic: the output topic.
+
+    Raises (from ``flush``):
+        kafka.errors.KafkaError: a send failed: the checkpoint must not go on (its offsets
+            would cover tuples that were never written).
+    """
+
+    __slots__ = ("_encoder", "_futures", "producer", "sent", "topic")
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self._encoder = msgspec.json.Encoder()
+        self._futures: list[Any] = []
+        self.sent = 0
+
+    def send(self, tuples: Iterable[ScoredTuple]) -> None:
+        for t in tuples:
+            self._futures.append(self.producer.send(self.topic, key=dedup_key(t),
+                                                    value=self._encoder.encode(t)))
+
+    def flush(self) -> None:
+        self.producer.flush()
+        futures, self._futures = self._futures, []
+        for future in futures:
+            future.get(timeout=0)  # raises the send's error, if it failed
+        self.sent += len(futures)
+
+    def close(self) -> None:
+        self.flush()
+        self.producer.close()
+
+
+def tuple_topic_sink(bootstrap_servers: list[str], topic: str, client_id: str = "nextstate",
+                     **security: Any) -> TupleTopicSink:
+    """A :class:`TupleTopicSink` on an idempotent, ``acks="all"`` producer."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all",
+                             enable_idempotence=True, linger_ms=20,
+                             client_id=f"{client_id}-tuples", **security)
+    return TupleTopicSink(producer, topic)
+
+
+def decode_tuple(value: bytes) -> ScoredTuple:
+    """A tuple read back from the output topic (for the training job's consumer)."""
+    return msgspec.json.decode(value, type=ScoredTuple)
