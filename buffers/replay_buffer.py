@@ -180,8 +180,8 @@ class ReplayBuffer:
         # NaN fails both comparisons, so two reductions check finite and non-negative.
         if not (priorities.min() >= 0.0 and priorities.max() < np.inf):
             raise ValueError("priorities must be finite and >= 0")
-        self.storage.set_priorities(indices, priorities)
-        self.sampler.update_priorities(self.storage, indices)
+        updated = self.storage.set_priorities(indices, priorities)
+        self.sampler.update_priorities(self.storage, updated)
 
     # -- reading -------------------------------------------------------------------------
 

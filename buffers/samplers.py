@@ -56,7 +56,7 @@ class Sampler(abc.ABC):
         self._dropped[slots] = False
 
     def update_priorities(self, storage: Storage, slots: np.ndarray) -> None:  # noqa: B027
-        """The storage's priorities of ``slots`` changed (optional hook)."""
+        """The storage's priorities of ``slots`` (all occupied) changed (optional hook)."""
 
     def rebuild(self, storage: Storage) -> None:  # noqa: B027 - optional hook
         """Derive every index from the storage (after open, or after load_state_dict)."""
@@ -204,6 +204,8 @@ class PrioritizedSampler(Sampler):
         self.beta = beta
         self.eps = eps
         self._tree = SumTree(capacity)
+        self._total = 0.0
+        self._strata: dict[int, np.ndarray] = {}
 
     @property
     def tree(self) -> SumTree:
@@ -218,11 +220,8 @@ class PrioritizedSampler(Sampler):
         self._tree.set(slots, self._masses(storage.priority[slots]))
 
     def update_priorities(self, storage: Storage, slots: np.ndarray) -> None:
-        keep = storage.seq[slots] != FREE
         if self._any_dropped:
-            keep &= ~self._dropped[slots]
-        if not keep.all():
-            slots = slots[keep]
+            slots = slots[~self._dropped[slots]]
         self._tree.set(slots, self._masses(storage.priority[slots]))
 
     def rebuild(self, storage: Storage) -> None:
@@ -235,17 +234,25 @@ class PrioritizedSampler(Sampler):
         self._tree.set(slots, 0.0)
 
     def _sampleable_count(self, storage: Storage) -> float:
-        return self._tree.total if len(storage) else 0.0
+        # Remembered for _draw and _base_weights of the same call (one sum, not three).
+        self._total = self._tree.total if len(storage) else 0.0
+        return self._total
 
     def _draw(self, storage: Storage, n: int, rng: np.random.Generator) -> np.ndarray:
-        total = self._tree.total
-        targets = (np.arange(n) + rng.random(n)) * (total / n)
+        strata = self._strata.get(n)
+        if strata is None:
+            strata = self._strata[n] = np.arange(n, dtype=np.float64)
+        targets = rng.random(n)
+        targets += strata
+        targets *= self._total / n
         return self._tree.find(targets)
 
     def _base_weights(self, storage: Storage, slots: np.ndarray) -> np.ndarray:
-        probabilities = self._tree.leaves[slots] / self._tree.total
-        weights = (len(storage) * probabilities) ** -self.beta
-        return weights / weights.max()
+        # (N * m_i / total) ** -beta, normalised by the batch maximum (the smallest mass).
+        masses = self._tree.masses(slots)
+        weights = (masses * (len(storage) / self._total)) ** -self.beta
+        weights /= weights.max()
+        return weights
 
     def state_dict(self) -> dict[str, Any]:
         """Base state plus alpha, beta and eps (masses are rebuilt from storage)."""

@@ -117,12 +117,20 @@ class Storage(abc.ABC):
         self._size -= 1
         self._free.append(slot)
 
-    def set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
-        """Replace the raw priority of occupied slots (empty ones are ignored)."""
+    def set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> np.ndarray:
+        """Replace the raw priority of occupied slots (empty ones are ignored).
+
+        Returns:
+            the slots that were updated (the occupied ones).
+        """
         slots = np.asarray(slots, dtype=np.int64)
+        priorities = np.asarray(priorities, dtype=np.float64)
         live = self.seq[slots] != FREE
-        self.priority[slots[live]] = np.asarray(priorities, dtype=np.float64)[live]
-        self._priorities_changed(slots[live])
+        if not live.all():
+            slots, priorities = slots[live], priorities[live]
+        self.priority[slots] = priorities
+        self._priorities_changed(slots)
+        return slots
 
     def get(self, slots: np.ndarray) -> list[ScoredTuple]:
         """The tuples in the given (occupied) slots, in order."""

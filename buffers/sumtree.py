@@ -31,7 +31,8 @@ class SumTree:
         [0, 2]
     """
 
-    __slots__ = ("_flat_level", "_levels", "_ones", "_strict_upper", "capacity", "fanout")
+    __slots__ = ("_flat_level", "_levels", "_ones", "_starts_cache", "_strict_upper", "capacity",
+                 "fanout")
 
     def __init__(self, capacity: int, fanout: int = FANOUT) -> None:
         if capacity < 1:
@@ -40,6 +41,7 @@ class SumTree:
         self.fanout = fanout
         self._strict_upper = np.triu(np.ones((fanout, fanout)), 1)
         self._ones = np.ones(fanout)
+        self._starts_cache: dict[int, np.ndarray] = {}
         self._levels: list[np.ndarray] = []
         n = capacity
         while True:
@@ -99,6 +101,16 @@ class SumTree:
                 # Duplicate parents are harmless: each gets the same exact sum.
                 upper[nodes] = lower.reshape(-1, f)[nodes] @ self._ones
 
+    def _row_starts(self, n: int) -> np.ndarray:
+        starts = self._starts_cache.get(n)
+        if starts is None:
+            starts = self._starts_cache[n] = np.arange(n, dtype=np.int64) * self.fanout
+        return starts
+
+    def masses(self, slots: np.ndarray) -> np.ndarray:
+        """The leaf masses of some slots."""
+        return self._levels[0][slots]
+
     def find(self, targets: np.ndarray) -> np.ndarray:
         """The leaf holding each prefix-sum target.
 
@@ -109,31 +121,27 @@ class SumTree:
             int64 leaf indices, each with positive mass when ``total > 0``.
         """
         f = self.fanout
-        t = np.maximum(np.asarray(targets, dtype=np.float64), 0.0)
-        base = np.arange(t.size, dtype=np.int64) * f
+        base = self._row_starts(np.size(targets))
         # The top levels are small: one cumsum + searchsorted over the first level of at
         # most _FLAT nodes replaces several (batch, fanout) steps.
         top = self._flat_level
         level = self._levels[top]
         cumulative = np.cumsum(level)
-        np.minimum(t, np.nextafter(cumulative[-1], 0.0), out=t)
+        t = np.clip(targets, 0.0, np.nextafter(cumulative[-1], 0.0))
         node = np.searchsorted(cumulative, t, side="right")
-        np.minimum(node, level.size - 1, out=node)
-        t -= cumulative[node] - level[node]
+        t -= cumulative.take(node, mode="clip") - level.take(node, mode="clip")
         for level in reversed(self._levels[:top]):
-            rows = level.reshape(-1, f)
-            # Round-off can steer a target past the last real node into level padding.
-            np.minimum(node, rows.shape[0] - 1, out=node)
+            # mode="clip": round-off can steer a target past the last real node into padding.
             # Exclusive prefix sums of each node's children, as one small matmul: much
             # cheaper than a row-wise cumsum over a (batch, fanout) array in numpy.
-            prefix = rows[node] @ self._strict_upper
+            prefix = level.reshape(-1, f).take(node, axis=0, mode="clip") @ self._strict_upper
             # child = how many prefixes are <= t, minus one; counted by a BLAS gemv over
             # the comparison written as floats (a bool row-sum is several times slower).
             below = np.less_equal(prefix, t[:, None], out=np.empty_like(prefix),
                                   casting="unsafe")
             child = (below @ self._ones).astype(np.int64)
             child -= 1
-            t -= prefix.ravel()[base + child]
+            t -= prefix.take(base + child)
             node *= f
             node += child
         np.minimum(node, self.capacity - 1, out=node)
