@@ -3,6 +3,7 @@
     nextstate run    --config nextstate.toml | --source file:PATH [--state-dir DIR]
     nextstate stats  --state-dir DIR
     nextstate export --state-dir DIR --format tuples|rewards [--buffer NAME] --out FILE
+    nextstate export --state-dir DIR --format sft|dpo|kto [--buffer NAME] --out F.jsonl|.parquet
     nextstate report --state-dir DIR --out DIR
     nextstate train  --state-dir DIR
     nextstate demo
@@ -80,7 +81,13 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
               file=sys.stderr)
         return 2
     dead_letters = sources.kafka_dead_letters(config) if is_kafka else None
-    pipeline = Pipeline(config, dead_letters=dead_letters)
+    tuple_sink = None
+    if is_kafka and config.output_topic:
+        from nextstate.daemon.tuple_topic import tuple_topic_sink
+
+        tuple_sink = tuple_topic_sink(config.kafka.bootstrap_servers, config.output_topic,
+                                      config.kafka.client_id, **config.kafka.security_kwargs())
+    pipeline = Pipeline(config, dead_letters=dead_letters, tuple_sink=tuple_sink)
     health = Health()
     registry = CollectorRegistry()
     collector = YieldCollector(pipeline.stats)
@@ -109,6 +116,8 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
                              progress, follow=config.follow)
     finally:
         pipeline.close()
+        if tuple_sink is not None:
+            tuple_sink.close()
         progress.close()
         if server is not None:
             server.shutdown()
@@ -164,6 +173,17 @@ def export_main(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else DaemonConfig()
     specs = [msgspec.convert(spec, BufferSpec) for spec in config.buffers]
     buffers = BufferSet.open(buffers_dir, specs)
+    if args.format in ("sft", "dpo", "kto"):
+        from nextstate.daemon.export import trl_rows, write_rows
+
+        try:
+            tuples = (t for name, buffer in buffers.buffers.items()
+                      if not args.buffer or name == args.buffer for t in buffer.iter_tuples())
+            written = write_rows(trl_rows(tuples, args.format), args.out)
+        finally:
+            buffers.close()
+        print(f"wrote {written:,} {args.format} rows to {args.out}")
+        return 0
     encoder = msgspec.json.Encoder()
     written = 0
     try:
@@ -223,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("export", help="export stored tuples as JSON lines")
     p.add_argument("--state-dir", default="nextstate-state")
     p.add_argument("--config", help="the daemon's config (for its buffer names)")
-    p.add_argument("--format", choices=["tuples", "rewards"], default="tuples")
+    p.add_argument("--format", choices=["tuples", "rewards", "sft", "dpo", "kto"],
+                   default="tuples", help="sft|dpo|kto: TRL conversational datasets "
+                   "(JSON lines, or Parquet for --out *.parquet)")
     p.add_argument("--buffer", help="only this buffer")
     p.add_argument("--out", required=True)
     for name, (help_text, _) in DELEGATED.items():

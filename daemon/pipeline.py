@@ -25,12 +25,13 @@ import msgspec
 import structlog
 
 from nextstate.buffers import BufferSet, BufferSpec
-from nextstate.daemon import wire
+from nextstate.daemon import ingest, wire
 from nextstate.daemon.config import DaemonConfig
 from nextstate.daemon.deadletter import DeadLetterSink, FileDeadLetters
 from nextstate.daemon.join import SessionJoiner
 from nextstate.daemon.timeseries import TimeSeriesRecorder
 from nextstate.daemon.timeseries import default_path as timeseries_path
+from nextstate.daemon.tuple_topic import TupleSink
 from nextstate.daemon.wire import BadRecord
 from nextstate.daemon.yieldstats import YieldStats
 from nextstate.extractors.redact import Redactor
@@ -59,20 +60,20 @@ class Pipeline:
         dead_letters: where rejected records go (default: ``<state_dir>/dlq.jsonl``).
         on_extractor_error: ``(exc, interaction, extractor) -> suppress?``; re-raised if False.
         clock: wall-clock seconds (idle timeouts, time series), injectable for tests.
+        tuple_sink: also send every stored tuple there (``config.output_topic``; see
+            ``daemon/tuple_topic.py``); flushed by each checkpoint.
     """
 
     def __init__(self, config: DaemonConfig, dead_letters: DeadLetterSink | None = None,
                  on_extractor_error: ErrorCallback = log_extractor_error,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 tuple_sink: TupleSink | None = None) -> None:
+        self.tuple_sink = tuple_sink
         self.config = config
         self.state_dir = config.state_path
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.clock = clock
-        self.joiner = SessionJoiner(config.join.idle_timeout_s, config.join.max_sessions,
-                                    config.join.max_pending_bytes,
-                                    config.join.max_feedback_per_action)
-        self._evicted_seen = 0
-        self._evictions_seen: dict[str, int] = {}
+        self.joiner = SessionJoiner(config.join.idle_timeout_s, config.join.max_sessions)
         self.extractors = build_extractors(config.extractors, config.extractor_options)
         # A judge runs cascaded: it sees the cheap extractors' tuples and only fills the gaps.
         self._cascaded = [(name, ex) for name, ex in self.extractors
@@ -100,45 +101,27 @@ class Pipeline:
         self.seen[tp] = max(self.seen.get(tp, 0), offset + 1)
         self.records_since_checkpoint += 1
         try:
-            if len(value) > self.config.join.max_record_bytes:
-                raise BadRecord("too_large", f"{len(value)} bytes > join.max_record_bytes="
-                                f"{self.config.join.max_record_bytes}")
-            record = wire.decode(value)
-            if record.session_id is None and key:
-                record = msgspec.structs.replace(record, session_id=key.decode("utf-8",
-                                                                              "replace"))
-            shape = wire.classify(record)
-            closed = self.joiner.feed(record, shape, self.clock(), (topic, partition, offset),
-                                      len(value))
-        except (BadRecord, RecursionError) as error:
-            # RecursionError: msgspec's guard against absurdly deep nesting (hostile input).
-            exc = error if isinstance(error, BadRecord) else BadRecord(
-                "decode", "JSON nested too deeply")
+            decoded = ingest.decode_records(value, key)  # an OTLP batch holds many spans
+            closed: list[Interaction] = []
+            for record, shape in decoded:
+                closed += self.joiner.feed(record, shape, self.clock(),
+                                           (topic, partition, offset))
+        except BadRecord as exc:
             if not replay:
                 self.dead_letters.send(value, key, exc.reason, exc.detail, topic, partition,
                                        offset)
-
                 self.stats.observe_dead_letter(exc.reason)
             return
-        if self.joiner.evicted != self._evicted_seen:
-            self._count_evictions()
         if replay:
             return
-        self.stats.observe_record(shape)
-        if shape == "session_end":
-            self.stats.observe_session_end(wire.score_value(record.outcome))
-        elif shape == "transcript" and record.reward is not None:
-            self.stats.observe_session_end(record.reward)
+        for record, shape in decoded:
+            self.stats.observe_record(shape)
+            if shape == "session_end":
+                self.stats.observe_session_end(wire.score_value(record.outcome))
+            elif shape == "transcript" and record.reward is not None:
+                self.stats.observe_session_end(record.reward)
         if closed:
             self.emit(closed)
-
-    def _count_evictions(self) -> None:
-        for reason, count in self.joiner.evictions.items():
-            delta = count - self._evictions_seen.get(reason, 0)
-            if delta:
-                self.stats.inc("join_evictions", (("reason", reason),), delta)
-        self._evictions_seen = dict(self.joiner.evictions)
-        self._evicted_seen = self.joiner.evicted
 
     def emit(self, interactions: Iterable[Interaction]) -> list[ScoredTuple]:
         """Score closed interactions, redact the tuples and add them to the buffers."""
@@ -161,6 +144,8 @@ class Pipeline:
             self.stats.observe_interaction(interaction, tuples)
         if all_tuples:
             self.buffers.extend(all_tuples)
+            if self.tuple_sink is not None:
+                self.tuple_sink.send(all_tuples)
         return all_tuples
 
     def tick(self) -> None:
@@ -189,6 +174,8 @@ class Pipeline:
     def checkpoint(self) -> dict[tuple[str, int], int]:
         """Make everything processed so far durable; return the offsets safe to commit."""
         self.buffers.flush()
+        if self.tuple_sink is not None:
+            self.tuple_sink.flush()  # produced before the offsets that cover them are returned
         self.dead_letters.flush()
         self._mirror_component_counters()
         self.processed.update(self.seen)
