@@ -118,6 +118,13 @@ class JoinConfig:
     """Close a session's pending action with no next state after this long without records."""
     max_sessions: int = 100_000
     """Sessions held at most; the least recently seen is closed and counted beyond it."""
+    max_pending_bytes: int = 1 << 30
+    """Bytes of pending join state held at most (each session's latest record); the least
+    recently seen sessions are forgotten and counted (``join_evictions``) beyond it."""
+    max_record_bytes: int = 16 << 20
+    """Larger records go to the dead-letter queue (reason ``too_large``) undecoded."""
+    max_feedback_per_action: int = 64
+    """Feedback records kept on one pending action; the oldest is dropped beyond it."""
 
 
 @dataclass

@@ -64,6 +64,7 @@ class _Session:
     last_closed: Interaction | None = None
     last_seen: float = 0.0
     partition: tuple[str, int] | None = None
+    size: int = 0                   # bytes of the latest record: what its pending state holds
 
 
 class SessionJoiner:
@@ -74,30 +75,53 @@ class SessionJoiner:
             session after this many seconds without a record for it.
         max_sessions: bound on sessions held; beyond it the least recently seen session is
             closed and forgotten (counted in :attr:`evicted`).
+        max_pending_bytes: bound on the bytes held for pending joins (the size of each
+            session's latest record, which its pending context repeats); beyond it the least
+            recently seen sessions are forgotten, counted like ``max_sessions``.
+        max_feedback_per_action: feedback records kept on one pending action; beyond it the
+            oldest is dropped (counted in ``evictions["feedback"]``).
 
     Each ``feed`` returns the interactions closed by that record. With ``replay=True`` the
     record only rebuilds state (its closed interactions are already durable downstream).
     """
 
-    def __init__(self, idle_timeout_s: float = 300.0, max_sessions: int = 100_000) -> None:
+    def __init__(self, idle_timeout_s: float = 300.0, max_sessions: int = 100_000,
+                 max_pending_bytes: int = 1 << 30, max_feedback_per_action: int = 64) -> None:
         self.idle_timeout_s = idle_timeout_s
         self.max_sessions = max_sessions
+        self.max_pending_bytes = max_pending_bytes
+        self.max_feedback_per_action = max_feedback_per_action
         self.sessions: dict[str, _Session] = {}
+        self.pending_bytes = 0
         self.evicted = 0
+        self.evictions: dict[str, int] = {}  # why: max_sessions | max_pending_bytes | feedback
 
     # -- records ----------------------------------------------------------------------------
     def feed(self, record: WireRecord, shape: str, now: float,
-             position: Position | None = None) -> list[Interaction]:
-        """Apply one decoded record of the given shape (see :func:`wire.classify`)."""
+             position: Position | None = None, size: int = 0) -> list[Interaction]:
+        """Apply one decoded record of the given shape (see :func:`wire.classify`).
+
+        ``size`` is the record's encoded size: what the session's pending state now holds,
+        counted against ``max_pending_bytes``.
+        """
         session_id = record.session_id
         assert session_id is not None
         if shape in EXCHANGE_SHAPES:
             closed = self._exchange(session_id, record, now, position)
             if shape != "openai_exchange":  # adapted shapes (OTel, Anthropic) keep their label
                 self.sessions[session_id].pending.shape = shape  # type: ignore[union-attr]
-            return closed
-        if shape == "transcript":
-            return self._transcript(session_id, record, now, position)
+        elif shape == "transcript":
+            closed = self._transcript(session_id, record, now, position)
+        else:
+            return self._other(session_id, record, shape, now)
+        session = self.sessions[session_id]
+        self.pending_bytes += size - session.size
+        session.size = size
+        self._bound()
+        return closed
+
+    def _other(self, session_id: str, record: WireRecord, shape: str,
+               now: float) -> list[Interaction]:
         if shape == "feedback":
             return self._feedback(session_id, wire.feedback_of(record), now)
         if shape == otel.TOOL_SHAPE:
@@ -119,11 +143,18 @@ class SessionJoiner:
     def _exchange(self, session_id: str, record: WireRecord, now: float,
                   position: Position | None) -> list[Interaction]:
         assert record.request is not None
-        messages = wire.normalize_messages(record.request.messages)
         action, logprobs = wire.response_message(record)
         closed: list[Interaction] = []
-        session = self._session(session_id, now, position)
-        if _repeats_history(messages, session):
+        known_prefix = _known_prefix(record.request.messages, self.sessions.get(session_id))
+        if known_prefix is not None:
+            # The usual call log: the request repeats the history we already hold, so only
+            # the messages after it are normalized (a session's records stay O(new), not
+            # O(history)); the context reuses the Message objects already built.
+            new = wire.normalize_messages(record.request.messages[len(known_prefix):])
+            context = (*known_prefix, *new)
+            session = self._session(session_id, now, position)
+        elif _repeats_history(messages := wire.normalize_messages(record.request.messages),
+                              session := self._session(session_id, now, position)):
             new = messages[session.history_len:]
             context = tuple(messages)
         else:
@@ -147,7 +178,6 @@ class SessionJoiner:
             usage=wire.usage_of(record), ts=wire.parse_ts(record.ts), shape="openai_exchange")
         session.history_len = index + 1
         session.last_action = action
-        self._bound()
         return closed
 
     def _transcript(self, session_id: str, record: WireRecord, now: float,
@@ -184,7 +214,6 @@ class SessionJoiner:
         if closed:
             session.last_closed = closed[-1]
         session.history_len = len(messages)
-        self._bound()
         return closed
 
     def _feedback(self, session_id: str, feedback: Feedback, now: float) -> list[Interaction]:
@@ -193,7 +222,11 @@ class SessionJoiner:
             raise BadRecord("unmatched_feedback", f"no action known for session {session_id!r}")
         session.last_seen = now
         if session.pending is not None:
-            session.pending.feedback += (feedback,)
+            kept = session.pending.feedback[-(self.max_feedback_per_action - 1):] \
+                if self.max_feedback_per_action > 1 else ()
+            if len(kept) < len(session.pending.feedback):
+                self._count("feedback")  # a flood of feedback on one action stays bounded
+            session.pending.feedback = (*kept, feedback)
             return []
         assert session.last_closed is not None
         # The action already met its next state: its feedback closes a second interaction
@@ -234,6 +267,8 @@ class SessionJoiner:
 
     def _session_end(self, session_id: str, outcome: float | None) -> list[Interaction]:
         session = self.sessions.pop(session_id, None)
+        if session is not None:
+            self.pending_bytes -= session.size
         if session is None or session.pending is None:
             return []
         pending = session.pending
@@ -262,22 +297,30 @@ class SessionJoiner:
         dropped = set(partitions)
         gone = [s for s, state in self.sessions.items() if state.partition in dropped]
         for session_id in gone:
-            del self.sessions[session_id]
+            self.pending_bytes -= self.sessions.pop(session_id).size
         return len(gone)
 
     def _forget(self, session_id: str, closed_by: ClosedBy) -> list[Interaction]:
-        pending = self.sessions.pop(session_id).pending
+        session = self.sessions.pop(session_id)
+        self.pending_bytes -= session.size
+        pending = session.pending
         if pending is None:
             return []
         return [pending.close(session_id, pending.partial_next, closed_by)]
 
     def _bound(self) -> None:
-        while len(self.sessions) > self.max_sessions:
+        while self.sessions and (len(self.sessions) > self.max_sessions
+                                 or self.pending_bytes > self.max_pending_bytes):
             oldest = next(iter(self.sessions))
-            self.evicted += 1
+            self._count("max_sessions" if len(self.sessions) > self.max_sessions
+                        else "max_pending_bytes")
             # Bounded memory beats completeness: the evicted pending action is dropped and
             # counted, and no longer holds back the committed offset.
-            self.sessions.pop(oldest)
+            self.pending_bytes -= self.sessions.pop(oldest).size
+
+    def _count(self, reason: str) -> None:
+        self.evicted += 1
+        self.evictions[reason] = self.evictions.get(reason, 0) + 1
 
     # -- offsets ----------------------------------------------------------------------------
     def low_watermarks(self) -> dict[tuple[str, int], int]:
@@ -320,6 +363,30 @@ def _until_assistant(messages: list[Message]) -> list[Message]:
             break
         out.append(message)
     return out
+
+
+def _known_prefix(messages: list[wire.WireMessage], session: _Session | None
+                  ) -> tuple[Message, ...] | None:
+    """The history held for an exchange session, if this request repeats it (else ``None``).
+
+    Only the echo of the pending action is normalized to check it: the messages before it
+    were checked when the earlier records of the session arrived.
+    """
+    if session is None or session.pending is None or session.pending.shape != "openai_exchange":
+        return None
+    pending = session.pending
+    n = pending.index + 1
+    if session.history_len != n or len(messages) < n:
+        return None
+    if not _same_action(wire.normalize_message(messages[n - 1]), pending.action):
+        return None
+    return (*pending.context, pending.action)
+
+
+def _same_action(echoed: Message, last: Message) -> bool:
+    return echoed.role == "assistant" and (
+        [c.id for c in echoed.tool_calls] == [c.id for c in last.tool_calls]
+        and (echoed.content == last.content or bool(last.tool_calls)))
 
 
 def _repeats_history(messages: list[Message], session: _Session) -> bool:

@@ -73,7 +73,11 @@ class Pipeline:
         self.state_dir = config.state_path
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.clock = clock
-        self.joiner = SessionJoiner(config.join.idle_timeout_s, config.join.max_sessions)
+        self.joiner = SessionJoiner(config.join.idle_timeout_s, config.join.max_sessions,
+                                    config.join.max_pending_bytes,
+                                    config.join.max_feedback_per_action)
+        self._evicted_seen = 0
+        self._evictions_seen: dict[str, int] = {}
         self.extractors = build_extractors(config.extractors, config.extractor_options)
         # A judge runs cascaded: it sees the cheap extractors' tuples and only fills the gaps.
         self._cascaded = [(name, ex) for name, ex in self.extractors
@@ -101,17 +105,27 @@ class Pipeline:
         self.seen[tp] = max(self.seen.get(tp, 0), offset + 1)
         self.records_since_checkpoint += 1
         try:
+            if len(value) > self.config.join.max_record_bytes:
+                raise BadRecord("too_large", f"{len(value)} bytes > join.max_record_bytes="
+                                f"{self.config.join.max_record_bytes}")
             decoded = ingest.decode_records(value, key)  # an OTLP batch holds many spans
             closed: list[Interaction] = []
             for record, shape in decoded:
                 closed += self.joiner.feed(record, shape, self.clock(),
-                                           (topic, partition, offset))
-        except BadRecord as exc:
+                                           (topic, partition, offset),
+                                           len(value) // len(decoded))
+        except (BadRecord, RecursionError) as error:
+            # RecursionError: msgspec's guard against absurdly deep nesting (hostile input).
+            exc = error if isinstance(error, BadRecord) else BadRecord(
+                "decode", "JSON nested too deeply")
             if not replay:
                 self.dead_letters.send(value, key, exc.reason, exc.detail, topic, partition,
                                        offset)
+
                 self.stats.observe_dead_letter(exc.reason)
             return
+        if self.joiner.evicted != self._evicted_seen:
+            self._count_evictions()
         if replay:
             return
         for record, shape in decoded:
@@ -122,6 +136,14 @@ class Pipeline:
                 self.stats.observe_session_end(record.reward)
         if closed:
             self.emit(closed)
+
+    def _count_evictions(self) -> None:
+        for reason, count in self.joiner.evictions.items():
+            delta = count - self._evictions_seen.get(reason, 0)
+            if delta:
+                self.stats.inc("join_evictions", (("reason", reason),), delta)
+        self._evictions_seen = dict(self.joiner.evictions)
+        self._evicted_seen = self.joiner.evicted
 
     def emit(self, interactions: Iterable[Interaction]) -> list[ScoredTuple]:
         """Score closed interactions, redact the tuples and add them to the buffers."""

@@ -69,6 +69,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "actions_flagged": ("Actions flagged as poor trajectory steps, by flag (error, repeat).",
                         ("flag",)),
     "redactions": ("Sensitive spans replaced by placeholders, by type.", ("type",)),
+    "join_evictions": ("Pending join state dropped to stay within the join's bounds, by reason "
+                       "(max_sessions, max_pending_bytes, feedback).", ("reason",)),
 }
 
 
