@@ -1,0 +1,104 @@
+"""Tests of the demo's simulated environment, its agent and one tiny closed-loop run."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from nextstate.daemon.demo.agent import PolicyAgent, candidates, report_answer, tool_candidates
+from nextstate.daemon.demo.env import (
+    SETTINGS,
+    ToolError,
+    make_task,
+    run_tool,
+    temperature,
+    validate,
+)
+from nextstate.daemon.timeseries import default_path, read_series
+from nextstate.extractors.types import Message
+from nextstate.trainers.tiny import TinyConfig, TinyPolicy
+
+
+def test_tools_validate_typed_arguments():
+    """Schema violations are real errors with the validator's wording."""
+    with pytest.raises(ToolError, match="unknown tool"):
+        validate("weather", "{}")
+    with pytest.raises(ToolError, match="missing required argument 'unit'"):
+        validate("get_weather", '{"city": "Oslo"}')
+    with pytest.raises(ToolError, match="is not of type 'integer'"):
+        validate("calculator", '{"a": "3", "b": 4, "op": "add"}')
+    with pytest.raises(ToolError, match="must be one of"):
+        validate("get_weather", '{"city": "Oslo", "unit": "kelvin"}')
+    assert validate("calculator", '{"a": 3, "b": 4, "op": "add"}') == {"a": 3, "b": 4,
+                                                                         "op": "add"}
+
+
+def test_every_task_kind_has_a_correct_candidate_and_answer():
+    """From the conversation alone the agent can build a call and answer that satisfy the user."""
+    rng = random.Random(1)
+    kinds = set()
+    for _ in range(40):
+        task = make_task(rng)
+        kinds.add(task.kind)
+        messages = [Message(role="user", content=task.request)]
+        solved = False
+        for call in tool_candidates(messages, random.Random(0), "c"):
+            tc = call.tool_calls[0]
+            result = run_tool(task, tc.name, tc.arguments)
+            if task.done(report_answer(result)):
+                solved = True
+            if task.screen is not None and task.screen.checked[task.params["setting"]]:
+                task.screen.click(SETTINGS[task.params["setting"]])  # undo for the next try
+        assert solved, task.request
+        assert not task.done("I think it is 1234567.")
+    assert kinds == {"weather", "convert", "calc", "gui"}
+
+
+def test_gui_click_toggles_and_user_corrects_with_a_hint():
+    """A click toggles the screen; a wrong answer gets a correction naming what was wanted."""
+    rng = random.Random(3)
+    task = next(t for t in iter(lambda: make_task(rng), None) if t.kind == "gui")
+    setting = task.params["setting"]
+    bad = json.loads(run_tool(task, "click", json.dumps({"element": setting})))
+    assert "no element" in bad["error"]
+    good = run_tool(task, "click", json.dumps({"element": SETTINGS[setting]}))
+    assert f"'{setting}' checked=true" in json.loads(good)["axtree"]
+    assert task.done(report_answer(good))
+    weather = next(t for t in iter(lambda: make_task(rng), None) if t.kind == "weather")
+    reply = weather.correction("I think it is 3.", random.Random(0))
+    assert weather.params["city"] in reply or "rephrase" in reply
+    answer = report_answer(run_tool(weather, "get_weather", json.dumps(weather.params)))
+    assert str(temperature(**weather.params)) in answer and weather.done(answer)
+
+
+def test_agent_scores_candidates_as_the_trainer_encodes_them():
+    """The agent's behaviour log-probs are the policy's log-probs of the logged action."""
+    policy = TinyPolicy(TinyConfig(d_model=16, n_layers=1, n_heads=2), seed=0)
+    agent = PolicyAgent(policy, seed=0)
+    messages = [Message(role="user", content="What is 3 plus 4?")]
+    options = candidates(messages, random.Random(0), "c")
+    index, logps = agent.choose(messages, options)
+    assert 0 <= index < len(options)
+    expected = policy.action_logprobs(messages, options[index]).tolist()
+    assert logps == pytest.approx(expected, abs=1e-5)
+
+
+def test_tiny_closed_loop_run(tmp_path):
+    """Records flow through the pipeline into buffers; the trainer publishes, the agent loads."""
+    from nextstate.daemon.demo.run import DemoSettings, Deployment
+
+    settings = DemoSettings(
+        interactions=12, seed=0, policy=TinyConfig(d_model=16, n_layers=1, n_heads=2,
+                                                   max_length=1024),
+        trainer={"lr": 1e-3, "batch_size": 4, "micro_batch_size": 4, "publish_every": 1},
+        steps_per_interaction=0.25)
+    result = Deployment(settings, tmp_path).run()
+    assert result.interactions >= 12
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    assert sum('"request"' in line for line in lines) == result.interactions
+    snapshot = read_series(default_path(tmp_path / "state"))[-1][1]
+    assert snapshot['interactions_total{shape="openai_exchange"}'] == result.interactions
+    assert snapshot.get("sessions_ended_total") == len(result.sessions)
+    assert result.versions[-1][1] >= 1  # the agent hot-loaded a published version
