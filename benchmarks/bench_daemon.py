@@ -1,0 +1,128 @@
+"""Daemon hot path from a file on one core: decode + join + rule extractors, then the pipeline.
+
+    python benchmarks/bench_daemon.py [--sessions 400] [--turns 10] [--profile]
+
+Two input shapes from ``benchmarks/make_stream.py``'s realistic sessions:
+
+- ``call_log``: OpenAI chat-completions exchanges, each request repeating the whole history
+  (what an API proxy logs; the record grows with the conversation);
+- ``transcript``: one whole conversation per record.
+
+For each it prints records/s, interactions/s and MB/s of (1) decode + join + the default rule
+extractors (no redaction, no storage: the target is >= 100k interactions/s) and (2) the whole
+``Pipeline.process`` (redaction and durable SQLite buffers included), with the mean record size.
+``--profile`` prints a pyinstrument profile of (1) on the call logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from make_stream import stream
+
+from nextstate.daemon import ingest
+from nextstate.daemon.config import load_config
+from nextstate.daemon.join import SessionJoiner
+from nextstate.daemon.pipeline import Pipeline
+from nextstate.extractors.registry import build_extractors
+
+EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
+
+
+def call_logs(sessions: int, turns: int) -> list[bytes]:
+    return [json.dumps(r).encode() for r in stream(sessions, turns)]
+
+
+def transcripts(sessions: int, turns: int) -> list[bytes]:
+    """The last exchange of each session as one transcript (its history plus the response)."""
+    last: dict[str, dict] = {}
+    for record in stream(sessions, turns):
+        if "request" in record:
+            last[record["session_id"]] = record
+    out = []
+    for sid, record in last.items():
+        messages = [*record["request"]["messages"], record["response"]["choices"][0]["message"]]
+        out.append(json.dumps({"session_id": sid, "messages": messages, "reward": 1.0}).encode())
+    return out
+
+
+def core_loop(values: list[bytes]) -> tuple[float, int]:
+    """decode + join + rule extractors; returns (CPU seconds of this process, interactions).
+
+    CPU time, not wall time: "on one core" must not depend on what else the machine runs.
+    """
+    joiner = SessionJoiner()
+    extractors = [ex for _, ex in build_extractors(EXTRACTORS)]
+    interactions = 0
+    start = time.process_time()
+    for offset, value in enumerate(values):
+        closed = []
+        for record, shape in ingest.decode_records(value, None):
+            closed += joiner.feed(record, shape, 0.0, ("bench", 0, offset), len(value))
+        for interaction in closed:
+            for extractor in extractors:
+                extractor(interaction)
+        interactions += len(closed)
+    for interaction in joiner.close_all():
+        for extractor in extractors:
+            extractor(interaction)
+        interactions += 1
+    return time.process_time() - start, interactions
+
+
+def full_pipeline(values: list[bytes]) -> tuple[float, int]:
+    """``Pipeline.process`` with redaction and SQLite buffers, plus the final checkpoint
+    (wall time: the fsyncs of the durable store are part of the cost)."""
+    with tempfile.TemporaryDirectory() as state:
+        pipeline = Pipeline(load_config(None, state_dir=state, extractors=EXTRACTORS))
+        start = time.perf_counter()
+        for offset, value in enumerate(values):
+            pipeline.process(value, None, "bench", 0, offset)
+        pipeline.finish()
+        pipeline.checkpoint()
+        elapsed = time.perf_counter() - start
+        interactions = int(pipeline.stats.total("interactions"))
+        pipeline.close()
+    return elapsed, interactions
+
+
+def report(shape: str, stage: str, values: list[bytes], seconds: float, interactions: int
+           ) -> None:
+    size = sum(map(len, values))
+    print(f"{shape:<11}{stage:<22}{len(values) / seconds:>12,.0f}{interactions / seconds:>16,.0f}"
+          f"{size / seconds / 1e6:>9,.1f}{size / len(values) / 1e3:>11,.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=400)
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    shapes = {"call_log": call_logs(args.sessions, args.turns),
+              "transcript": transcripts(args.sessions, args.turns)}
+    if args.profile:
+        from pyinstrument import Profiler
+
+        with Profiler() as profiler:
+            core_loop(shapes["call_log"])
+        print(profiler.output_text(unicode=False, color=False, show_all=False))
+        return
+    print(f"{'shape':<11}{'stage':<22}{'records/s':>12}{'interactions/s':>16}{'MB/s':>9}"
+          f"{'KB/record':>11}")
+    for shape, values in shapes.items():
+        core_loop(values[:200])  # warm caches and lazy imports
+        report(shape, "decode+join+rules", values, *core_loop(values))
+        report(shape, "full pipeline", values, *full_pipeline(values))
+    print("target: >= 100,000 interactions/s for decode+join+rules on one core")
+
+
+if __name__ == "__main__":
+    main()
