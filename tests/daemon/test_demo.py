@@ -102,3 +102,20 @@ def test_tiny_closed_loop_run(tmp_path):
     assert snapshot['interactions_total{shape="openai_exchange"}'] == result.interactions
     assert snapshot.get("sessions_ended_total") == len(result.sessions)
     assert result.versions[-1][1] >= 1  # the agent hot-loaded a published version
+
+
+def test_table_and_success_windows():
+    """The table reports overall and last-20% success computed from the sessions."""
+    from nextstate.daemon.demo.main import rolling_success, table
+    from nextstate.daemon.demo.run import RunResult
+
+    trained = RunResult(sessions=[(10, False), (50, False), (90, True), (100, True)],
+                        versions=[(100, 3)], interactions=100)
+    frozen = RunResult(sessions=[(50, True), (100, False)], versions=[(100, 0)],
+                       interactions=100)
+    assert trained.success_rate() == 0.5 and trained.success_rate(0.8) == 1.0
+    assert frozen.success_rate(0.8) == 0.0
+    text = table(trained, frozen)
+    assert "1.000" in text.splitlines()[1] and text.splitlines()[2].split()[3] == "0.000"
+    _, rate = rolling_success(trained, window=2)
+    assert list(rate) == [0.0, 0.0, 0.5, 1.0]
