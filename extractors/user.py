@@ -107,18 +107,58 @@ _LEADING_FILLER = re.compile(
     r"thank you|great|ok(?:ay)?|but|and|so|also|that(?:'s| is) (?:wrong|not right|incorrect)|"
     r"not quite|close|almost)\b[,.!:;\s-]*)+", re.I)
 _WORD = re.compile(r"[a-z0-9']+")
-# Substrings without which a family's regex cannot match: cheap `in` checks skip the scan.
-_COMPLAINT_NEEDLES = (
-    "no", "wrong", "incorrect", "accurate", "useless", "nonsense", "broke", "off", "mistake",
-    "said", "asked", "meant", "told", "specified", "explicit", "clearly", "n't", "still",
-    "crash", "forgot", "missed", "ignored", "skipped", "left out", "misread", "misunderstood",
-    "made", "try again", "redo", "hallucinat", "why", "sure", "where did", "nah", "true",
-)
-_POLITE_NEEDLES = (
-    "actually", "hmm", "um", "erm", "wait", "sorry", "i think", "should", "instead", "rather",
-    "no", "close", "almost", "double", "look", "seem", "meant", "supposed", "i was",
-    "could you", "can you", "you should", "you need", "please", "n't",
-)
+_RUN = re.compile(r"\w+")
+# Word gates. Each regex family above can only match a text whose ``\w+`` runs include one of
+# its trigger words (the first or a required word of every alternative), so one tokenisation
+# per reply and a set intersection (C speed) skip the scans that cannot match; the regexes
+# stay the only judges of what matches. ``*_WORDS`` are alternatives that are whole words on
+# their own: a hit there *is* a match, no scan needed. Tests check gated == ungated.
+_SARCASM_TRIGGERS = frozenset((
+    "now", "for", "another", "broke", "deleted", "wiped", "lost", "crashed", "even", "yeah",
+    "just", "exactly", "breaking", "ruining", "deleting", "wiping"))
+_COMPLAINT_TRIGGERS = frozenset((
+    # subject + verdict; bare no; "nothing works"; "it crashed"; "not helpful"/"not what i"
+    "not", "wrong", "incorrect", "inaccurate", "useless", "nonsense", "broken", "off",
+    "mistake", "no", "nope", "nah", "negative", "nothing", "crashes", "crashed", "broke",
+    # "i said/asked ..."; "doesn't work"; "you forgot ..."; "try again", "why did you", ...
+    "said", "asked", "meant", "told", "specified", "explicitly", "clearly", "doesn",
+    "doesnt", "didn", "didnt", "does", "did", "won", "wont", "isn", "isnt", "is", "still",
+    "forgot", "missed", "ignored", "skipped", "left", "misread", "misunderstood", "got",
+    "made", "try", "redo", "makes", "why", "sure", "where"))
+_POLITE_TRIGGERS = frozenset((
+    "actually", "erm", "wait", "sorry", "think", "should", "shouldn", "shouldnt", "instead",
+    "rather", "not", "close", "almost", "double", "look", "looks", "seem", "seems", "meant",
+    "supposed", "asking", "hoping", "looking", "could", "can", "please", "need", "isn",
+    "isnt", "wasn", "wasnt", "aren", "arent"))
+_POLITE_WORDS = frozenset(("instead",))
+_POSITIVE_TRIGGERS = frozenset((
+    "thank", "thanks", "thx", "cheers", "much", "appreciate", "works", "worked", "did",
+    "fixed", "helps", "helped", "is", "helpful", "ty", "looks", "sounds", "seems", "lgtm",
+    "spot", "exactly", "perfect", "excellent", "awesome", "great", "lifesaver", "best",
+    "right", "problem", "it", "correct", "no", "all", "nailed", "love", "well"))
+_POSITIVE_WORDS = frozenset((
+    "thank", "thanks", "thx", "cheers", "helpful", "ty", "lgtm", "perfect", "excellent",
+    "awesome"))
+_DIRECTIVE_TRIGGERS = frozenset((
+    "use", "using", "said", "asked", "meant", "wanted", "specified", "told", "need", "needed",
+    "should", "instead", "rather", "make", "please", "don", "dont", "do", "needs", "has",
+    "have", "must", "supposed", "expected", "keep", "switch", "convert", "include", "exclude",
+    "add", "remove", "mention", "metric", "celsius", "fahrenheit", "imperial", "utc", "not",
+    "hoping", "on", "at", "in", "for", "deadline", "date", "day", "total", "answer", "name",
+    "number", "price"))
+_DIRECTIVE_WORDS = frozenset((
+    "use", "using", "should", "instead", "rather", "please", "must", "expected", "keep",
+    "switch", "convert", "include", "exclude", "add", "remove", "mention", "wanted"))
+
+
+def _has_directive(clause: str) -> bool:
+    """``_DIRECTIVE.search(clause)`` as a bool, gated by the clause's words."""
+    if not clause.isascii():  # re.I folds a few non-ASCII letters that lower() keeps
+        return _DIRECTIVE.search(clause) is not None
+    words = set(_RUN.findall(clause.lower()))
+    if not words.isdisjoint(_DIRECTIVE_WORDS):
+        return True
+    return not words.isdisjoint(_DIRECTIVE_TRIGGERS) and _DIRECTIVE.search(clause) is not None
 
 
 def _normalise(text: str) -> str:
@@ -155,7 +195,7 @@ def correction_hint(reply: str) -> str | None:
             continue
         for clause in _SENTENCES.split(text):
             clause = _LEADING_FILLER.sub("", clause).strip(" ,.;!-\n\t")
-            if len(clause) >= 4 and _DIRECTIVE.search(clause):
+            if len(clause) >= 4 and _has_directive(clause):
                 return clause[:300]
     if after_contrast:
         clause = _LEADING_FILLER.sub("", after_contrast).strip(" ,.;!-\n\t")
@@ -177,30 +217,40 @@ def classify_reply(reply: str, previous_request: str | None = None) -> ReplyRead
     if not text:
         return None
     # Quoted text is what the user cites ("what does 'wrong number' mean?"), not their verdict.
-    text = _QUOTED.sub("'…'", text) if ("'" in text or '"' in text or "`" in text) else text
+    if text.count("'") > 1 or '"' in text or "`" in text:
+        text = _QUOTED.sub("'…'", text)
     low = text.lower()
+    words = set(_RUN.findall(low))
     praise = _PRAISE_OPENER.match(low)
-    if (praise and _SARCASM_OUTCOME.search(low)) or (("right" in low or "nothing" in low) \
-            and _SARCASM_ALONE.search(low)):
+    if (praise and not words.isdisjoint(_SARCASM_TRIGGERS) and _SARCASM_OUTCOME.search(low)) \
+            or (("right" in low or "nothing" in low) and _SARCASM_ALONE.search(low)):
         return ReplyReading("sarcasm", -0.8, 0.8, None)
-    complaint = (_COMPLAINT.search(low) if any(n in low for n in _COMPLAINT_NEEDLES)
-                 else None)
+    complaint = (_COMPLAINT.search(low) if not words.isdisjoint(_COMPLAINT_TRIGGERS)
+                 or "hallucinat" in low else None)
     if complaint and _BARE_NO.match(complaint.group(0)) and _COMPLAINT.search(
-            low, complaint.end()) is None and _POSITIVE.search(low):
+            low, complaint.end()) is None and _is_positive(low, words):
         complaint = None  # "No, that's all I needed, thanks!"
     if complaint:
         return ReplyReading("complaint", -0.8, 0.9, correction_hint(text))
     if praise and _CONTRAST.search(low, praise.end()):
         return ReplyReading("correction", -0.5, 0.85, correction_hint(text))
-    if any(n in low for n in _POLITE_NEEDLES) and _POLITE_CORRECTION.search(low):
+    if (not words.isdisjoint(_POLITE_TRIGGERS) or "hmm" in low or "um" in low) and (
+            not words.isdisjoint(_POLITE_WORDS) or _POLITE_CORRECTION.search(low)):
         return ReplyReading("correction", -0.5, 0.8, correction_hint(text))
     if previous_request and _similar(text, previous_request):
         return ReplyReading("rephrase", -0.6, 0.75, None)
-    if _POSITIVE.search(low):
+    if _is_positive(low, words):
         return ReplyReading("satisfied", 0.8, 0.85, None)
     if _MOVE_ON.match(low):
         return ReplyReading("moves_on", 0.3, 0.55, None)
     return None
+
+
+def _is_positive(low: str, words: set[str]) -> bool:
+    """``_POSITIVE.search(low)`` as a bool, gated by the reply's words."""
+    if not words.isdisjoint(_POSITIVE_WORDS):
+        return True
+    return not words.isdisjoint(_POSITIVE_TRIGGERS) and _POSITIVE.search(low) is not None
 
 
 @register("user")
