@@ -61,15 +61,26 @@ class TupleTopicSink:
 
     def send(self, tuples: Iterable[ScoredTuple]) -> None:
         for t in tuples:
-            self._futures.append(self.producer.send(self.topic, key=dedup_key(t),
-                                                    value=self._encoder.encode(t)))
+            self._send(dedup_key(t), self._encoder.encode(t))
+
+    def _send(self, key: bytes, value: bytes) -> None:
+        self._futures.append((key, value, self.producer.send(self.topic, key=key, value=value)))
 
     def flush(self) -> None:
+        """Wait for every send; a failed one is sent again and its error raised, so this
+        checkpoint stops and the next one only passes once the retry was acknowledged."""
         self.producer.flush()
         futures, self._futures = self._futures, []
-        for future in futures:
-            future.get(timeout=0)  # raises the send's error, if it failed
-        self.sent += len(futures)
+        error: Exception | None = None
+        for key, value, future in futures:
+            try:
+                future.get(timeout=0)  # raises the send's error, if it failed
+                self.sent += 1
+            except Exception as exc:  # re-raised below, once the retries are queued
+                error = error or exc
+                self._send(key, value)
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         self.flush()
