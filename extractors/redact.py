@@ -6,9 +6,13 @@ and any configured regexes are replaced by typed placeholders ``[EMAIL]``, ``[PH
 ``[CARD]``, ``[SECRET]``, ``[REDACTED:<name>]``. It covers every text field of a tuple:
 context, action, excerpt, hint, chosen/rejected and tool-call arguments.
 
-It runs on every tuple, so it is built for the common case of nothing to redact: one combined
-precompiled scan per string, and a per-message cache because the context of one session is
-shared by all its tuples (each message is redacted once, not once per tuple).
+It runs on every tuple, so it is built for the common case of nothing to redact: cheap
+substring guards before each precompiled scan, and two bounded LRU memos, because the context
+of one session is shared by all its tuples: redacted messages (each message is redacted once,
+not once per tuple) and, per session, the last redacted context, which the next interaction's
+longer context extends (only its new messages are looked at; the shared prefix is checked by
+identity at C speed). Both memos are bounded by entries and characters, so a long-running
+daemon's memory stays flat.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from nextstate.extractors.lru import LruCache
 from nextstate.extractors.types import Message, ScoredTuple, ToolCall
 
 # One pattern per type, each behind a cheap guard (``in`` scans run at C speed), so that the
@@ -37,10 +42,16 @@ _SECRET = re.compile(
 
 
 def _may_hold_secret(text: str) -> bool:
-    # An ``or`` chain of ``in`` tests: the cheapest guard CPython offers (no generator).
-    return ("sk-" in text or "pk-" in text or "rk-" in text or "gh" in text or "AKIA" in text
-            or "xox" in text or "AIza" in text or "ey" in text or "Bearer" in text
-            or "oken" in text or "ecret" in text or "assw" in text)
+    # An ``or`` chain of ``in`` tests (the cheapest guard CPython offers), one necessary
+    # substring per alternative of ``_SECRET``: plain words ("they", "broken", "high") must
+    # not send long outputs through that scan.
+    return ("sk-" in text or "pk-" in text or "rk-" in text or "AKIA" in text
+            or "xox" in text or "AIza" in text or "eyJ" in text or "Bearer " in text
+            or ("_" in text and ("ghp_" in text or "gho_" in text or "ghu_" in text
+                                 or "ghs_" in text or "ghr_" in text or "github_pat_" in text))
+            or (("=" in text or ":" in text) and ("oken" in text or "ecret" in text
+                                                  or "assw" in text
+                                                  or ("pi" in text and "ey" in text))))
 
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
@@ -52,7 +63,10 @@ _NUMBER = re.compile(
     r"|(?P<PHONE>(?<![\w+.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}"
     r"[\s.-]\d{3,4}(?![\w-]|\.\d)|(?<![\w+])\+\d{7,14}\b)")
 _KEY_PREFIX = re.compile(r"^[A-Za-z_-]+[\"']?\s*[:=]\s*[\"']?")
-_CACHE_LIMIT = 8192
+MESSAGE_CACHE_ENTRIES = 8192
+MESSAGE_CACHE_CHARS = 16_000_000
+CONTEXT_CACHE_SESSIONS = 2048
+CONTEXT_CACHE_CHARS = 64_000_000
 
 
 def luhn_valid(digits: str) -> bool:
@@ -88,14 +102,23 @@ class Redactor:
         'Mail [EMAIL]'
     """
 
-    __slots__ = ("_cache", "_custom", "counts", "enabled")
+    __slots__ = ("_contexts", "_custom", "_messages", "counts", "enabled")
 
-    def __init__(self, enabled: bool = True, patterns: Mapping[str, str] | None = None) -> None:
+    def __init__(self, enabled: bool = True, patterns: Mapping[str, str] | None = None,
+                 cache_entries: int = MESSAGE_CACHE_ENTRIES,
+                 cache_chars: int = MESSAGE_CACHE_CHARS,
+                 cache_sessions: int = CONTEXT_CACHE_SESSIONS,
+                 cache_context_chars: int = CONTEXT_CACHE_CHARS) -> None:
         self.enabled = enabled
         self._custom = tuple((f"REDACTED:{name}", re.compile(regex))
                              for name, regex in (patterns or {}).items())
         self.counts: dict[str, int] = {}
-        self._cache: dict[Message, Message] = {}
+        # Message -> redacted message, sized by characters (GUI trees can be 100 KB each).
+        self._messages: LruCache[Message] = LruCache(cache_entries, cache_chars)
+        # session id -> (context, redacted context, its characters): the next context of the
+        # session usually extends it. Sized by characters: it keeps closed sessions alive.
+        self._contexts: LruCache[tuple[tuple[Message, ...], tuple[Message, ...], int]] = \
+            LruCache(cache_sessions, cache_context_chars)
 
     def _sub(self, kind: str, pattern: re.Pattern[str], text: str) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -129,38 +152,66 @@ class Redactor:
         return text
 
     def redact_message(self, message: Message) -> Message:
-        """Redact a message's content and tool-call arguments (cached per message)."""
-        cached = self._cache.get(message)
+        """Redact a message's content and tool-call arguments (memoised per message)."""
+        cached = self._messages.get(message)
         if cached is not None:
             return cached
         content = self.redact_text(message.content)
         calls = tuple(
             c if (args := self.redact_text(c.arguments)) == c.arguments
             else ToolCall(c.id, c.name, args) for c in message.tool_calls
-        )
+        ) if message.tool_calls else message.tool_calls
         if content == message.content and calls == message.tool_calls:
             redacted = message
         else:
             redacted = msgspec.structs.replace(message, content=content, tool_calls=calls)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[message] = redacted
+        self._messages.put(message, redacted,
+                           len(message.content) + sum(len(c.arguments) for c in calls))
+        return redacted
+
+    def redact_context(self, session_id: str,
+                       context: tuple[Message, ...]) -> tuple[Message, ...]:
+        """Redact a context; the same tuple object when nothing in it changed.
+
+        Reuses the session's last redacted context when ``context`` is it or extends it
+        (the join builds each context as the previous one plus the new messages).
+        """
+        if not context:
+            return context
+        last = self._contexts.get(session_id)
+        if last is not None and last[0] is context:
+            return last[1]
+        start, prefix, chars = 0, None, 0
+        if last is not None:
+            known = len(last[0])
+            if known <= len(context) and context[:known] == last[0]:
+                start, prefix, chars = known, last[1], last[2]
+        tail = context[start:]
+        chars += sum(len(m.content) for m in tail)
+        redacted_tail = tuple(self.redact_message(m) for m in tail)
+        tail_same = all(a is b for a, b in zip(redacted_tail, tail, strict=True))
+        if prefix is None:
+            redacted = context if tail_same else redacted_tail
+        elif prefix is last[0] and tail_same:  # type: ignore[index]
+            redacted = context  # nothing redacted so far: keep the caller's tuple
+        else:
+            redacted = prefix + redacted_tail
+        self._contexts.put(session_id, (context, redacted, chars), chars + 1)
         return redacted
 
     def __call__(self, scored: ScoredTuple) -> ScoredTuple:
         """The tuple with every text field redacted (the same object if nothing changed)."""
         if not self.enabled:
             return scored
-        context = tuple(self.redact_message(m) for m in scored.context)
+        context = self.redact_context(scored.session_id, scored.context)
         action = self.redact_message(scored.action)
         excerpt = self.redact_text(scored.next_state_excerpt)
         hint = self.redact_text(scored.hint) if scored.hint else scored.hint
         chosen = self.redact_message(scored.chosen) if scored.chosen else None
         rejected = self.redact_message(scored.rejected) if scored.rejected else None
-        if (excerpt == scored.next_state_excerpt and hint == scored.hint
-                and action is scored.action and chosen is scored.chosen
-                and rejected is scored.rejected
-                and all(a is b for a, b in zip(context, scored.context, strict=True))):
+        if (context is scored.context and excerpt == scored.next_state_excerpt
+                and hint == scored.hint and action is scored.action
+                and chosen is scored.chosen and rejected is scored.rejected):
             return scored
         return msgspec.structs.replace(scored, context=context, action=action,
                                        next_state_excerpt=excerpt, hint=hint, chosen=chosen,

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from nextstate.extractors.lru import LruCache
 from nextstate.extractors.names import TERMINAL_TOOLS, tool_name
 from nextstate.extractors.registry import register
 from nextstate.extractors.types import Interaction, ScoredTuple, tool_results_for, tuple_from
@@ -73,6 +74,7 @@ _EXIT_CODE = re.compile(
     r"\s*[:=]?\s*\[?(-?\d+)\b", re.I)
 _BENIGN_NONZERO = re.compile(r"^\s*(?:grep|egrep|rg|diff|cmp|test|\[|git diff|find)\b")
 _HEAD, _TAIL = 4000, 12000
+_UNKNOWN = object()
 
 
 def _window(text: str) -> str:
@@ -130,6 +132,21 @@ def parse_test_summary(text: str) -> RunSummary | None:
     return None
 
 
+# A necessary lower-case substring of each ``_ENVIRONMENTAL`` alternative.
+_ENVIRONMENTAL_NEEDLES = ("connection", "max retries", "name resolution", "network is",
+                          "rate limit", "flaky", "econnrefused", "etimedout", "readtimeout",
+                          "503 service")
+
+
+def _looks_environmental(text: str) -> bool:
+    """``_ENVIRONMENTAL.search(text)`` as a bool; substring checks skip most scans."""
+    if text.isascii():  # re.I folds a few non-ASCII letters that lower() keeps
+        low = text.lower()
+        if not any(needle in low for needle in _ENVIRONMENTAL_NEEDLES):
+            return False
+    return _ENVIRONMENTAL.search(text) is not None
+
+
 def _split_output(content: str) -> tuple[str, int | None]:
     """(output text, exit code) from a plain or JSON ``{"stdout","stderr","exit_code"}`` result."""
     stripped = content.lstrip()
@@ -161,6 +178,8 @@ def _command_of(arguments: str) -> str:
 
 
 def _first_failure(text: str) -> str | None:
+    if "FAIL" not in text and "●" not in text:  # every alternative names one of them
+        return None
     match = _FAILED_TEST.search(text)
     if not match:
         return None
@@ -180,7 +199,7 @@ def read_terminal(content: str, command: str = "",
             progressed = previous is not None and previous.failed > 0
             return TerminalReading("tests_pass", 0.9 if progressed else 0.7,
                                    0.9 if progressed else 0.85, None)
-        if _ENVIRONMENTAL.search(text):
+        if _looks_environmental(text):
             return None  # the network failed, not the action: no signal about it
         if previous is not None and previous.failed > 0:
             if summary.failed < previous.failed:
@@ -229,13 +248,24 @@ class TerminalExtractor:
         excerpt_chars: how much of the output to keep (its tail: summaries sit at the end).
     """
 
-    __slots__ = ("excerpt_chars", "history", "tools")
+    __slots__ = ("_summaries", "excerpt_chars", "history", "tools")
 
     def __init__(self, tools: tuple[str, ...] | list[str] | None = None, history: int = 40,
-                 excerpt_chars: int = 400) -> None:
+                 excerpt_chars: int = 400, cache_entries: int = 4096) -> None:
         self.tools = frozenset(tools) if tools is not None else TERMINAL_TOOLS
         self.history = history
         self.excerpt_chars = excerpt_chars
+        # Output text -> its test summary: every later step of a session looks back at the
+        # same earlier results, which would otherwise be decoded and scanned again each time.
+        self._summaries: LruCache[RunSummary | None] = LruCache(cache_entries,
+                                                                 cache_entries * 4096)
+
+    def _summary_of(self, content: str) -> RunSummary | None:
+        summary = self._summaries.get(content, _UNKNOWN)
+        if summary is _UNKNOWN:
+            summary = parse_test_summary(_window(_split_output(content)[0]))
+            self._summaries.put(content, summary, len(content))
+        return summary  # type: ignore[return-value]
 
     def _previous_summary(self, interaction: Interaction) -> RunSummary | None:
         context = interaction.context
@@ -243,7 +273,7 @@ class TerminalExtractor:
         for index in range(len(context) - 1, stop - 1, -1):
             message = context[index]
             if message.role == "tool" and tool_name(message, context, index) in self.tools:
-                summary = parse_test_summary(_window(_split_output(message.content)[0]))
+                summary = self._summary_of(message.content)
                 if summary is not None:
                     return summary
         return None

@@ -1,0 +1,85 @@
+"""A small least-recently-used map, bounded by entry count and by a caller-given size.
+
+The extractor stage runs inside a long-lived daemon, so every memo it keeps (redacted
+messages, parsed test summaries, redacted contexts) must stay bounded however many sessions
+pass through: an unbounded dict is a slow memory leak. ``LruCache`` evicts the least recently
+used entries once either ``max_entries`` or ``max_size`` (the sum of each entry's ``size``,
+e.g. its characters) is exceeded. A plain ``dict`` keeps insertion order, so a hit moves
+its key to the end with one pop and one insert; eviction pops from the front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+_MISSING = object()
+
+
+class LruCache(Generic[V]):
+    """Least-recently-used map with an entry bound and a size bound.
+
+    Args:
+        max_entries: the most entries kept.
+        max_size: the most total ``size`` kept (what ``size`` counts is up to the caller).
+
+    Example:
+        >>> cache = LruCache(max_entries=2)
+        >>> cache.put("a", 1); cache.put("b", 2); cache.get("a")
+        1
+        >>> cache.put("c", 3)  # evicts "b", the least recently used
+        >>> cache.get("b") is None, len(cache)
+        (True, 2)
+    """
+
+    __slots__ = ("_data", "_size", "max_entries", "max_size")
+
+    def __init__(self, max_entries: int = 4096, max_size: int = 1 << 62) -> None:
+        if max_entries < 1 or max_size < 1:
+            raise ValueError("max_entries and max_size must be positive")
+        self.max_entries = max_entries
+        self.max_size = max_size
+        self._data: dict[Hashable, tuple[V, int]] = {}
+        self._size = 0
+
+    def get(self, key: Hashable, default: object = None) -> V | None:
+        """The value for ``key`` (now the most recently used), or ``default``."""
+        entry = self._data.pop(key, _MISSING)
+        if entry is _MISSING:
+            return default  # type: ignore[return-value]
+        self._data[key] = entry  # type: ignore[assignment]
+        return entry[0]  # type: ignore[index]
+
+    def put(self, key: Hashable, value: V, size: int = 1) -> None:
+        """Store ``value`` under ``key``, evicting the least recently used over the bounds.
+
+        An entry larger than ``max_size`` on its own is not stored.
+        """
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._size -= old[1]
+        if size > self.max_size:
+            return
+        self._data[key] = (value, size)
+        self._size += size
+        data = self._data
+        while len(data) > self.max_entries or self._size > self.max_size:
+            oldest = next(iter(data))
+            self._size -= data.pop(oldest)[1]
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._data.clear()
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        """The total ``size`` of the entries kept."""
+        return self._size
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._data
