@@ -47,6 +47,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, help="0: any free port, -1: no server")
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument("--progress", choices=["auto", "on", "off"])
+    p.add_argument("--train", action="store_true", default=None,
+                   help="train the policy online on a background worker")
 
 
 def run_main(args: argparse.Namespace) -> int:
@@ -56,7 +58,7 @@ def run_main(args: argparse.Namespace) -> int:
             args.config, source=args.source, state_dir=args.state_dir, follow=args.follow,
             extractors=args.extractors.split(",") if args.extractors else None,
             metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-            log_format=args.log_format, progress=args.progress,
+            log_format=args.log_format, progress=args.progress, train=args.train,
             **{"kafka.bootstrap_servers": args.bootstrap_servers.split(",")
                if args.bootstrap_servers else None,
                "kafka.topic": args.topic, "kafka.group_id": args.group_id})
@@ -100,6 +102,14 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
     tty = sys.stderr.isatty()
     progress = Progress(pipeline.stats, config.progress == "on" or
                         (config.progress == "auto" and tty))
+    worker = None
+    stop_training = threading.Event()
+    if config.train:
+        from nextstate.daemon.training import TrainingWorker
+
+        worker = TrainingWorker(config, pipeline.buffers.buffers, pipeline.buffer_lock,
+                                stop_training, collector)
+        worker.start()
     log.info("starting", source=config.source, state_dir=str(config.state_path),
              extractors=config.extractors,
              metrics=f"{server.server_address[0]}:{server.server_address[1]}" if server
@@ -115,6 +125,9 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
             sources.run_file(pipeline, config.source.removeprefix("file:"), stop, health,
                              progress, follow=config.follow)
     finally:
+        if worker is not None:
+            stop_training.set()
+            worker.join()
         pipeline.close()
         if tuple_sink is not None:
             tuple_sink.close()
@@ -123,6 +136,9 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
             server.shutdown()
             server.server_close()
             (config.state_path / "http.json").unlink(missing_ok=True)
+    if worker is not None and worker.error is not None:
+        log.error("stopped_with_trainer_error", error=repr(worker.error)[:500])
+        return 1
     summary = pipeline.stats.summary()["all"]
     log.info("stopped", interactions=int(summary["interactions"]),
              tuples=int(summary["tuples"]),

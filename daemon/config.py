@@ -159,6 +159,14 @@ class DaemonConfig:
         {"name": "preference", "kinds": ["preference"]},
     ])
     """Named replay buffers (``nextstate.buffers.BufferSpec`` fields)."""
+    train: bool = False
+    """Train the policy inside the daemon on a background worker (``nextstate train`` does
+    the same standalone)."""
+    trainer: dict[str, Any] = field(default_factory=dict)
+    """``nextstate.trainers.TrainerConfig`` fields (objective weights, batch size, lr, ...)."""
+    policy: dict[str, Any] = field(default_factory=lambda: {"kind": "tiny"})
+    """The policy to train: ``kind = "tiny"`` (built-in) or ``kind = "hf"`` with ``path`` and
+    an optional ``lora`` table."""
     commit_interval_s: float = 5.0
     """Flush buffers, checkpoint and commit offsets at least this often."""
     commit_every_records: int = 5_000

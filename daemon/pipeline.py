@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -86,6 +87,8 @@ class Pipeline:
         self.redactor = Redactor(enabled=config.redact, patterns=config.redact_patterns)
         specs = [msgspec.convert(spec, BufferSpec) for spec in config.buffers]
         self.buffers = BufferSet.open(self.state_dir / "buffers", specs)
+        # Held around every buffer call: an in-daemon trainer samples from another thread.
+        self.buffer_lock = threading.Lock()
         self.dead_letters = dead_letters or FileDeadLetters(self.state_dir / "dlq.jsonl")
         self.on_extractor_error = on_extractor_error
         self.stats = YieldStats(clock=clock)
@@ -121,7 +124,6 @@ class Pipeline:
             if not replay:
                 self.dead_letters.send(value, key, exc.reason, exc.detail, topic, partition,
                                        offset)
-
                 self.stats.observe_dead_letter(exc.reason)
             return
         if self.joiner.evicted != self._evicted_seen:
@@ -165,7 +167,8 @@ class Pipeline:
                 all_tuples.extend(tuples)
             self.stats.observe_interaction(interaction, tuples)
         if all_tuples:
-            self.buffers.extend(all_tuples)
+            with self.buffer_lock:
+                self.buffers.extend(all_tuples)
             if self.tuple_sink is not None:
                 self.tuple_sink.send(all_tuples)
         return all_tuples
@@ -195,7 +198,8 @@ class Pipeline:
     # -- durability -------------------------------------------------------------------------
     def checkpoint(self) -> dict[tuple[str, int], int]:
         """Make everything processed so far durable; return the offsets safe to commit."""
-        self.buffers.flush()
+        with self.buffer_lock:
+            self.buffers.flush()
         if self.tuple_sink is not None:
             self.tuple_sink.flush()  # produced before the offsets that cover them are returned
         self.dead_letters.flush()
@@ -239,7 +243,8 @@ class Pipeline:
         self.checkpoint()
         self.record_timeseries()
         self.timeseries.close()
-        self.buffers.close()
+        with self.buffer_lock:
+            self.buffers.close()
         self.dead_letters.close()
 
 
