@@ -204,7 +204,11 @@ class Pipeline:
             self.tuple_sink.flush()  # produced before the offsets that cover them are returned
         self.dead_letters.flush()
         self._mirror_component_counters()
-        self.processed.update(self.seen)
+        for tp, offset in self.seen.items():
+            # max, not overwrite: a restarted run re-reads from the committed low watermark, so
+            # its ``seen`` starts below ``processed``; lowering it would re-process records.
+            if offset > self.processed.get(tp, 0):
+                self.processed[tp] = offset
         state = {"processed": [[t, p, o] for (t, p), o in self.processed.items()],
                  "stats": self.stats.state_dict(), "saved_at": self.clock()}
         _atomic_write(self.state_dir / CHECKPOINT_FILE, json.dumps(state).encode())
