@@ -4,12 +4,14 @@ The extractor stage runs inside a long-lived daemon, so every memo it keeps (red
 messages, parsed test summaries, redacted contexts) must stay bounded however many sessions
 pass through: an unbounded dict is a slow memory leak. ``LruCache`` evicts the least recently
 used entries once either ``max_entries`` or ``max_size`` (the sum of each entry's ``size``,
-e.g. its characters) is exceeded. A plain ``dict`` keeps insertion order, so a hit moves
-its key to the end with one pop and one insert; eviction pops from the front.
+e.g. its characters) is exceeded. It is an ``OrderedDict`` (C-implemented ``move_to_end``
+and ``popitem(last=False)``, both O(1); popping the front of a plain ``dict`` makes the next
+``next(iter(d))`` walk over the deleted slots).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -40,15 +42,15 @@ class LruCache(Generic[V]):
             raise ValueError("max_entries and max_size must be positive")
         self.max_entries = max_entries
         self.max_size = max_size
-        self._data: dict[Hashable, tuple[V, int]] = {}
+        self._data: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._size = 0
 
     def get(self, key: Hashable, default: object = None) -> V | None:
         """The value for ``key`` (now the most recently used), or ``default``."""
-        entry = self._data.pop(key, _MISSING)
+        entry = self._data.get(key, _MISSING)
         if entry is _MISSING:
             return default  # type: ignore[return-value]
-        self._data[key] = entry  # type: ignore[assignment]
+        self._data.move_to_end(key)
         return entry[0]  # type: ignore[index]
 
     def put(self, key: Hashable, value: V, size: int = 1) -> None:
@@ -65,8 +67,7 @@ class LruCache(Generic[V]):
         self._size += size
         data = self._data
         while len(data) > self.max_entries or self._size > self.max_size:
-            oldest = next(iter(data))
-            self._size -= data.pop(oldest)[1]
+            self._size -= data.popitem(last=False)[1][1]
 
     def clear(self) -> None:
         """Drop every entry."""

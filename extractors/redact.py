@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from operator import is_
 
 import msgspec
 
@@ -67,6 +68,7 @@ MESSAGE_CACHE_ENTRIES = 8192
 MESSAGE_CACHE_CHARS = 16_000_000
 CONTEXT_CACHE_SESSIONS = 2048
 CONTEXT_CACHE_CHARS = 64_000_000
+_SHORT_CONTEXT = 6
 
 
 def luhn_valid(digits: str) -> bool:
@@ -102,7 +104,7 @@ class Redactor:
         'Mail [EMAIL]'
     """
 
-    __slots__ = ("_contexts", "_custom", "_messages", "counts", "enabled")
+    __slots__ = ("_contexts", "_custom", "_last_text", "_messages", "counts", "enabled")
 
     def __init__(self, enabled: bool = True, patterns: Mapping[str, str] | None = None,
                  cache_entries: int = MESSAGE_CACHE_ENTRIES,
@@ -113,6 +115,8 @@ class Redactor:
         self._custom = tuple((f"REDACTED:{name}", re.compile(regex))
                              for name, regex in (patterns or {}).items())
         self.counts: dict[str, int] = {}
+        # The evaluative and directive tuples of one reading share their excerpt object.
+        self._last_text: tuple[str, str] = ("", "")
         # Message -> redacted message, sized by characters (GUI trees can be 100 KB each).
         self._messages: LruCache[Message] = LruCache(cache_entries, cache_chars)
         # session id -> (context, redacted context, its characters): the next context of the
@@ -139,6 +143,10 @@ class Redactor:
         """Redact one string."""
         if not text:
             return text
+        last = self._last_text
+        if text is last[0]:
+            return last[1]
+        original = text
         if _may_hold_secret(text):
             text = self._sub("SECRET", _SECRET, text)
         if "@" in text:
@@ -149,13 +157,14 @@ class Redactor:
             text, made = pattern.subn(f"[{placeholder}]", text)
             if made:
                 self.counts[placeholder] = self.counts.get(placeholder, 0) + made
+        self._last_text = (original, text)
         return text
 
     def redact_message(self, message: Message) -> Message:
         """Redact a message's content and tool-call arguments (memoised per message)."""
         cached = self._messages.get(message)
         if cached is not None:
-            return cached
+            return cached  # type: ignore[no-any-return]
         content = self.redact_text(message.content)
         calls = tuple(
             c if (args := self.redact_text(c.arguments)) == c.arguments
@@ -176,8 +185,11 @@ class Redactor:
         Reuses the session's last redacted context when ``context`` is it or extends it
         (the join builds each context as the previous one plus the new messages).
         """
-        if not context:
-            return context
+        if len(context) <= _SHORT_CONTEXT:  # a few memo hits cost less than the bookkeeping
+            if not context:
+                return context
+            short = tuple(map(self.redact_message, context))
+            return context if all(map(is_, short, context)) else short
         last = self._contexts.get(session_id)
         if last is not None and last[0] is context:
             return last[1]
@@ -188,8 +200,8 @@ class Redactor:
                 start, prefix, chars = known, last[1], last[2]
         tail = context[start:]
         chars += sum(len(m.content) for m in tail)
-        redacted_tail = tuple(self.redact_message(m) for m in tail)
-        tail_same = all(a is b for a, b in zip(redacted_tail, tail, strict=True))
+        redacted_tail = tuple(map(self.redact_message, tail))
+        tail_same = all(map(is_, redacted_tail, tail))
         if prefix is None:
             redacted = context if tail_same else redacted_tail
         elif prefix is last[0] and tail_same:  # type: ignore[index]

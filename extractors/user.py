@@ -51,25 +51,43 @@ _QUOTED = re.compile(r"(?<!\w)'[^'\n]{2,80}'(?!\w)|\"[^\"\n]{2,80}\"|`[^`\n]{1,8
 _BARE_NO = re.compile(r"^\W*(?:no|nope|nah)\b")
 _CONTRAST = re.compile(r"(?:^|[,.;!]\s*|\s)(?:but|however|though|although|except|only)\b[,\s]*",
                        re.I)
-_COMPLAINT = re.compile(
-    r"(?:\b(?:that|this|it|you|thats|that is|this is|it is)(?:'s|'re| is| are|s)?\s+"
-    r"(?:still\s+)?(?:not (?:right|correct|what|it|accurate|true|working)|wrong|incorrect|"
-    r"inaccurate|useless|nonsense|broken|off|a mistake)\b"
-    r"|^\W*(?:no|nope|nah|wrong|incorrect|not quite|not really|negative)\b(?!\s+(?:problem|"
-    r"worries|need|rush|thanks))"
-    r"|\bnothing (?:works|happens|changed|loads|shows up)\b"
-    r"|\b(?:it|this|that|the app|now it) (?:still )?(?:crash(?:es|ed)|broke)\b|\bnot helpful\b"
-    r"|\bnot what i (?:asked|wanted|meant|said|need(?:ed)?)\b"
-    r"|\bi (?:said|asked for|asked you|meant|told you|specified|explicitly|clearly)\b"
-    r"|\b(?:doesn'?t|didn'?t|does not|did not|won'?t|isn'?t|is not|still (?:doesn'?t|"
-    r"not|fails?|broken|wrong|the same)) (?:work|working|compile|run|help|fix|answer|load|"
-    r"make sense|match|add up)\w*\b"
-    r"|\byou (?:just )?(?:forgot|missed|ignored|skipped|left out|misread|misunderstood|broke|"
-    r"got (?:it|that|this) wrong|made (?:that|this|it) up|made up|didn'?t (?:read|listen|"
-    r"answer|do|include|use))\b"
-    r"|\b(?:try again|redo (?:it|this|that)|wrong (?:answer|file|date|day|city|one|number|"
-    r"language|unit|format)|hallucinat\w*|makes no sense|that'?s (?:not it|incorrect)|"
-    r"why (?:did|would) you|are you sure|where did you get)\b)")
+# Complaint alternatives in order, in groups that each carry their trigger words (``None``:
+# anchored at the start, always cheap to try). ``_COMPLAINT`` is all of them in one regex;
+# :func:`_find_complaint` runs only the groups whose triggers occur and returns the same
+# leftmost match (ties to the earlier alternative, as the combined regex does).
+_COMPLAINT_GROUPS: tuple[tuple[frozenset[str] | None, str], ...] = (
+    (frozenset(("not", "wrong", "incorrect", "inaccurate", "useless", "nonsense", "broken",
+                "off", "mistake")),
+     r"\b(?:that|this|it|you|thats|that is|this is|it is)(?:'s|'re| is| are|s)?\s+"
+     r"(?:still\s+)?(?:not (?:right|correct|what|it|accurate|true|working)|wrong|incorrect|"
+     r"inaccurate|useless|nonsense|broken|off|a mistake)\b"),
+    (None,
+     r"^\W*(?:no|nope|nah|wrong|incorrect|not quite|not really|negative)\b(?!\s+(?:problem|"
+     r"worries|need|rush|thanks))"),
+    (frozenset(("nothing", "crashes", "crashed", "broke", "not")),
+     r"\bnothing (?:works|happens|changed|loads|shows up)\b"
+     r"|\b(?:it|this|that|the app|now it) (?:still )?(?:crash(?:es|ed)|broke)\b|\bnot helpful\b"
+     r"|\bnot what i (?:asked|wanted|meant|said|need(?:ed)?)\b"),
+    (frozenset(("said", "asked", "meant", "told", "specified", "explicitly", "clearly")),
+     r"\bi (?:said|asked for|asked you|meant|told you|specified|explicitly|clearly)\b"),
+    (frozenset(("doesn", "doesnt", "didn", "didnt", "does", "did", "won", "wont", "isn",
+                "isnt", "is", "still")),
+     r"\b(?:doesn'?t|didn'?t|does not|did not|won'?t|isn'?t|is not|still (?:doesn'?t|"
+     r"not|fails?|broken|wrong|the same)) (?:work|working|compile|run|help|fix|answer|load|"
+     r"make sense|match|add up)\w*\b"),
+    (frozenset(("forgot", "missed", "ignored", "skipped", "left", "misread", "misunderstood",
+                "broke", "got", "made", "didn", "didnt")),
+     r"\byou (?:just )?(?:forgot|missed|ignored|skipped|left out|misread|misunderstood|broke|"
+     r"got (?:it|that|this) wrong|made (?:that|this|it) up|made up|didn'?t (?:read|listen|"
+     r"answer|do|include|use))\b"),
+    (frozenset(("try", "redo", "wrong", "makes", "not", "incorrect", "why", "sure", "where",
+                _HALLUCINATION := "hallucinat")),
+     r"\b(?:try again|redo (?:it|this|that)|wrong (?:answer|file|date|day|city|one|number|"
+     r"language|unit|format)|hallucinat\w*|makes no sense|that'?s (?:not it|incorrect)|"
+     r"why (?:did|would) you|are you sure|where did you get)\b"),
+)
+_COMPLAINT = re.compile("(?:" + "|".join(p for _, p in _COMPLAINT_GROUPS) + ")")
+_COMPLAINT_COMPILED = tuple((triggers, re.compile(p)) for triggers, p in _COMPLAINT_GROUPS)
 _POLITE_CORRECTION = re.compile(
     r"(?:^\W*(?:actually|hmm+|um+|erm|wait|sorry)\b"
     r"|\bi think (?:it|the|that|this|you)\b.{0,80}\b(?:not|should|was|is actually)\b"
@@ -116,15 +134,6 @@ _RUN = re.compile(r"\w+")
 _SARCASM_TRIGGERS = frozenset((
     "now", "for", "another", "broke", "deleted", "wiped", "lost", "crashed", "even", "yeah",
     "just", "exactly", "breaking", "ruining", "deleting", "wiping"))
-_COMPLAINT_TRIGGERS = frozenset((
-    # subject + verdict; bare no; "nothing works"; "it crashed"; "not helpful"/"not what i"
-    "not", "wrong", "incorrect", "inaccurate", "useless", "nonsense", "broken", "off",
-    "mistake", "no", "nope", "nah", "negative", "nothing", "crashes", "crashed", "broke",
-    # "i said/asked ..."; "doesn't work"; "you forgot ..."; "try again", "why did you", ...
-    "said", "asked", "meant", "told", "specified", "explicitly", "clearly", "doesn",
-    "doesnt", "didn", "didnt", "does", "did", "won", "wont", "isn", "isnt", "is", "still",
-    "forgot", "missed", "ignored", "skipped", "left", "misread", "misunderstood", "got",
-    "made", "try", "redo", "makes", "why", "sure", "where"))
 _POLITE_TRIGGERS = frozenset((
     "actually", "erm", "wait", "sorry", "think", "should", "shouldn", "shouldnt", "instead",
     "rather", "not", "close", "almost", "double", "look", "looks", "seem", "seems", "meant",
@@ -165,12 +174,25 @@ def _normalise(text: str) -> str:
     return text.replace("’", "'").replace("‘", "'").strip()
 
 
+_last_request: tuple[str, str, frozenset[str]] = ("", "", frozenset())
+
+
+def _request_words(request: str) -> tuple[str, frozenset[str]]:
+    # The replies of one exchange all answer the same request: lower and split it once.
+    global _last_request
+    if request is not _last_request[0] and request != _last_request[0]:
+        low = request.lower()
+        _last_request = (request, low, frozenset(_WORD.findall(low)))
+    return _last_request[1], _last_request[2]
+
+
 def _similar(reply: str, request: str) -> bool:
     """Whether the reply repeats or rephrases the request (token overlap, then difflib)."""
-    a, b = reply.lower(), request.lower()
+    a = reply.lower()
+    b, words_b = _request_words(request)
     if len(a) < 12 or len(b) < 12:
         return False
-    words_a, words_b = set(_WORD.findall(a)), set(_WORD.findall(b))
+    words_a = set(_WORD.findall(a))
     if not words_a or not words_b:
         return False
     overlap = len(words_a & words_b) / min(len(words_a), len(words_b))
@@ -187,9 +209,10 @@ def correction_hint(reply: str) -> str | None:
     'use the metric system'
     """
     after_contrast = None
-    match = _CONTRAST.search(reply)
-    if match and _PRAISE_OPENER.match(reply.lower()):
-        after_contrast = reply[match.end():]
+    if _PRAISE_OPENER.match(reply.lower()):
+        match = _CONTRAST.search(reply)
+        if match:
+            after_contrast = reply[match.end():]
     for text in (after_contrast, reply):
         if not text:
             continue
@@ -225,10 +248,10 @@ def classify_reply(reply: str, previous_request: str | None = None) -> ReplyRead
     if (praise and not words.isdisjoint(_SARCASM_TRIGGERS) and _SARCASM_OUTCOME.search(low)) \
             or (("right" in low or "nothing" in low) and _SARCASM_ALONE.search(low)):
         return ReplyReading("sarcasm", -0.8, 0.8, None)
-    complaint = (_COMPLAINT.search(low) if not words.isdisjoint(_COMPLAINT_TRIGGERS)
-                 or "hallucinat" in low else None)
-    if complaint and _BARE_NO.match(complaint.group(0)) and _COMPLAINT.search(
-            low, complaint.end()) is None and _is_positive(low, words):
+    complaint = _find_complaint(low, words)
+    if complaint and _BARE_NO.match(complaint.group(0)) and _find_complaint(
+            low, set(_RUN.findall(low, complaint.end())), complaint.end()) is None \
+            and _is_positive(low, words):
         complaint = None  # "No, that's all I needed, thanks!"
     if complaint:
         return ReplyReading("complaint", -0.8, 0.9, correction_hint(text))
@@ -244,6 +267,23 @@ def classify_reply(reply: str, previous_request: str | None = None) -> ReplyRead
     if _MOVE_ON.match(low):
         return ReplyReading("moves_on", 0.3, 0.55, None)
     return None
+
+
+def _find_complaint(low: str, words: set[str], pos: int = 0) -> re.Match[str] | None:
+    """``_COMPLAINT.search(low, pos)``, trying only the groups whose trigger words occur.
+
+    ``words`` must hold the ``\\w+`` runs of ``low[pos:]`` (a run cut at ``pos`` may be in
+    it too: extra words only cost a scan).
+    """
+    best = None
+    for triggers, pattern in _COMPLAINT_COMPILED:
+        if triggers is not None and words.isdisjoint(triggers) and (
+                _HALLUCINATION not in triggers or low.find(_HALLUCINATION, pos) < 0):
+            continue
+        match = pattern.search(low, pos)
+        if match is not None and (best is None or match.start() < best.start()):
+            best = match
+    return best
 
 
 def _is_positive(low: str, words: set[str]) -> bool:
