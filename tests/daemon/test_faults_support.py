@@ -56,9 +56,9 @@ commit_every_records = 200
 bootstrap_servers = ["{bootstrap}"]
 topic = "{topic}"
 group_id = "{group}"
-session_timeout_ms = 6000
-heartbeat_interval_ms = 500
-max_poll_interval_ms = 6000
+session_timeout_ms = 2000
+heartbeat_interval_ms = 300
+max_poll_interval_ms = 3000
 poll_timeout_ms = 200
 max_poll_records = 100
 {kafka_extra}
