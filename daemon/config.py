@@ -171,6 +171,9 @@ class DaemonConfig:
     """Flush buffers, checkpoint and commit offsets at least this often."""
     commit_every_records: int = 5_000
     """... or after this many records, whichever comes first."""
+    event_time: str = "auto"
+    """The clock of idle timeouts and the time series: ``event`` (the records' ``ts``, for
+    replaying logs), ``wall``, or ``auto`` (event time for file sources, wall for Kafka)."""
     timeseries_interval_s: float = 10.0
     """How often the yield counters are appended to the time series."""
     metrics_host: str = "127.0.0.1"

@@ -279,9 +279,11 @@ class SessionJoiner:
         """Close and forget sessions idle for longer than ``idle_timeout_s``."""
         closed: list[Interaction] = []
         horizon = now - self.idle_timeout_s
-        for session_id, session in list(self.sessions.items()):
+        while self.sessions:
+            # Insertion order is recency order: only the head can be idle; O(1) when none is.
+            session_id, session = next(iter(self.sessions.items()))
             if session.last_seen > horizon:
-                break  # insertion order is recency order
+                break
             closed.extend(self._forget(session_id, "idle_timeout"))
         return closed
 

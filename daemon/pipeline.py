@@ -94,6 +94,10 @@ class Pipeline:
         self.stats = YieldStats(clock=clock)
         self.timeseries = TimeSeriesRecorder(timeseries_path(self.state_dir))
         self._last_series = 0.0
+        # Replayed logs carry their own time: idle timeouts and the time series follow it.
+        self.use_event_time = config.event_time == "event" or (
+            config.event_time == "auto" and config.source.startswith("file:"))
+        self.event_time = 0.0
         self.processed: dict[tuple[str, int], int] = {}  # next offset to process, durable
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
         self.records_since_checkpoint = 0
@@ -112,9 +116,14 @@ class Pipeline:
                 raise BadRecord("too_large", f"{len(value)} bytes > join.max_record_bytes="
                                 f"{self.config.join.max_record_bytes}")
             decoded = ingest.decode_records(value, key)  # an OTLP batch holds many spans
+            if self.use_event_time:
+                for record, _ in decoded:
+                    if record.ts is not None:
+                        self.event_time = max(self.event_time, wire.parse_ts(record.ts))
+            now = self.now()
             closed: list[Interaction] = []
             for record, shape in decoded:
-                closed += self.joiner.feed(record, shape, self.clock(),
+                closed += self.joiner.feed(record, shape, now,
                                            (topic, partition, offset),
                                            len(value) // len(decoded))
         except (BadRecord, RecursionError) as error:
@@ -138,6 +147,13 @@ class Pipeline:
                 self.stats.observe_session_end(record.reward)
         if closed:
             self.emit(closed)
+        if self.use_event_time and \
+                self.event_time - self._last_series >= self.config.timeseries_interval_s:
+            self.record_timeseries(self.event_time)
+
+    def now(self) -> float:
+        """The pipeline's clock: the latest record time when replaying logs, else wall time."""
+        return self.event_time if self.use_event_time and self.event_time else self.clock()
 
     def _count_evictions(self) -> None:
         for reason, count in self.joiner.evictions.items():
@@ -175,11 +191,12 @@ class Pipeline:
 
     def tick(self) -> None:
         """Periodic work: close idle sessions, append to the time series when due."""
-        now = self.clock()
+        now = self.now()
         closed = self.joiner.close_idle(now)
         if closed:
             self.emit(closed)
-        if now - self._last_series >= self.config.timeseries_interval_s:
+        if not self.use_event_time and \
+                now - self._last_series >= self.config.timeseries_interval_s:
             self.record_timeseries(now)
 
     def finish(self) -> None:
@@ -218,7 +235,7 @@ class Pipeline:
 
     def record_timeseries(self, now: float | None = None) -> None:
         """Append the counters to the time series (``nextstate report`` reads it)."""
-        now = self.clock() if now is None else now
+        now = self.now() if now is None else now
         self._mirror_component_counters()
         self.timeseries.record(now, self.stats.snapshot())
         self._last_series = now

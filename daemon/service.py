@@ -97,8 +97,8 @@ def start_http_server(host: str, port: int, registry: CollectorRegistry,
 
 def configure_logging(log_format: str = "auto", stream: IO[str] | None = None) -> None:
     """structlog: JSON lines for machines, a console renderer on a terminal."""
-    stream = stream or sys.stderr
-    console = log_format == "console" or (log_format == "auto" and stream.isatty())
+    console = log_format == "console" or (log_format == "auto" and
+                                          (stream or sys.stderr).isatty())
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if console
                      else structlog.processors.JSONRenderer())
     structlog.configure(
@@ -106,7 +106,10 @@ def configure_logging(log_format: str = "auto", stream: IO[str] | None = None) -
                     structlog.processors.TimeStamper(fmt="iso", utc=True),
                     structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # Resolve the stream per logger: a stream swapped after configuration (tests, a
+        # redirected stderr) must not leave loggers writing to a closed file.
+        logger_factory=(lambda *_: structlog.PrintLogger(stream)) if stream is not None
+        else (lambda *_: structlog.PrintLogger(sys.stderr)),
         cache_logger_on_first_use=False,
     )
 

@@ -71,6 +71,8 @@ def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Healt
             break
         if offset >= start and line.strip():
             pipeline.process(line.rstrip(b"\r\n"), None, topic, 0, offset)
+            if pipeline.use_event_time:
+                pipeline.tick()  # event time moves with every record: close what went idle
         if offset % 256 == 0:
             pipeline.tick()
             health.beat()

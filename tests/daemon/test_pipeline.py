@@ -185,3 +185,27 @@ def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
         worker.join(10)
     assert not worker.is_alive()
     pipeline.close()
+
+
+def test_file_replay_follows_event_time_for_series_and_idle_timeouts(tmp_path):
+    """Replaying a log, the time series spans the records' own times and sessions idle (in
+    event time) close before the file ends."""
+    from nextstate.daemon.timeseries import read_series
+
+    early = weather_session("early", "Error: HTTP 500")
+    late = weather_session("late", '{"temp_c": 3}')
+    for n, record in enumerate(early):
+        record["ts"] = 1_000_000 + n
+    for n, record in enumerate(late):
+        record["ts"] = 1_000_000 + 3_600 + n  # an hour later: "early" is idle by then
+    source = tmp_path / "in.jsonl"
+    write_lines(source, early + late)
+    pipeline = Pipeline(config_for(tmp_path, timeseries_interval_s=60.0,
+                                   source=f"file:{source}"))
+    run_file(pipeline, str(source), threading.Event(), Health(),
+             Progress(pipeline.stats, False))
+    pipeline.close()
+    assert pipeline.stats.total("interactions_closed", closed_by="idle_timeout") == 1
+    assert pipeline.stats.total("interactions_closed", closed_by="end_of_input") == 1
+    times = [ts for ts, _ in read_series(tmp_path / "state" / "timeseries.sqlite")]
+    assert times[0] == 1_000_000 and times[-1] == 1_000_000 + 3_600 + 2
