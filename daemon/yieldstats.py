@@ -66,7 +66,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
                      ("direction",)),
     "sessions_ended": ("Sessions that ended with a known outcome.", ()),
     "sessions_succeeded": ("Sessions that ended with a positive outcome.", ()),
-    "actions_flagged": ("Actions flagged as poor trajectory steps, by flag (error, repeat).",
+    "actions_flagged": ("Actions flagged as poor trajectory steps, by flag (error, noop, "
+                        "repeat).",
                         ("flag",)),
     "redactions": ("Sensitive spans replaced by placeholders, by type.", ("type",)),
     "join_evictions": ("Pending join state dropped to stay within the join's bounds, by reason "
@@ -135,7 +136,7 @@ class YieldStats:
             inc("completion_tokens", model, usage.completion_tokens)
         confidence = 0.0
         sources: set[str] = set()
-        error = False
+        error = noop = False
         for t in tuples:
             inc("tuples", (("extractor", t.extractor), ("kind", t.kind), ("source", t.source)))
             inc("tuple_confidence", (("source", t.source),), t.confidence)
@@ -144,11 +145,15 @@ class YieldStats:
             if t.kind == "evaluative" and t.reward < 0 and t.source in ("tool", "terminal",
                                                                            "gui"):
                 error = True
+            if t.label == "no_op":
+                noop = True
         for source in sources:
             inc("interactions_with_signal", (("source", source),))
         if sources:
             inc("interactions_with_signal", (("source", "all"),))
-        if error:
+        if noop:  # the action changed nothing (a GUI no-op); not also counted as an error
+            inc("actions_flagged", (("flag", "noop"),))
+        elif error:
             inc("actions_flagged", (("flag", "error"),))
         if _repeats_previous_action(interaction):
             inc("actions_flagged", (("flag", "repeat"),))

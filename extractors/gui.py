@@ -277,10 +277,11 @@ class GuiDiffExtractor:
             return []
         tuples = [tuple_from(interaction, extractor="gui", kind="evaluative", source="gui",
                              excerpt=reading.diff, reward=reading.reward,
-                             confidence=reading.confidence, credit="tool_args")]
+                             confidence=reading.confidence, credit="tool_args",
+                             label=reading.label)]
         if reading.hint and reading.reward < 0:
             tuples.append(tuple_from(interaction, extractor="gui", kind="directive",
                                      source="gui", excerpt=reading.diff, hint=reading.hint,
                                      confidence=min(reading.confidence, 0.7),
-                                     credit="tool_args"))
+                                     credit="tool_args", label=reading.label))
         return tuples

@@ -136,6 +136,8 @@ class ScoredTuple(msgspec.Struct, frozen=True, omit_defaults=True):
         completion_tokens: completion tokens of the action.
         action_ts: event time of the action.
         created_ts: when the tuple was extracted.
+        label: the extractor's reading of the next state (e.g. ``no_op``, ``schema``,
+            ``thanks``), for analysis and the daemon's trajectory-quality flags.
     """
 
     interaction_id: str
@@ -159,6 +161,7 @@ class ScoredTuple(msgspec.Struct, frozen=True, omit_defaults=True):
     completion_tokens: int = 0
     action_ts: float = 0.0
     created_ts: float = 0.0
+    label: str = ""
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -180,6 +183,7 @@ def tuple_from(
     rejected: Message | None = None,
     credit: Literal["action", "tool_args"] = "action",
     created_ts: float = 0.0,
+    label: str = "",
 ) -> ScoredTuple:
     """Build a :class:`ScoredTuple` that carries an interaction's ids, context and metadata.
 
@@ -208,6 +212,7 @@ def tuple_from(
         completion_tokens=interaction.usage.completion_tokens,
         action_ts=interaction.ts,
         created_ts=created_ts,
+        label=label,
     )
 
 

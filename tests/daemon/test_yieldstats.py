@@ -1,0 +1,70 @@
+"""Tests for the yield counters behind the metrics, the time series and the report."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from nextstate.daemon.yieldstats import YieldCollector, YieldStats, parse_series_key, series_key
+from nextstate.extractors.types import Interaction, Message, ToolCall, Usage, tuple_from
+
+
+def interaction(n: int, content: str = "x", context: tuple[Message, ...] = ()) -> Interaction:
+    return Interaction(f"s#{n}", "s", context, Message("assistant", content),
+                       usage=Usage(prompt_tokens=100, completion_tokens=10), model="m")
+
+
+def test_signal_per_interaction_share_and_confidence_weighting():
+    """3 tuples over 2 interactions: 1.5 per interaction, half with signal, by source."""
+    stats = YieldStats(clock=lambda: 1000.0)
+    first = interaction(1)
+    stats.observe_interaction(first, [
+        tuple_from(first, extractor="tool", kind="evaluative", source="tool", confidence=0.5),
+        tuple_from(first, extractor="tool", kind="directive", source="tool", confidence=0.5),
+        tuple_from(first, extractor="user", kind="evaluative", source="user", confidence=1.0)])
+    stats.observe_interaction(interaction(2), [])
+    rows = stats.summary()
+    assert stats.signal_per_interaction() == 1.5 == stats.window_signal_per_interaction()
+    assert rows["all"]["share_with_signal"] == 0.5
+    assert rows["tool"]["signal_per_interaction"] == 1.0
+    assert rows["tool"]["confidence_weighted"] == 0.5
+    assert stats.total("prompt_tokens", model="m") == 200
+
+
+def test_trajectory_flags_error_noop_and_repeat():
+    """Errors, GUI no-ops and repeated actions are each counted under their own flag."""
+    stats = YieldStats()
+    call = Message("assistant", tool_calls=(ToolCall("c", "f", "{}"),))
+    repeat = Interaction("s#3", "s", (Message("user", "q"), call), call)
+    stats.observe_interaction(repeat, [tuple_from(repeat, extractor="tool", kind="evaluative",
+                                                  source="tool", reward=-0.8)])
+    noop = interaction(4)
+    stats.observe_interaction(noop, [tuple_from(noop, extractor="gui", kind="evaluative",
+                                                source="gui", reward=-0.5, label="no_op")])
+    assert stats.total("actions_flagged", flag="error") == 1
+    assert stats.total("actions_flagged", flag="repeat") == 1
+    assert stats.total("actions_flagged", flag="noop") == 1
+
+
+def test_collector_exposes_prometheus_families_and_state_round_trips():
+    """The collector renders counters and gauges; state_dict restores every counter."""
+    stats = YieldStats()
+    stats.observe_record("transcript")
+    stats.observe_dead_letter("decode")
+    registry = CollectorRegistry()
+    collector = YieldCollector(stats)
+    collector.set_gauge("consumer_lag", "Records behind.", 7.0)
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert 'nextstate_records_total{shape="transcript"} 1.0' in text
+    assert 'nextstate_dead_letters_total{reason="decode"} 1.0' in text
+    assert "nextstate_consumer_lag 7.0" in text
+    restored = YieldStats()
+    restored.load_state_dict(stats.state_dict())
+    assert restored.snapshot() == stats.snapshot()
+
+
+def test_series_keys_round_trip():
+    """Flat series keys parse back into name and labels."""
+    key = series_key("tuples_total", (("source", "tool"), ("kind", "evaluative")))
+    assert key == 'tuples_total{kind="evaluative",source="tool"}'
+    assert parse_series_key(key) == ("tuples_total", {"kind": "evaluative", "source": "tool"})
