@@ -101,6 +101,9 @@ class Pipeline:
         self.processed: dict[tuple[str, int], int] = {}  # next offset to process, durable
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
         self.records_since_checkpoint = 0
+        # Backpressure signals: each returns why consumption should pause now, or None (an
+        # in-daemon trainer falling behind, a slow store...). Sources pause while any says so.
+        self.pressure: list[Callable[[], str | None]] = []
         self._load_checkpoint()
 
     # -- records ----------------------------------------------------------------------------
@@ -211,6 +214,14 @@ class Pipeline:
             self.seen.pop(tp, None)
         log.info("partitions_dropped", partitions=[f"{t}/{p}" for t, p in partitions],
                  pending_sessions_dropped=dropped)
+
+    def behind(self) -> str | None:
+        """Why the source should stop fetching for now (``None``: it should not)."""
+        for signal in self.pressure:
+            reason = signal()
+            if reason:
+                return reason
+        return None
 
     # -- durability -------------------------------------------------------------------------
     def checkpoint(self) -> dict[tuple[str, int], int]:

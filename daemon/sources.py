@@ -161,6 +161,8 @@ class KafkaRunner:
         self.progress = progress
         self.consumer = consumer or KafkaConsumer(**config.kafka.consumer_kwargs())
         self.lag = 0
+        self.reachable = True
+        self.paused_for: str | None = None  # why consumption is paused (backpressure)
 
     def run(self) -> None:
         kafka = self.config.kafka
@@ -183,16 +185,56 @@ class KafkaRunner:
                 # The broker is away: not ready; back off and retry (nothing was committed
                 # past what is durable, so nothing is lost).
                 self.health.set_ready(False, f"kafka: {type(exc).__name__}")
+                self.reachable = False
                 log.warning("kafka_error", error=repr(exc)[:300], retry_in_s=backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             assigned = self.consumer.assignment()
-            self.health.set_ready(bool(assigned), "" if assigned else "no partitions assigned")
+            self._apply_backpressure(assigned)
+            reachable = self._broker_reachable()
+            if reachable != self.reachable:
+                self.reachable = reachable
+                if reachable:
+                    log.info("broker_reconnected")
+                else:
+                    log.warning("broker_unreachable", retry="kafka client reconnect backoff")
+            self.health.set_ready(bool(assigned) and reachable,
+                                  "" if assigned and reachable else
+                                  "broker unreachable" if not reachable else
+                                  "no partitions assigned")
             self.health.beat()
             self.lag = self._lag(assigned)
             self.progress.update(self.lag)
         self.commit()
+
+    def _apply_backpressure(self, assigned: Any) -> None:
+        """Pause every assigned partition while the pipeline is behind, resume when it is not.
+
+        Paused partitions are not fetched, so memory stays bounded, while ``poll`` goes on
+        (heartbeats keep the group membership).
+        """
+        reason = self.pipeline.behind()
+        if reason and assigned and not self.paused_for:
+            self.consumer.pause(*assigned)
+            self.paused_for = reason
+            log.warning("backpressure_pause", reason=reason,
+                        partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+        elif self.paused_for and not reason:
+            self.consumer.resume(*self.consumer.paused())
+            log.info("backpressure_resume", was=self.paused_for)
+            self.paused_for = None
+        elif self.paused_for and assigned:
+            self.consumer.pause(*assigned)  # partitions assigned by a rebalance meanwhile
+
+    def _broker_reachable(self) -> bool:
+        """Is the group coordinator connected? kafka-python has no public call for it and
+        ``poll`` does not raise while it reconnects, so this reads its connection state."""
+        try:
+            node = self.consumer._coordinator.coordinator_id
+            return node is not None and bool(self.consumer._client.connected(node))
+        except AttributeError:  # another client version: rely on errors from poll
+            return True
 
     def commit(self, only: set[tuple[str, int]] | None = None, blocking: bool = True) -> None:
         """Checkpoint the pipeline, then commit its safe offsets for assigned partitions."""

@@ -18,7 +18,8 @@ from tests.kafka_broker import Broker, free_port
 
 class TcpProxy:
     """Forwards ``127.0.0.1:port`` to ``upstream``; :meth:`cut` drops every connection and
-    refuses new ones (as a dead network path would) until :meth:`restore`.
+    stops listening, so new connections are refused (as with a dead broker host) until
+    :meth:`restore` listens again on the same port.
 
     Example:
         >>> proxy = TcpProxy(("127.0.0.1", 9092))  # doctest: +SKIP
@@ -27,41 +28,44 @@ class TcpProxy:
 
     def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
         self.upstream = upstream
-        self._listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
-        self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
-        self._cut = threading.Event()
-        self._closed = threading.Event()
         self.accepted = 0
-        threading.Thread(target=self._accept, name="tcp-proxy", daemon=True).start()
+        self.port = port
+        self._listener: socket.socket | None = None
+        self._listen()
+
+    def _listen(self) -> None:
+        # create_server sets SO_REUSEADDR: the same port can be bound again after a cut.
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, args=(self._listener,), name="tcp-proxy",
+                         daemon=True).start()
 
     def cut(self) -> None:
-        """Drop every open connection and refuse new ones."""
-        self._cut.set()
+        """Drop every open connection and stop listening (connects are refused)."""
+        if self._listener is not None:
+            _close(self._listener)
+            self._listener = None
         with self._lock:
             sockets, self._open = self._open, set()
         for sock in sockets:
             _close(sock)
 
     def restore(self) -> None:
-        """Forward again."""
-        self._cut.clear()
+        """Listen and forward again."""
+        if self._listener is None:
+            self._listen()
 
     def close(self) -> None:
-        self._closed.set()
         self.cut()
-        _close(self._listener)
 
-    def _accept(self) -> None:
-        while not self._closed.is_set():
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return
-            if self._cut.is_set():
-                _close(client)  # connection reset: the path is down
-                continue
             try:
                 upstream = socket.create_connection(self.upstream, timeout=5)
             except OSError:
