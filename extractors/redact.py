@@ -69,6 +69,7 @@ MESSAGE_CACHE_CHARS = 16_000_000
 CONTEXT_CACHE_SESSIONS = 2048
 CONTEXT_CACHE_CHARS = 64_000_000
 _SHORT_CONTEXT = 6
+_UNCHANGED = Message("system", "\x00unchanged")  # memo value: the message needs no redaction
 
 
 def luhn_valid(digits: str) -> bool:
@@ -117,7 +118,8 @@ class Redactor:
         self.counts: dict[str, int] = {}
         # The evaluative and directive tuples of one reading share their excerpt object.
         self._last_text: tuple[str, str] = ("", "")
-        # Message -> redacted message, sized by characters (GUI trees can be 100 KB each).
+        # Message -> redacted message (or _UNCHANGED), sized by characters (GUI trees can be
+        # 100 KB each).
         self._messages: LruCache[Message] = LruCache(cache_entries, cache_chars)
         # session id -> (context, redacted context, its characters): the next context of the
         # session usually extends it. Sized by characters: it keeps closed sessions alive.
@@ -164,18 +166,19 @@ class Redactor:
         """Redact a message's content and tool-call arguments (memoised per message)."""
         cached = self._messages.get(message)
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
+            # An equal message may be another object: hand back the caller's when unchanged.
+            return message if cached is _UNCHANGED else cached  # type: ignore[return-value]
         content = self.redact_text(message.content)
         calls = tuple(
             c if (args := self.redact_text(c.arguments)) == c.arguments
             else ToolCall(c.id, c.name, args) for c in message.tool_calls
         ) if message.tool_calls else message.tool_calls
+        size = len(message.content) + sum(len(c.arguments) for c in calls)
         if content == message.content and calls == message.tool_calls:
-            redacted = message
-        else:
-            redacted = msgspec.structs.replace(message, content=content, tool_calls=calls)
-        self._messages.put(message, redacted,
-                           len(message.content) + sum(len(c.arguments) for c in calls))
+            self._messages.put(message, _UNCHANGED, size)
+            return message
+        redacted = msgspec.structs.replace(message, content=content, tool_calls=calls)
+        self._messages.put(message, redacted, size)
         return redacted
 
     def redact_context(self, session_id: str,

@@ -21,6 +21,7 @@ import re
 from difflib import SequenceMatcher
 from typing import NamedTuple
 
+from nextstate.extractors.lru import LruCache
 from nextstate.extractors.names import previous_user_request
 from nextstate.extractors.registry import register
 from nextstate.extractors.types import Interaction, ScoredTuple, next_user_message, tuple_from
@@ -126,6 +127,7 @@ _LEADING_FILLER = re.compile(
     r"not quite|close|almost)\b[,.!:;\s-]*)+", re.I)
 _WORD = re.compile(r"[a-z0-9']+")
 _RUN = re.compile(r"\w+")
+_UNREAD = object()
 # Word gates. Each regex family above can only match a text whose ``\w+`` runs include one of
 # its trigger words (the first or a required word of every alternative), so one tokenisation
 # per reply and a set intersection (C speed) skip the scans that cannot match; the regexes
@@ -249,9 +251,9 @@ def classify_reply(reply: str, previous_request: str | None = None) -> ReplyRead
             or (("right" in low or "nothing" in low) and _SARCASM_ALONE.search(low)):
         return ReplyReading("sarcasm", -0.8, 0.8, None)
     complaint = _find_complaint(low, words)
-    if complaint and _BARE_NO.match(complaint.group(0)) and _find_complaint(
-            low, set(_RUN.findall(low, complaint.end())), complaint.end()) is None \
-            and _is_positive(low, words):
+    if complaint and _BARE_NO.match(complaint.group(0)) and _is_positive(low, words) and \
+            _find_complaint(low, set(_RUN.findall(low, complaint.end())),
+                            complaint.end()) is None:
         complaint = None  # "No, that's all I needed, thanks!"
     if complaint:
         return ReplyReading("complaint", -0.8, 0.9, correction_hint(text))
@@ -310,18 +312,34 @@ class UserReplyExtractor:
         ['evaluative', 'directive']
     """
 
-    __slots__ = ("excerpt_chars", "min_confidence")
+    __slots__ = ("_readings", "excerpt_chars", "memo_chars", "min_confidence")
 
-    def __init__(self, excerpt_chars: int = 300, min_confidence: float = 0.0) -> None:
+    def __init__(self, excerpt_chars: int = 300, min_confidence: float = 0.0,
+                 memo_entries: int = 4096, memo_chars: int = 80) -> None:
         self.excerpt_chars = excerpt_chars
         self.min_confidence = min_confidence
+        # Short replies ("thanks!", "no", "ok, next") recur across sessions: read each
+        # (reply, request) pair once. Bounded; long replies are rarely repeated and skip it.
+        self.memo_chars = memo_chars
+        self._readings: LruCache[ReplyReading | None] = LruCache(memo_entries,
+                                                                  memo_entries * 512)
+
+    def _read(self, reply: str, request: str | None) -> ReplyReading | None:
+        if len(reply) > self.memo_chars:
+            return classify_reply(reply, request)
+        key = (reply, request)
+        reading = self._readings.get(key, _UNREAD)
+        if reading is _UNREAD:
+            reading = classify_reply(reply, request)
+            self._readings.put(key, reading, len(reply) + len(request or ""))
+        return reading  # type: ignore[return-value]
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
         reply = next_user_message(interaction)
         if reply is None or not reply.content:
             return []
         request = previous_user_request(interaction)
-        reading = classify_reply(reply.content, request.content if request else None)
+        reading = self._read(reply.content, request.content if request else None)
         if reading is None or reading.confidence < self.min_confidence:
             return []
         excerpt = reply.content[: self.excerpt_chars]

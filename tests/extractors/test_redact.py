@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from nextstate.extractors import redact
 from nextstate.extractors.redact import Redactor, luhn_valid
 from nextstate.extractors.types import Message, ScoredTuple, ToolCall
 
@@ -81,3 +84,61 @@ def test_state_dict_round_trip() -> None:
     fresh = Redactor()
     fresh.load_state_dict(redactor.state_dict())
     assert fresh.counts == {"EMAIL": 1}
+
+
+def _session_tuples(sessions: int, turns: int) -> list[ScoredTuple]:
+    """Tuples of interleaved sessions whose contexts grow the way the join builds them."""
+    histories: dict[str, list[Message]] = {f"s{k}": [] for k in range(sessions)}
+    out = []
+    for turn in range(turns):
+        for sid, history in histories.items():
+            text = (f"mail {sid}.{turn}@example.com" if turn % 3 == 0
+                    else f"call +1 415 555 01{turn:02d}" if turn % 5 == 0 else f"step {turn}")
+            history.append(Message("user", text))
+            action = Message("assistant", f"ok {turn}", tool_calls=(
+                ToolCall(f"c{turn}", "f", '{"token": "abcdefgh12345678"}'),) if turn % 4 == 0
+                else ())
+            out.append(ScoredTuple(f"{sid}#{turn}", sid, "user", "evaluative", "user",
+                                   tuple(history), action, "excerpt"))
+            history.append(action)
+    return out
+
+
+def test_incremental_context_redaction_equals_redacting_each_message() -> None:
+    """Reusing a session's redacted context prefix gives what redacting every message gives."""
+    tuples = _session_tuples(sessions=3, turns=12)
+    memo = Redactor(cache_sessions=2, cache_entries=5)  # tiny memos: evictions mid-stream
+    for scored in tuples:
+        fresh = Redactor()
+        expected = tuple(fresh.redact_message(m) for m in scored.context)
+        assert memo(scored).context == expected
+
+
+def test_context_unchanged_by_redaction_is_the_same_object() -> None:
+    """A context with nothing to redact comes back as the caller's tuple, not a copy."""
+    context = tuple(Message("user", f"plain words {k}") for k in range(10))
+    scored = ScoredTuple("i", "s", "user", "evaluative", "user", context, Message("assistant"))
+    redactor = Redactor()
+    assert redactor(scored) is scored
+    longer = ScoredTuple("j", "s", "user", "evaluative", "user",
+                         (*context, Message("assistant", "more")), Message("assistant"))
+    assert redactor(longer) is longer
+
+
+def test_memos_stay_bounded_over_many_sessions() -> None:
+    """Message and context memos hold at most their configured entries and characters."""
+    redactor = Redactor(cache_entries=64, cache_chars=5_000, cache_sessions=8)
+    for scored in _session_tuples(sessions=20, turns=10):
+        redactor(scored)
+    assert len(redactor._messages) <= 64 and redactor._messages.size <= 5_000
+    assert len(redactor._contexts) <= 8
+
+
+@given(st.text(alphabet=st.sampled_from(list("skprtAKIAxoyeJBaeghbupi_=:- 'ncwdTS0123456789")),
+               max_size=60))
+def test_secret_guard_never_skips_a_secret(text: str) -> None:
+    """The substring guard is a necessary condition: any secret match passes it."""
+    for candidate in (text, f"token={text}abcdefgh", f"Bearer {text}abcdefghijklmnopq",
+                      f"ghp_{text}abcdefghijklmnopqrstuvwxyz", f' api_key: {text}xxxxxxxx'):
+        if redact._SECRET.search(candidate):
+            assert redact._may_hold_secret(candidate)

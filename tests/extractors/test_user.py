@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nextstate.extractors import user
 from nextstate.extractors.user import UserReplyExtractor, classify_reply, correction_hint
 
 
@@ -76,3 +82,143 @@ def test_min_confidence_drops_weak_readings(chat) -> None:
     interaction = chat("Ok, now book a table for two.")
     assert UserReplyExtractor()(interaction)
     assert UserReplyExtractor(min_confidence=0.8)(interaction) == []
+
+
+# The ungated reading, as first written: every regex family scanned on every reply. The
+# word gates in user.py must never change a reading, only skip scans that cannot match.
+def _reference_hint(reply: str) -> str | None:
+    after_contrast = None
+    match = user._CONTRAST.search(reply)
+    if match and user._PRAISE_OPENER.match(reply.lower()):
+        after_contrast = reply[match.end():]
+    for text in (after_contrast, reply):
+        if not text:
+            continue
+        for clause in user._SENTENCES.split(text):
+            clause = user._LEADING_FILLER.sub("", clause).strip(" ,.;!-\n\t")
+            if len(clause) >= 4 and user._DIRECTIVE.search(clause):
+                return clause[:300]
+    if after_contrast:
+        clause = user._LEADING_FILLER.sub("", after_contrast).strip(" ,.;!-\n\t")
+        return clause[:300] if len(clause) >= 4 else None
+    return None
+
+
+def _reference_reading(reply: str, request: str | None) -> tuple | None:
+    text = user._normalise(reply)
+    if not text:
+        return None
+    text = user._QUOTED.sub("'…'", text) if ("'" in text or '"' in text or "`" in text) else text
+    low = text.lower()
+    praise = user._PRAISE_OPENER.match(low)
+    if (praise and user._SARCASM_OUTCOME.search(low)) or user._SARCASM_ALONE.search(low):
+        return ("sarcasm", None)
+    complaint = user._COMPLAINT.search(low)
+    if complaint and user._BARE_NO.match(complaint.group(0)) and user._COMPLAINT.search(
+            low, complaint.end()) is None and user._POSITIVE.search(low):
+        complaint = None
+    if complaint:
+        return ("complaint", _reference_hint(text))
+    if praise and user._CONTRAST.search(low, praise.end()):
+        return ("correction", _reference_hint(text))
+    if user._POLITE_CORRECTION.search(low):
+        return ("correction", _reference_hint(text))
+    if request and user._similar(text, request):
+        return ("rephrase", None)
+    if user._POSITIVE.search(low):
+        return ("satisfied", None)
+    if user._MOVE_ON.match(low):
+        return ("moves_on", None)
+    return None
+
+
+_VOCAB = sorted({
+    *user._SARCASM_TRIGGERS, *user._POLITE_TRIGGERS, *user._POSITIVE_TRIGGERS,
+    *user._DIRECTIVE_TRIGGERS, *(w for t, _ in user._COMPLAINT_GROUPS if t for w in t),
+    "hallucinated", "hmmm", "umm", "i", "you", "that's", "it's", "doesn't", "didn't", "won't",
+    "isn't", "wasn't", "aren't", "shouldn't", "don't", "you're", "the", "a", "app", "again",
+    "work", "sense", "up", "of", "than", "quite", "really", "problem", "worries", "be",
+    "what", "wanted", "Tuesday", "Celsius", "'x'", "ſhould", "K", "-", "but", "however",
+    # heads of multi-word alternatives, so that random replies reach every branch
+    "i said", "i asked for", "i told you", "i meant", "i think it", "i was hoping for",
+    "that's wrong", "this is not right", "it's still broken", "that is a mistake",
+    "not what i wanted", "not helpful", "nothing works", "now it crashed", "the app broke",
+    "doesn't work", "did not help", "still not working", "you forgot", "you got it wrong",
+    "you made that up", "you didn't read", "try again", "redo it", "wrong answer",
+    "makes no sense", "that's not it", "why did you", "are you sure", "where did you get",
+    "should be", "shouldn't have", "instead of", "rather than", "not quite", "close, but",
+    "double-check", "looks off", "seems too long", "supposed to", "could you use",
+    "please keep", "you need to include", "isn't it", "paris, not", "thank you",
+    "much appreciated", "it works", "that did the trick", "works perfectly", "looks good",
+    "spot on", "exactly what i needed", "great job", "you're a lifesaver", "problem solved",
+    "that's right", "no problem", "all good", "nailed it", "well done", "now nothing works",
+    "now it is broken", "thanks for nothing", "another error", "deleted everything",
+    "even worse", "yeah, right", "exactly what i didn't", "breaking things",
+    "use celsius", "make sure", "do not", "has to", "in metric", "it's friday not",
+    "the date is", "was on", "no, use", "ok, now", "got it", "sure thing",
+})
+_SEPARATORS = st.sampled_from([" ", " ", " ", ", ", ". ", "! ", "? ", "; ", "\n", " - "])
+
+
+def _corpus() -> list[str]:
+    data = Path(__file__).resolve().parents[1] / "data"
+    replies = list(_VOCAB)
+    for name in ("extractor_eval.jsonl", "extractor_heldout.jsonl"):
+        for line in (data / name).read_text().splitlines():
+            item = json.loads(line)
+            replies += [m["content"] for m in item.get("next_state", ())
+                        if m.get("role") == "user" and isinstance(m.get("content"), str)]
+            replies += [f["text"] for f in item.get("feedback", ()) if f.get("text")]
+    return replies
+
+
+def test_gated_reading_equals_ungated_on_the_eval_replies_and_phrases() -> None:
+    """On every labeled reply and every trigger phrase alone, gated and ungated readings agree."""
+    request = "what's the weather in oslo tomorrow please"
+    for reply in _corpus():
+        reading = classify_reply(reply, request)
+        got = (reading.label, reading.hint) if reading else None
+        expected = _reference_reading(reply, request)
+        if expected is not None and expected[0] in ("sarcasm", "rephrase", "satisfied",
+                                                    "moves_on"):
+            expected = (expected[0], None)
+        assert got == expected, reply
+
+
+@settings(max_examples=1500)
+@given(st.lists(st.tuples(st.sampled_from(_VOCAB), _SEPARATORS), min_size=1, max_size=14),
+       st.booleans())
+def test_gated_reading_equals_ungated_regex_battery(parts: list[tuple[str, str]],
+                                                    capital: bool) -> None:
+    """Word gates only skip scans: the label and hint equal the plain regex battery's."""
+    reply = "".join(w + sep for w, sep in parts).strip()
+    reply = reply.capitalize() if capital else reply
+    request = "what's the weather in oslo tomorrow please"
+    reading = classify_reply(reply, request)
+    got = (reading.label, reading.hint) if reading else None
+    expected = _reference_reading(reply, request)
+    if expected is not None and expected[0] in ("sarcasm", "rephrase", "satisfied", "moves_on"):
+        expected = (expected[0], None)
+    assert got == expected
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.tuples(st.sampled_from(_VOCAB), _SEPARATORS), min_size=1, max_size=14),
+       st.integers(0, 40))
+def test_find_complaint_equals_combined_regex(parts: list[tuple[str, str]], pos: int) -> None:
+    """The grouped complaint search returns the combined regex's leftmost match, from any pos."""
+    low = "".join(w + sep for w, sep in parts).lower()
+    pos = min(pos, len(low))
+    expected = user._COMPLAINT.search(low, pos)
+    got = user._find_complaint(low, set(user._RUN.findall(low, pos)), pos)
+    assert (got.span() if got else None) == (expected.span() if expected else None)
+
+
+def test_reading_memo_is_bounded_and_skips_long_replies(chat) -> None:
+    """The per-extractor memo of short replies never holds more than memo_entries readings."""
+    extractor = UserReplyExtractor(memo_entries=8)
+    for k in range(50):
+        extractor(chat(f"thanks a lot {k}"))
+    extractor(chat("thanks " * 40))
+    assert len(extractor._readings) == 8
+    assert extractor(chat("thanks a lot 3"))[0].reward > 0  # evicted, read again the same
