@@ -374,7 +374,7 @@ def _known_prefix(messages: list[wire.WireMessage], session: _Session | None
     Only the echo of the pending action is normalized to check it: the messages before it
     were checked when the earlier records of the session arrived.
     """
-    if session is None or session.pending is None or session.pending.shape != "openai_exchange":
+    if session is None or session.pending is None or session.pending.shape not in EXCHANGE_SHAPES:
         return None
     pending = session.pending
     n = pending.index + 1
