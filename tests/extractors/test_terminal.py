@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from nextstate.extractors import terminal
 from nextstate.extractors.terminal import (
     RunSummary,
     TerminalExtractor,
@@ -90,3 +93,31 @@ def test_extractor_ignores_other_tools(tool_step) -> None:
     """Non-terminal tools are not scored by the terminal extractor."""
     assert TerminalExtractor()(tool_step("search", "=== 1 failed in 1s ===")) == []
     assert TerminalExtractor(tools=["search"])(tool_step("search", "=== 1 failed in 1s ==="))
+
+
+def test_summary_memo_is_bounded_and_reads_like_a_fresh_parse(tool_step) -> None:
+    """Earlier results are parsed once into a bounded memo, with the same progress reading."""
+    extractor = TerminalExtractor(cache_entries=4)
+    fresh = TerminalExtractor()
+    earlier: list[Message] = []
+    for k in range(12):
+        call = ToolCall(f"e{k}", "bash", '{"command": "pytest"}')
+        earlier += [Message("assistant", "", tool_calls=(call,)),
+                    Message("tool", f"==== {12 - k} failed, {k} passed in 0.1s ====",
+                            tool_call_id=call.id, name="bash")]
+        step = tool_step("bash", f"==== {11 - k} failed, {k + 1} passed in 0.1s ====",
+                         earlier=earlier)
+        assert [t.reward for t in extractor(step)] == [t.reward for t in fresh(step)]
+        assert len(extractor._summaries) <= 4
+    assert extractor(step)[0].reward > 0  # fewer failures than the previous run: progress
+
+
+@given(st.text(alphabet=st.sampled_from(list("FAILED ●-:\ntesxk.()cnoCNrfluymaxR503")),
+               max_size=80))
+def test_guards_never_skip_a_match(text: str) -> None:
+    """The substring guards before the failure and environment scans are necessary conditions."""
+    for candidate in (text, f"FAIL: {text}", f"connection {text} refused", text.upper()):
+        expected = terminal._FAILED_TEST.search(candidate)
+        assert (terminal._first_failure(candidate) is not None) == (expected is not None)
+        assert terminal._looks_environmental(candidate) == bool(
+            terminal._ENVIRONMENTAL.search(candidate))
