@@ -19,7 +19,8 @@ that asked for it):
 - The session is ``gen_ai.conversation.id`` (from the span itself, else from any span of
   the same trace in the batch, e.g. a parent ``invoke_agent``), else the trace id (hex).
 
-Spans of other operations (embeddings, HTTP, DB...) are skipped. For several daemons in one
+Spans of other operations (embeddings, HTTP, DB...) are skipped, and so (logged) is a GenAI
+span with malformed messages, unless nothing else in the batch is usable. For several daemons in one
 consumer group, the collector must key records by trace (the OTel Collector's Kafka exporter:
 ``partition_traces_by_id: true``), so that one session stays on one partition.
 """
@@ -30,6 +31,7 @@ import base64
 from typing import Any
 
 import msgspec
+import structlog
 
 from nextstate.daemon.wire import (
     BadRecord,
@@ -42,6 +44,8 @@ from nextstate.daemon.wire import (
     WireToolCall,
     WireUsage,
 )
+
+log = structlog.get_logger("nextstate.otel")
 
 EXCHANGE_SHAPE = "otel_span"
 TOOL_SHAPE = "otel_tool"
@@ -142,17 +146,26 @@ def decode_batch(value: bytes) -> list[tuple[WireRecord, str]]:
         if a.get("gen_ai.operation.name") in _MODEL_CALLS:
             model_call_traces.add(span.traceId)
     out: list[tuple[WireRecord, str]] = []
+    bad: list[BadRecord] = []
     for span, a in zip(spans, attrs, strict=True):
         operation = a.get("gen_ai.operation.name")
         session = str(a.get("gen_ai.conversation.id") or conversation.get(span.traceId)
                       or _hex_id(span.traceId))
-        if operation in _MODEL_CALLS or (operation == "invoke_agent"
-                                         and span.traceId not in model_call_traces):
-            record = _exchange(session, span, a)
-            if record is not None:
-                out.append((record, EXCHANGE_SHAPE))
-        elif operation == "execute_tool":
-            out.append((_tool_result(session, span, a), TOOL_SHAPE))
+        try:
+            if operation in _MODEL_CALLS or (operation == "invoke_agent"
+                                             and span.traceId not in model_call_traces):
+                record = _exchange(session, span, a)
+                if record is not None:
+                    out.append((record, EXCHANGE_SHAPE))
+            elif operation == "execute_tool":
+                out.append((_tool_result(session, span, a), TOOL_SHAPE))
+        except BadRecord as exc:
+            # One malformed span must not cost the batch's other sessions their spans.
+            log.warning("otel_span_skipped", reason=exc.reason, detail=exc.detail[:300],
+                        trace_id=_hex_id(span.traceId), span_id=_hex_id(span.spanId))
+            bad.append(exc)
+    if bad and not out:
+        raise bad[0]  # nothing usable: the whole batch goes to the dead letters
     return out
 
 

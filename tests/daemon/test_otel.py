@@ -181,6 +181,24 @@ def test_tool_span_without_captured_content_is_its_own_interaction(tmp_path):
     assert json.loads(evaluative.action.tool_calls[0].arguments) == {"day": "someday"}
 
 
+def test_a_malformed_span_skips_only_itself():
+    """A chat span whose messages attribute is not JSON is skipped; the batch's good spans
+    still come through; a batch of only such spans is a bad record."""
+    batch = json.loads(collector_json(agent_run("conv-1", None)))
+    spans = batch["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    broken = json.loads(json.dumps(spans[0]))
+    for kv in broken["attributes"]:
+        if kv["key"] == "gen_ai.output.messages":
+            kv["value"] = {"stringValue": "[{not json"}
+    spans.insert(0, broken)
+    shapes = [s for _, s in decode_records(json.dumps(batch).encode(), None)]
+    assert shapes == ["otel_span", "otel_tool", "otel_span"]
+    only_bad = {"resourceSpans": [{"scopeSpans": [{"spans": [broken]}]}]}
+    with pytest.raises(BadRecord) as exc:
+        decode_records(json.dumps(only_bad).encode(), None)
+    assert exc.value.reason == "schema"
+
+
 def test_malformed_otlp_batch_is_a_bad_record():
     """A JSON list that is not ResourceSpans, or broken protobuf, is rejected with a reason."""
     with pytest.raises(BadRecord) as schema:
