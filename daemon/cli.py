@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -114,6 +116,7 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
              extractors=config.extractors,
              metrics=f"{server.server_address[0]}:{server.server_address[1]}" if server
              else None, kafka=config.redacted()["kafka"] if is_kafka else None)
+    store_failed = False
     try:
         if is_kafka:
             runner = sources.KafkaRunner(pipeline, config, stop, health, progress)
@@ -124,11 +127,21 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
         else:
             sources.run_file(pipeline, config.source.removeprefix("file:"), stop, health,
                              progress, follow=config.follow)
+    except (OSError, sqlite3.Error) as exc:
+        if not storage_full(exc):
+            raise
+        store_failed = _log_storage_full(exc, config)
     finally:
         if worker is not None:
             stop_training.set()
             worker.join()
-        pipeline.close()
+        try:
+            pipeline.close(durable=not store_failed)
+        except (OSError, sqlite3.Error) as exc:
+            if not storage_full(exc):
+                raise
+            store_failed = store_failed or _log_storage_full(exc, config)
+            pipeline.close(durable=False)
         if tuple_sink is not None:
             tuple_sink.close()
         progress.close()
@@ -136,6 +149,8 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
             server.shutdown()
             server.server_close()
             (config.state_path / "http.json").unlink(missing_ok=True)
+    if store_failed:
+        return EXIT_STORAGE_FULL
     if worker is not None and worker.error is not None:
         log.error("stopped_with_trainer_error", error=repr(worker.error)[:500])
         return 1
@@ -145,6 +160,24 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
              signal_per_interaction=round(summary["signal_per_interaction"], 4),
              dead_letters=int(pipeline.stats.total("dead_letters")))
     return 0
+
+
+EXIT_STORAGE_FULL = 3
+"""``nextstate run``'s exit code when the state directory's disk is full."""
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Is this the disk (or quota) being full, from a file write or from SQLite?"""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def _log_storage_full(exc: BaseException, config: DaemonConfig) -> bool:
+    log.error("storage_full", error=str(exc)[:300], state_dir=str(config.state_path),
+              action="stopped consuming; no offset was committed past the last durable "
+                     "checkpoint; free disk space and restart (the store reopens as it was)")
+    return True
 
 
 def _load_stats(state_dir: Path) -> YieldStats:

@@ -14,8 +14,10 @@ record is processed twice and no pending join is lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -270,8 +272,18 @@ class Pipeline:
         self.stats.load_state_dict(state.get("stats", {}))
         log.info("checkpoint_loaded", path=str(path), partitions=len(self.processed))
 
-    def close(self) -> None:
-        """Final checkpoint and time-series point, then release files."""
+    def close(self, durable: bool = True) -> None:
+        """Final checkpoint and time-series point, then release files.
+
+        ``durable=False`` (the store failed, e.g. a full disk) skips both: what was not
+        checkpointed is simply re-read after a restart, and SQLite rolls back the open
+        transaction, so the store stays as the last checkpoint left it.
+        """
+        if not durable:
+            for release in (self.timeseries.close, self.buffers.close, self.dead_letters.close):
+                with contextlib.suppress(OSError, sqlite3.Error):
+                    release()
+            return
         self.checkpoint()
         self.record_timeseries()
         self.timeseries.close()
