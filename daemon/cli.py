@@ -84,7 +84,15 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
         print(f"nextstate: source must be kafka or file:PATH, not {config.source!r}",
               file=sys.stderr)
         return 2
-    dead_letters = sources.kafka_dead_letters(config) if is_kafka else None
+    try:
+        dead_letters = sources.kafka_dead_letters(config) if is_kafka else None
+    except sources.KafkaError as exc:
+        # No broker reachable (or authentication refused) at start: say so and exit, for the
+        # supervisor to restart us, instead of a traceback.
+        log.error("kafka_unavailable", error=str(exc)[:300],
+                  bootstrap_servers=config.kafka.bootstrap_servers,
+                  security_protocol=config.kafka.security_protocol)
+        return EXIT_KAFKA_UNAVAILABLE
     tuple_sink = None
     if is_kafka and config.output_topic:
         from nextstate.daemon.tuple_topic import tuple_topic_sink
@@ -164,6 +172,8 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
 
 EXIT_STORAGE_FULL = 3
 """``nextstate run``'s exit code when the state directory's disk is full."""
+EXIT_KAFKA_UNAVAILABLE = 4
+"""``nextstate run``'s exit code when no Kafka broker accepts it at start."""
 
 
 def storage_full(exc: BaseException) -> bool:
