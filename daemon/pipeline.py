@@ -103,6 +103,11 @@ class Pipeline:
         self.processed: dict[tuple[str, int], int] = {}  # next offset to process, durable
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
         self.records_since_checkpoint = 0
+        # Tuples are written to the buffers once this many are waiting (1: at once). Sources
+        # raise it and call write_pending() after each poll: one buffer transaction per batch
+        # (the profile's largest item was a dedup query and write setup per record).
+        self.write_batch = 1
+        self._unwritten: list[ScoredTuple] = []
         # Backpressure signals: each returns why consumption should pause now, or None (an
         # in-daemon trainer falling behind, a slow store...). Sources pause while any says so.
         self.pressure: list[Callable[[], str | None]] = []
@@ -188,11 +193,20 @@ class Pipeline:
                 all_tuples.extend(tuples)
             self.stats.observe_interaction(interaction, tuples)
         if all_tuples:
-            with self.buffer_lock:
-                self.buffers.extend(all_tuples)
-            if self.tuple_sink is not None:
-                self.tuple_sink.send(all_tuples)
+            self._unwritten.extend(all_tuples)
+            if len(self._unwritten) >= self.write_batch:
+                self.write_pending()
         return all_tuples
+
+    def write_pending(self) -> None:
+        """Add the tuples emitted so far to the buffers (and the tuple topic) in one write."""
+        if not self._unwritten:
+            return
+        batch, self._unwritten = self._unwritten, []
+        with self.buffer_lock:
+            self.buffers.extend(batch)
+        if self.tuple_sink is not None:
+            self.tuple_sink.send(batch)
 
     def tick(self) -> None:
         """Periodic work: close idle sessions, append to the time series when due."""
@@ -228,6 +242,7 @@ class Pipeline:
     # -- durability -------------------------------------------------------------------------
     def checkpoint(self) -> dict[tuple[str, int], int]:
         """Make everything processed so far durable; return the offsets safe to commit."""
+        self.write_pending()
         with self.buffer_lock:
             self.buffers.flush()
         if self.tuple_sink is not None:

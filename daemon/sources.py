@@ -169,6 +169,7 @@ class KafkaRunner:
         self.consumer.subscribe([kafka.topic], listener=_Rebalance(self))
         cadence = _Cadence(self.config)
         backoff = 0.5
+        self.pipeline.write_batch = max(self.pipeline.write_batch, 4 * kafka.max_poll_records)
         while not self.stop.is_set():
             try:
                 batches = self.consumer.poll(timeout_ms=kafka.poll_timeout_ms,
@@ -177,6 +178,7 @@ class KafkaRunner:
                     for record in records:
                         self.pipeline.process(record.value, record.key, tp.topic,
                                               tp.partition, record.offset)
+                self.pipeline.write_pending()
                 self.pipeline.tick()
                 if cadence.due(self.pipeline):
                     self.commit()

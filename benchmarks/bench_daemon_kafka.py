@@ -1,0 +1,258 @@
+"""Daemon load benchmarks against a real Kafka-protocol broker (Tansu on loopback), and memory.
+
+    python benchmarks/bench_daemon_kafka.py throughput [--sessions 500]
+    python benchmarks/bench_daemon_kafka.py latency [--rate 2000] [--seconds 20]
+    python benchmarks/bench_daemon_kafka.py rss [--capacity 2000] [--factor 10]
+
+- ``throughput``: the daemon's Kafka runner (consumer group, pipeline, durable SQLite buffers,
+  checkpoints and commits) vs a bare kafka-python loop that only ``json.loads`` each record, over
+  the same topic on the same broker; records/s from first to last record, and the ratio.
+- ``latency``: records produced at a fixed rate (interactions/s: each exchange closes one);
+  p50/p99 from a record's produce to the checkpoint that made its tuples durable.
+- ``rss``: a file stream producing ``factor`` x the buffer capacity in tuples; the process RSS
+  sampled along the way (flat = the last sample within 10% of the first after warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import psutil  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+from kafka.structs import TopicPartition  # noqa: E402
+from make_stream import stream  # noqa: E402
+
+from nextstate.daemon.config import load_config  # noqa: E402
+from nextstate.daemon.pipeline import Pipeline  # noqa: E402
+from nextstate.daemon.service import Health, Progress  # noqa: E402
+from nextstate.daemon.sources import KafkaRunner  # noqa: E402
+from tests.kafka_broker import tansu_broker  # noqa: E402
+
+PARTITIONS = 3
+EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
+
+
+def daemon_config(state: str, bootstrap: str, topic: str, **extra):
+    return load_config(None, source="kafka", state_dir=state, extractors=EXTRACTORS,
+                       progress="off", **extra,
+                       **{"kafka.bootstrap_servers": [bootstrap], "kafka.topic": topic,
+                          "kafka.group_id": f"bench-{uuid.uuid4().hex[:6]}",
+                          "kafka.session_timeout_ms": 6000, "kafka.heartbeat_interval_ms": 1000,
+                          "kafka.max_poll_interval_ms": 6000, "kafka.poll_timeout_ms": 100})
+
+
+class Timed:
+    """Wraps ``Pipeline.process`` / ``checkpoint`` to time records and durability."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.first = self.last = 0.0
+        self.count = 0
+        self.pending: list[tuple[int, int]] = []     # (partition, offset) since last checkpoint
+        self.durable_at: dict[tuple[int, int], float] = {}
+        process, checkpoint = pipeline.process, pipeline.checkpoint
+
+        def timed_process(value, key, topic, partition, offset):
+            process(value, key, topic, partition, offset)
+            self.last = time.perf_counter()
+            self.first = self.first or self.last
+            self.count += 1
+            self.pending.append((partition, offset))
+
+        def timed_checkpoint():
+            safe = checkpoint()
+            now = time.time()
+            for position in self.pending:
+                self.durable_at[position] = now
+            self.pending = []
+            return safe
+
+        pipeline.process = timed_process  # type: ignore[method-assign]
+        pipeline.checkpoint = timed_checkpoint  # type: ignore[method-assign]
+
+
+def run_daemon_until(config, total: int, timeout_s: float = 600) -> tuple[Pipeline, Timed]:
+    pipeline = Pipeline(config)
+    timed = Timed(pipeline)
+    stop = threading.Event()
+    runner = KafkaRunner(pipeline, config, stop, Health(), Progress(pipeline.stats, False))
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while timed.count < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    runner.close()
+    pipeline.close()
+    return pipeline, timed
+
+
+def produce(bootstrap: str, topic: str, records: list[dict]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for record in records:
+        producer.send(topic, key=record["session_id"].encode(), value=json.dumps(record).encode())
+    producer.flush()
+    producer.close()
+
+
+def bare_consume(bootstrap: str, topic: str, total: int) -> float:
+    """Records/s of a plain consumer that only parses each value."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             max_poll_records=500)
+    consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    consumer.seek_to_beginning()
+    count, first = 0, 0.0
+    while count < total:
+        for records in consumer.poll(timeout_ms=500).values():
+            for record in records:
+                json.loads(record.value)
+                first = first or time.perf_counter()
+                count += 1
+    elapsed = time.perf_counter() - first
+    consumer.close()
+    return count / elapsed
+
+
+def throughput(args: argparse.Namespace) -> None:
+    records = stream(args.sessions, 10)
+    size = sum(len(json.dumps(r)) for r in records) / len(records)
+    with tansu_broker() as broker, tempfile.TemporaryDirectory() as state:
+        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        broker.create_topic(topic, PARTITIONS)
+        broker.create_topic(f"{topic}.dlq", 1)
+        produce(broker.bootstrap, topic, records)
+        bare = bare_consume(broker.bootstrap, topic, len(records))
+        pipeline, timed = run_daemon_until(daemon_config(state, broker.bootstrap, topic),
+                                           len(records))
+        daemon = (timed.count - 1) / (timed.last - timed.first)
+    interactions = pipeline.stats.total("interactions")
+    print(f"{len(records):,} records ({size / 1e3:.1f} KB each), {interactions:,.0f} interactions")
+    print(f"bare kafka-python + json.loads: {bare:>10,.0f} records/s")
+    print(f"nextstate daemon (durable):     {daemon:>10,.0f} records/s "
+          f"({daemon * interactions / len(records):,.0f} interactions/s)")
+    print(f"ratio daemon/bare: {daemon / bare:.2f}  (target >= 0.8)")
+
+
+def latency(args: argparse.Namespace) -> None:
+    records = [r for r in stream(args.sessions, 10) if "request" in r]
+    total = min(len(records), int(args.rate * args.seconds))
+    records = records[:total]
+    with tansu_broker() as broker, tempfile.TemporaryDirectory() as state:
+        topic = f"lat-{uuid.uuid4().hex[:6]}"
+        broker.create_topic(topic, PARTITIONS)
+        broker.create_topic(f"{topic}.dlq", 1)
+        config = daemon_config(state, broker.bootstrap, topic, commit_interval_s=0.2,
+                               commit_every_records=1_000_000)
+        sent_at: dict[tuple[int, int], float] = {}
+        lock = threading.Lock()
+        holder: dict[str, Timed] = {}
+        ready = threading.Event()
+
+        def run() -> None:
+            pipeline = Pipeline(config)
+            holder["timed"] = Timed(pipeline)
+            stop = threading.Event()
+            holder["stop"] = stop  # type: ignore[assignment]
+            runner = KafkaRunner(pipeline, config, stop, Health(), Progress(pipeline.stats,
+                                                                            False))
+            holder["runner"] = runner  # type: ignore[assignment]
+            ready.set()
+            runner.run()
+            runner.close()
+            pipeline.close()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        ready.wait()
+        runner = holder["runner"]
+        while not runner.consumer.assignment():  # the group is formed before the clock starts
+            time.sleep(0.05)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=1, linger_ms=0)
+        start = time.time()
+        for n, record in enumerate(records):
+            due = start + n / args.rate
+            while time.time() < due:
+                time.sleep(min(0.001, due - time.time()) if due > time.time() else 0)
+            sent = time.time()
+
+            def stamp(meta, sent=sent) -> None:
+                with lock:
+                    sent_at[(meta.partition, meta.offset)] = sent
+
+            producer.send(topic, key=record["session_id"].encode(),
+                          value=json.dumps(record).encode()).add_callback(stamp)
+        producer.flush()
+        produced_rate = len(records) / (time.time() - start)
+        timed = holder["timed"]
+        deadline = time.monotonic() + 300
+        while len(timed.durable_at) < len(records) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        holder["stop"].set()  # type: ignore[attr-defined]
+        thread.join()
+        producer.close()
+    lat = sorted(timed.durable_at[p] - sent_at[p] for p in sent_at if p in timed.durable_at)
+    q = statistics.quantiles(lat, n=100)
+    print(f"{len(records):,} exchanges produced at {produced_rate:,.0f}/s "
+          f"(target rate {args.rate:,}/s), {len(lat):,} made durable")
+    print(f"produce -> durable tuple: p50 {q[49] * 1000:,.0f} ms, p99 {q[98] * 1000:,.0f} ms, "
+          f"max {lat[-1] * 1000:,.0f} ms")
+
+
+def rss(args: argparse.Namespace) -> None:
+    tuples_per_record = 1.2  # measured: tuples per call-log record with the rule extractors
+    sessions = int(args.capacity * args.factor / tuples_per_record / 20) + 1
+    records = [json.dumps(r).encode() for r in stream(sessions, 10)]
+    process = psutil.Process()
+    with tempfile.TemporaryDirectory() as state:
+        buffers = [{"name": kind, "kinds": [kind], "capacity": args.capacity}
+                   for kind in ("evaluative", "directive", "preference")]
+        pipeline = Pipeline(load_config(None, state_dir=state, extractors=EXTRACTORS,
+                                        buffers=buffers))
+        samples = []
+        every = max(1, len(records) // 20)
+        for offset, value in enumerate(records):
+            pipeline.process(value, None, "rss", 0, offset)
+            if offset % 1000 == 999:
+                pipeline.checkpoint()
+            if offset % every == every - 1:
+                samples.append(process.memory_info().rss / 2**20)
+        tuples = pipeline.stats.total("tuples")
+        stored = sum(len(b) for b in pipeline.buffers.buffers.values())
+        pipeline.close()
+    warm = samples[len(samples) // 4]
+    print(f"{len(records):,} records, {tuples:,.0f} tuples into buffers of capacity "
+          f"{args.capacity:,} each ({tuples / args.capacity:.1f}x), {stored:,} stored at the end")
+    print("RSS MiB: " + " ".join(f"{s:.0f}" for s in samples))
+    print(f"after warm-up {warm:.0f} MiB -> end {samples[-1]:.0f} MiB: "
+          f"{(samples[-1] / warm - 1) * 100:+.1f}% (target within 10%)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("throughput")
+    p.add_argument("--sessions", type=int, default=500)
+    p = sub.add_parser("latency")
+    p.add_argument("--rate", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--sessions", type=int, default=2500)
+    p = sub.add_parser("rss")
+    p.add_argument("--capacity", type=int, default=2000)
+    p.add_argument("--factor", type=float, default=10)
+    args = parser.parse_args()
+    {"throughput": throughput, "latency": latency, "rss": rss}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
