@@ -2,7 +2,7 @@
 
 Run::
 
-    python benchmarks/bench_extractors.py [--n 40000] [--against HEAD~3] [--rounds 3]
+    python benchmarks/bench_extractors.py [--n 20000] [--against HEAD~3] [--rounds 3]
 
 Prints interactions per second for each extractor alone and for the whole default chain plus
 redaction, on two workloads:
@@ -14,17 +14,18 @@ redaction, on two workloads:
   join builds them) with varied, never-repeated user replies, tool and pytest results in the
   context and personal data to redact: the shape the daemon sees.
 
-With ``--against REV`` the same script also measures the extractors as they were at ``REV``
-(``git archive`` into a temporary folder put first on ``PYTHONPATH``), alternating the two in
-``--rounds`` subprocess runs and keeping each one's best, so the ratio comes from one run on
-one machine. The GUI diff time of two ~150 KB observations is printed too.
+With ``--against REV`` the same process also loads the extractors as they were at ``REV``
+(``git archive`` into a temporary folder, imported under another package name) and times
+both on the same interaction objects, alternating them ``--rounds`` times per stage and
+keeping each one's best, so the ratio comes from one run on one machine. The GUI diff time
+of two ~150 KB observations is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -158,61 +159,79 @@ def _rate(fn: Callable, items: Sequence, repeats: int = 3) -> float:
     return len(items) / best
 
 
-def measure(n: int) -> dict[str, float]:
-    """Interactions/s per extractor and for chain + redaction, on both workloads."""
-    from nextstate.extractors.redact import Redactor
-    from nextstate.extractors.registry import build_extractors
+def _variant(package: str):
+    """``(build_extractors, Redactor)`` of the extractor package ``package``."""
+    registry = importlib.import_module(f"{package}.extractors.registry")
+    redact = importlib.import_module(f"{package}.extractors.redact")
+    return registry.build_extractors, redact.Redactor
 
-    rates: dict[str, float] = {}
+
+def measure(n: int, variants: dict[str, str], rounds: int) -> dict[str, dict[str, float]]:
+    """Interactions/s per extractor and for chain + redaction, on both workloads.
+
+    Every stage is timed ``rounds`` times per variant, alternating the variants, and each
+    keeps its best: this machine's speed wanders, and alternating puts both under the same
+    conditions. Every pass builds fresh extractors and a fresh redactor (no memo carried
+    over). Both variants read the same interaction objects.
+    """
+    built = {name: _variant(package) for name, package in variants.items()}
+    rates: dict[str, dict[str, float]] = {name: {} for name in variants}
+
+    def best(key: str, run: Callable[[str], float], lower: bool = False) -> None:
+        for _ in range(rounds):
+            for name in variants:
+                value = run(name)
+                keep = min if lower else max
+                rates[name][key] = keep(value, rates[name].get(key, value))
+
     for workload_name, maker in (("mixed", mixed_workload), ("sessions", session_workload)):
         items = maker(n)
-        # Each pass builds fresh extractors: no memo is carried over between passes.
-        for name in DEFAULT_EXTRACTORS:
-            rates[f"{workload_name}/{name}"] = max(
-                _rate(build_extractors([name])[0][1], items, repeats=1) for _ in range(3))
-        # Fresh extractors and redactor for each pass: no memo carried over between passes.
-        best = 0.0
-        for _ in range(3):
-            extractors = build_extractors(DEFAULT_EXTRACTORS)
-            redactor = Redactor()
+        for stage in DEFAULT_EXTRACTORS:
+            best(f"{workload_name}/{stage}",
+                 lambda name, stage=stage, items=items: _rate(built[name][0]([stage])[0][1],
+                                                              items, 1))
 
-            def chain(interaction, extractors=extractors, redactor=redactor) -> None:
+        def chain_rate(name: str, items: list = items) -> float:
+            build, redactor_class = built[name]
+            extractors, redactor = build(DEFAULT_EXTRACTORS), redactor_class()
+
+            def chain(interaction) -> None:
                 for _, extractor in extractors:
                     for scored in extractor(interaction):
                         redactor(scored)
 
-            best = max(best, _rate(chain, items, repeats=1))
-        rates[f"{workload_name}/chain+redact"] = best
-    gui = dict(build_extractors(["gui"]))["gui"]
-    rates["gui_diff_ms_150kb"] = 1000 / _rate(gui, [_gui_pair(3000)] * 200)
+            return _rate(chain, items, 1)
+
+        best(f"{workload_name}/chain+redact", chain_rate)
+    step = _gui_pair(3000)
+    best("gui_diff_ms_150kb",
+         lambda name: 1000 / _rate(built[name][0](["gui"])[0][1], [step] * 100, 1), lower=True)
     return rates
 
 
-def _snapshot(rev: str, into: Path) -> Path:
-    """``extractors/`` at ``rev`` as an importable ``nextstate.extractors`` under ``into``."""
+_BASELINE = "_bench_baseline"
+
+
+def _load_baseline(rev: str, into: Path) -> str:
+    """``extractors/`` at ``rev``, importable as ``_bench_baseline.extractors``."""
     archive = subprocess.run(["git", "archive", rev, "extractors"], cwd=ROOT, check=True,
                              capture_output=True).stdout
-    package = into / "nextstate"
+    package = into / _BASELINE
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(package, filter="data")
-    return into
-
-
-def _run_child(n: int, pythonpath: str | None) -> dict[str, float]:
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, __file__, "--n", str(n), "--json"], env=env,
-                          check=True, capture_output=True, text=True, cwd=ROOT)
-    return json.loads(done.stdout)
+    for source in package.rglob("*.py"):  # its own modules, not the current ones
+        text = source.read_text()
+        source.write_text(text.replace("nextstate.extractors", f"{_BASELINE}.extractors"))
+    sys.path.insert(0, str(into))
+    return _BASELINE
 
 
 def _print(results: dict[str, dict[str, float]]) -> None:
     names = list(results)
     keys = list(results[names[0]])
-    header = "".join(f"{name:>16}" for name in names)
+    header = "".join(f"{name[:14]:>16}" for name in names)
     ratio = "   ratio" if len(names) == 2 else ""
     print(f"{'interactions/s':<24}{header}{ratio}")
     for key in keys:
@@ -226,30 +245,20 @@ def _print(results: dict[str, dict[str, float]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure, print a table (or JSON for a child run)."""
+    """Measure and print a table (with a ratio column when comparing with ``--against``)."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=40_000, help="interactions per workload")
+    parser.add_argument("--n", type=int, default=20_000, help="interactions per workload")
     parser.add_argument("--against", default=None, help="git rev to compare with")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per variant")
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help="timed passes per variant")
     args = parser.parse_args(argv)
-    if args.json:
-        print(json.dumps(measure(args.n)))
-        return 0
-    print(f"{args.n} interactions per workload, one core ({sys.executable})")
-    if args.against is None:
-        _print({"current": measure(args.n)})
-        return 0
+    print(f"{args.n} interactions per workload, one core, best of {args.rounds} alternating "
+          "passes")
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = str(_snapshot(args.against, Path(tmp)))
-        best: dict[str, dict[str, float]] = {args.against: {}, "current": {}}
-        for _ in range(args.rounds):
-            for name, path in ((args.against, baseline), ("current", None)):
-                for key, value in _run_child(args.n, path).items():
-                    keep = min if key.startswith("gui_diff") else max
-                    best[name][key] = keep(value, best[name].get(key, value))
-    _print(best)
+        variants = {"current": "nextstate"}
+        if args.against is not None:
+            variants = {args.against: _load_baseline(args.against, Path(tmp)), **variants}
+        _print(measure(args.n, variants, args.rounds))
     return 0
 
 

@@ -133,9 +133,9 @@ _UNREAD = object()
 # per reply and a set intersection (C speed) skip the scans that cannot match; the regexes
 # stay the only judges of what matches. ``*_WORDS`` are alternatives that are whole words on
 # their own: a hit there *is* a match, no scan needed. Tests check gated == ungated.
-_SARCASM_TRIGGERS = frozenset((
-    "now", "for", "another", "broke", "deleted", "wiped", "lost", "crashed", "even", "yeah",
-    "just", "exactly", "breaking", "ruining", "deleting", "wiping"))
+_SARCASM_TRIGGERS = frozenset((  # "for nothing" -> nothing, "even worse" -> worse, ...
+    "now", "nothing", "another", "broke", "deleted", "wiped", "lost", "crashed", "worse",
+    "yeah", "exactly", "breaking", "ruining", "deleting", "wiping"))
 _POLITE_TRIGGERS = frozenset((
     "actually", "erm", "wait", "sorry", "think", "should", "shouldn", "shouldnt", "instead",
     "rather", "not", "close", "almost", "double", "look", "looks", "seem", "seems", "meant",
