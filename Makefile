@@ -30,6 +30,10 @@ chromium:
 test: install chromium
 	$(BIN)/python -m pytest -q
 
+# Speed and memory targets: each script prints ratios measured in one run.
 bench: install
+	$(BIN)/python benchmarks/bench_daemon.py
+	$(BIN)/python benchmarks/bench_daemon_kafka.py
+	$(BIN)/python benchmarks/bench_extractors.py
 	$(BIN)/python benchmarks/bench_buffers.py
 	$(BIN)/python benchmarks/bench_trainer.py
