@@ -108,6 +108,11 @@ class SettingsScreen:
         return json.dumps({"url": "app://settings", "title": "Settings",
                            "axtree": "\n".join(lines), "error": error})
 
+    def summary(self) -> str:
+        """The screen as the user pastes it into a request: one line per checkbox."""
+        return "\n".join(f"[{eid}] {label}: {'on' if self.checked[label] else 'off'}"
+                         for label, eid in SETTINGS.items())
+
     def click(self, element: str) -> str:
         """Toggle the checkbox with that id; an unknown id is the GUI's own error."""
         for label, eid in SETTINGS.items():
@@ -200,8 +205,7 @@ def make_task(rng: random.Random) -> Task:
     checked = {label: rng.random() < 0.5 for label in SETTINGS}
     checked[setting] = False
     screen = SettingsScreen(checked)
-    return Task(kind, f"Turn on {setting} in the settings. The screen:\n"
-                      f"{json.loads(screen.observation())['axtree']}",
+    return Task(kind, f"Turn on {setting} in the settings. The screen:\n{screen.summary()}",
                 f"Please enable {setting} on the settings page.",
                 {"setting": setting}, screen=screen)
 

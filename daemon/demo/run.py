@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nextstate.daemon.config import load_config
 from nextstate.daemon.demo.agent import SYSTEM_PROMPT, PolicyAgent, candidates
@@ -46,17 +47,27 @@ class DemoSettings:
     """Actions per session at most."""
     max_corrections: int = 2
     """The user gives up after this many wrong answers."""
-    temperature: float = 0.05
-    """The agent's softmax temperature over candidates' mean token log-probs."""
-    steps_per_interaction: float = 0.5
+    temperature: float = 2.0
+    """The agent's softmax temperature over candidates' log-likelihoods relative to the
+    initial policy (see :class:`~nextstate.daemon.demo.agent.PolicyAgent`)."""
+    steps_per_interaction: float = 1.0
     """Trainer steps run per new interaction the pipeline closed."""
     trainer: dict[str, Any] = field(default_factory=lambda: {
-        "lr": 2e-3, "batch_size": 16, "micro_batch_size": 16, "publish_every": 4,
-        "keep_checkpoints": 2, "max_staleness": 50})
+        # Warm-up: the first step's per-source baselines are still 0, so every early reward
+        # reads as a failure; a full-size first step would shove every action down at once.
+        "lr": 5e-4, "warmup_steps": 30, "batch_size": 16, "micro_batch_size": 16,
+        "publish_every": 4, "keep_checkpoints": 2, "max_staleness": 50,
+        # A byte-level model this small cannot read a hint, so hindsight distillation only
+        # adds drift; the hints are still extracted and buffered (see the signal plot).
+        "opd_weight": 0.0,
+        # Keeps the tokens no reward is about near the reference (they shift every score).
+        "kl_weight": 0.05})
     """TrainerConfig fields for the run."""
     policy: TinyConfig = field(default_factory=lambda: TinyConfig(d_model=64, n_layers=2,
-                                                                  n_heads=4, max_length=1024))
-    """Shape of the tiny policy."""
+                                                                  n_heads=4, max_length=384))
+    """Shape of the tiny policy (short contexts: the request, the call, the result)."""
+    torch_threads: int = 1
+    """Torch intra-op threads: a tiny model on a laptop runs fastest on one."""
     timeseries_interval_s: float = 1.0
     """How often the daemon appends its counters to the time series."""
 
@@ -145,7 +156,9 @@ class Deployment:
                              timeseries_interval_s=settings.timeseries_interval_s,
                              metrics_port=-1)
         self.pipeline = Pipeline(config)
+        torch.set_num_threads(settings.torch_threads)
         self.agent = PolicyAgent(TinyPolicy(settings.policy, seed=settings.seed),
+                                 reference=TinyPolicy(settings.policy, seed=settings.seed),
                                  temperature=settings.temperature, seed=settings.seed)
         self.trainer: Trainer | None = None
         if settings.train:

@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from nextstate.daemon.demo.agent import PolicyAgent, candidates, report_answer, tool_candidates
 from nextstate.daemon.demo.env import (
@@ -44,7 +45,7 @@ def test_every_task_kind_has_a_correct_candidate_and_answer():
         kinds.add(task.kind)
         messages = [Message(role="user", content=task.request)]
         solved = False
-        for call in tool_candidates(messages, random.Random(0), "c"):
+        for call in tool_candidates(messages, "c"):
             tc = call.tool_calls[0]
             result = run_tool(task, tc.name, tc.arguments)
             if task.done(report_answer(result)):
@@ -85,14 +86,53 @@ def test_agent_scores_candidates_as_the_trainer_encodes_them():
     assert logps == pytest.approx(expected, abs=1e-5)
 
 
+def test_wrong_tools_get_calls_the_tool_rejects():
+    """Only the tool that fits the request can be filled from it: the others really fail."""
+    rng = random.Random(5)
+    for _ in range(30):
+        task = make_task(rng)
+        messages = [Message(role="user", content=task.request)]
+        ok = set()
+        for call in tool_candidates(messages, "c"):
+            tc = call.tool_calls[0]
+            result = run_tool(task, tc.name, tc.arguments)
+            if "Error" not in result:
+                ok.add(tc.name)
+        fits = {"weather": "get_weather", "convert": "convert_currency", "calc": "calculator",
+                "gui": "click"}[task.kind]
+        assert ok == {fits}, (task.request, ok)
+
+
+def test_agent_choice_is_relative_to_the_reference():
+    """Exactly uniform while the policy is its reference; a trained-up action's score rises."""
+    config = TinyConfig(d_model=16, n_layers=1, n_heads=2)
+    policy, reference = TinyPolicy(config, seed=0), TinyPolicy(config, seed=0)
+    agent = PolicyAgent(policy, reference=reference, seed=0)
+    messages = [Message(role="user", content="What is 3 plus 4?")]
+    options = candidates(messages, random.Random(0), "c")
+    assert agent.scores(messages, options)[0] == [0.0] * len(options)
+    target = options[0]
+    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-3)
+    for _ in range(10):
+        optimizer.zero_grad()
+        (-policy.action_logprobs(messages, target, grad=True).mean()).backward()
+        optimizer.step()
+    agent.version = 1
+    scores, _ = agent.scores(messages, options)
+    expected = (policy.action_logprobs(messages, target).sum()
+                - reference.action_logprobs(messages, target).sum())
+    assert scores[0] == pytest.approx(float(expected), abs=1e-3) and scores[0] > 1.0
+
+
 def test_tiny_closed_loop_run(tmp_path):
     """Records flow through the pipeline into buffers; the trainer publishes, the agent loads."""
     from nextstate.daemon.demo.run import DemoSettings, Deployment
 
     settings = DemoSettings(
         interactions=12, seed=0, policy=TinyConfig(d_model=16, n_layers=1, n_heads=2,
-                                                   max_length=1024),
-        trainer={"lr": 1e-3, "batch_size": 4, "micro_batch_size": 4, "publish_every": 1},
+                                                   max_length=384),
+        trainer={"lr": 1e-3, "batch_size": 4, "micro_batch_size": 4, "publish_every": 1,
+                 "kl_weight": 0.05, "opd_weight": 0.0},
         steps_per_interaction=0.25)
     result = Deployment(settings, tmp_path).run()
     assert result.interactions >= 12
