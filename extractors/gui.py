@@ -24,9 +24,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-import msgspec
-
-from nextstate.extractors.names import GUI_TOOLS, tool_name
+from nextstate.extractors.names import GUI_TOOLS, json_object, tool_name
 from nextstate.extractors.registry import register
 from nextstate.extractors.types import Interaction, Message, ScoredTuple, tuple_from
 
@@ -77,17 +75,12 @@ _MAX_DIFF_LINES = 6
 
 def parse_observation(content: str) -> Observation:
     """Parse a GUI tool result: the JSON object shape, or raw tree/DOM text."""
-    stripped = content.lstrip()
-    if stripped.startswith("{"):
-        try:
-            data = msgspec.json.decode(stripped)
-        except msgspec.DecodeError:
-            data = None
-        if isinstance(data, dict):
-            tree = data.get("axtree") or data.get("dom") or data.get("accessibility_tree") or ""
-            return Observation(str(data.get("url") or ""), str(data.get("title") or ""),
-                               str(tree), str(data.get("error") or data.get("last_action_error")
-                                              or ""))
+    data = json_object(content)
+    if data is not None:
+        tree = data.get("axtree") or data.get("dom") or data.get("accessibility_tree") or ""
+        return Observation(str(data.get("url") or ""), str(data.get("title") or ""),
+                           str(tree), str(data.get("error") or data.get("last_action_error")
+                                          or ""))
     return Observation("", "", content, "")
 
 
@@ -98,13 +91,8 @@ def parse_action(call_name: str, arguments: str) -> tuple[str, str | None, str |
     the action (``click`` with ``{"bid": "42"}``).
     """
     text = arguments
-    data = None
-    if arguments.lstrip().startswith("{"):
-        try:
-            data = msgspec.json.decode(arguments)
-        except msgspec.DecodeError:
-            data = None
-    if isinstance(data, dict):
+    data = json_object(arguments)
+    if data is not None:
         action = data.get("action")
         if isinstance(action, str) and "(" in action:
             text = action

@@ -6,6 +6,10 @@ by the extractor that understands it. Each extractor takes its own ``tools`` opt
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
+
 from nextstate.extractors.types import Interaction, Message
 
 TERMINAL_TOOLS: frozenset[str] = frozenset({
@@ -45,3 +49,15 @@ def previous_user_request(interaction: Interaction) -> Message | None:
         if message.role == "user":
             return message
     return None
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """``text`` decoded when it is a JSON object (tool results and arguments often are)."""
+    stripped = text.lstrip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        data = msgspec.json.decode(stripped)
+    except msgspec.DecodeError:
+        return None
+    return data if isinstance(data, dict) else None

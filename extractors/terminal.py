@@ -20,10 +20,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-import msgspec
-
 from nextstate.extractors.lru import LruCache
-from nextstate.extractors.names import TERMINAL_TOOLS, tool_name
+from nextstate.extractors.names import TERMINAL_TOOLS, json_object, tool_name
 from nextstate.extractors.registry import register
 from nextstate.extractors.types import Interaction, ScoredTuple, tool_results_for, tuple_from
 
@@ -149,31 +147,22 @@ def _looks_environmental(text: str) -> bool:
 
 def _split_output(content: str) -> tuple[str, int | None]:
     """(output text, exit code) from a plain or JSON ``{"stdout","stderr","exit_code"}`` result."""
-    stripped = content.lstrip()
-    if stripped.startswith("{"):
-        try:
-            data = msgspec.json.decode(stripped)
-        except msgspec.DecodeError:
-            data = None
-        if isinstance(data, dict):
-            parts = [str(data.get(k) or "") for k in ("stdout", "output", "stderr", "error")]
-            code = next((data[k] for k in ("exit_code", "returncode", "exitCode", "code",
-                                           "status") if isinstance(data.get(k), int)), None)
-            return "\n".join(p for p in parts if p), code
+    data = json_object(content)
+    if data is not None:
+        parts = [str(data.get(k) or "") for k in ("stdout", "output", "stderr", "error")]
+        code = next((data[k] for k in ("exit_code", "returncode", "exitCode", "code",
+                                       "status") if isinstance(data.get(k), int)), None)
+        return "\n".join(p for p in parts if p), code
     match = _EXIT_CODE.search(content[-2000:])
     return content, int(match.group(1)) if match else None
 
 
 def _command_of(arguments: str) -> str:
-    if arguments.lstrip().startswith("{"):
-        try:
-            data = msgspec.json.decode(arguments)
-        except msgspec.DecodeError:
-            return arguments
-        if isinstance(data, dict):
-            for key in ("command", "cmd", "script", "code", "input"):
-                if isinstance(data.get(key), str):
-                    return data[key]
+    data = json_object(arguments)
+    if data is not None:
+        for key in ("command", "cmd", "script", "code", "input"):
+            if isinstance(data.get(key), str):
+                return data[key]
     return arguments
 
 
