@@ -6,8 +6,8 @@ codes, the GUI's element ids), malformed variants of those calls (a number passe
 a missing argument, swapped fields: what a weak model really emits), and final answers (one
 that states what the last tool result said, a guess, a give-up). The policy scores every
 candidate as the assistant message it would be (exactly the tokens the trainer later scores)
-and the agent samples by the policy's log-likelihood of each candidate relative to the
-initial policy's (see :class:`PolicyAgent`). So the policy really decides, and training
+and the agent samples from the policy decoding constrained to the candidates (see
+:class:`PolicyAgent`). So the policy really decides, and training
 really changes what it decides.
 """
 
@@ -42,11 +42,14 @@ def _request_text(messages: list[Message]) -> str:
 
 
 def tool_candidates(messages: list[Message], call_id: str) -> list[Message]:
-    """A call of each tool filled from the request text, plus malformed variants.
+    """Calls of each tool whose required arguments the request supplies, plus malformed
+    variants of them (a number passed as a string, an argument left out, a label where the
+    screen's element id belongs, the user's word where the schema wants its enum value).
 
-    Arguments come only from the user's words: what the request does not say is left out
-    (as a model that cannot fill an argument leaves it out), so calling a tool that does not
-    fit the request is a call the tool really rejects.
+    The agent proposes only calls it can fill from the user's words (a byte-level model this
+    small cannot learn which tool a request needs in a demo's budget: measured, its tool
+    error rate stayed at ~90% over 500 interactions when every tool was proposed); which
+    *form* of the call and which answer to give is the policy's to learn.
     """
     text = _request_text(messages)
     numbers = [int(n) for n in re.findall(r"\b\d+\b", text)]
@@ -57,28 +60,30 @@ def tool_candidates(messages: list[Message], call_id: str) -> list[Message]:
                  key=text.index)
     # The request names its setting before the screen lists them all: the first mention.
     settings = sorted((s for s in SETTINGS if s in text), key=text.index)
-    weather = _fill(city=cities[-1:], unit=units[:1])
-    money = _fill(amount=numbers[:1], source=codes[:1], target=codes[1:2])
-    calc = _fill(a=numbers[:1], b=numbers[1:2],
-                 op=[{"plus": "add", "times": "multiply"}[w] for w in ops[:1]])
-    click = _fill(element=[SETTINGS[s] for s in settings[:1]])
-    options = [
-        _call("get_weather", weather, call_id),
-        _call("get_weather", _fill(city=cities[-1:]), call_id),
-        _call("convert_currency", money, call_id),
-        _call("convert_currency", {**money, "amount": " ".join(
-            str(v) for v in (*numbers[:1], *codes[:1]))}, call_id),
-        _call("calculator", calc, call_id),
-        _call("calculator", {k: str(v) for k, v in calc.items()}, call_id),
-        _call("click", click, call_id),
-        _call("click", _fill(element=settings[:1]), call_id),
-    ]
-    return list(dict.fromkeys(options))  # a malformed variant may coincide with the call
-
-
-def _fill(**found: list[object]) -> dict[str, object]:
-    """The arguments whose value the request gave (the first one found)."""
-    return {key: values[0] for key, values in found.items() if values}
+    options = []
+    if cities and units:
+        weather = {"city": cities[-1], "unit": units[0]}
+        options += [_call("get_weather", weather, call_id),
+                    _call("get_weather", {"city": cities[-1]}, call_id),
+                    _call("get_weather", {**weather, "unit": units[0].title()}, call_id)]
+    if numbers and len(codes) >= 2:
+        money = {"amount": numbers[0], "source": codes[0], "target": codes[1]}
+        options += [_call("convert_currency", money, call_id),
+                    _call("convert_currency", {**money, "amount": f"{numbers[0]} {codes[0]}"},
+                          call_id)]
+    if len(numbers) >= 2 and ops:
+        calc = {"a": numbers[0], "b": numbers[1],
+                "op": {"plus": "add", "times": "multiply"}[ops[0]]}
+        options += [_call("calculator", calc, call_id),
+                    _call("calculator", {**calc, "a": str(numbers[0]), "b": str(numbers[1])},
+                          call_id),
+                    _call("calculator", {**calc, "op": ops[0]}, call_id)]
+    if settings:
+        options += [_call("click", {"element": SETTINGS[settings[0]]}, call_id),
+                    _call("click", {"element": settings[0]}, call_id)]
+    # A call already made in this session is not made again: its result is in the context.
+    made = {(c.name, c.arguments) for m in messages for c in m.tool_calls}
+    return [o for o in options if (o.tool_calls[0].name, o.tool_calls[0].arguments) not in made]
 
 
 def report_answer(result: str) -> str:
@@ -111,7 +116,8 @@ def answer_candidates(messages: list[Message], rng: random.Random) -> list[Messa
     """
     last = messages[-1]
     if last.role != "tool":
-        return []
+        return [] if tool_candidates(messages, "") else [
+            _answer("Sorry, I could not find that out.")]
     return [_answer(report_answer(last.content)),
             _answer(f"I think it is {rng.randint(2, 400)}."),
             _answer("Sorry, I could not find that out.")]
@@ -122,61 +128,82 @@ def candidates(messages: list[Message], rng: random.Random, call_id: str) -> lis
     return tool_candidates(messages, call_id) + answer_candidates(messages, rng)
 
 
+def constrained_scores(actions: list[tuple[int, ...]], logps: list[list[float]]) -> list[float]:
+    """Log-probability of each candidate under the policy decoding constrained to the set.
+
+    The candidates form a token trie. Constrained decoding samples the policy's next token
+    among the children of the current trie node only, renormalised: ``p(c) = prod_t
+    p(c_t | c_<t) / sum_{a in children(c_<t)} p(a | c_<t)``. Positions where all candidates
+    left agree contribute a factor 1, so a candidate's length or its shared boilerplate does
+    not matter, only the policy's preferences where candidates part. Every sibling's
+    ``p(a | c_<t)`` is in the siblings' own per-token log-probs (same prefix, same position).
+
+    Args:
+        actions: each candidate's action token ids.
+        logps: each candidate's per-token log-probs (same lengths as ``actions``).
+
+    Returns:
+        Log-probabilities that sum (in probability) to 1 over the candidates.
+    """
+    scores = []
+    for i, action in enumerate(actions):
+        live = [j for j in range(len(actions)) if j != i]
+        total = 0.0
+        for t, token in enumerate(action):
+            live = [j for j in live if len(actions[j]) > t and actions[j][:t] == action[:t]]
+            if not live:
+                break  # alone below this node: the remaining factors are 1
+            children = {token: logps[i][t]}
+            for j in live:
+                children.setdefault(actions[j][t], logps[j][t])
+            if len(children) > 1:
+                top = max(children.values())
+                norm = top + math.log(math.fsum(math.exp(v - top) for v in children.values()))
+                total += logps[i][t] - norm
+        scores.append(total)
+    return scores
+
+
 class PolicyAgent:
-    """Samples a candidate action by how much the policy has come to prefer it.
+    """Samples a candidate action from the policy, decoding constrained to the candidate set.
 
     A candidate is the assistant message it would be, scored with the trainer's own encoding
-    (``policy.encode`` + ``packed_logprobs``): its log-likelihood ``S(c)``, the sum of its token
-    log-probs. The agent samples ``p(c) ∝ exp((S(c) - S_0(c)) / temperature)``, where ``S_0``
-    is the initial policy's log-likelihood: the policy's implicit reward relative to its
-    reference (DPO's ``β log π/π_ref``). Why not ``exp(S(c))`` alone: an untrained byte-level
-    model gives every byte about -5.6 nats, so raw likelihoods only say which candidate is
-    shortest, and no training in a demo's budget moves a 200-nat length gap. Relative to the
-    reference the initial choice is uniform over the candidates (the enumerator is the
-    proposal) and every nat the trainer's policy gradient adds to or removes from an action's
-    tokens moves its choice probability by the same amount.
+    (``policy.encode`` + ``packed_logprobs``), and chosen with the probability the policy
+    gives it under constrained decoding (:func:`constrained_scores`, the way grammar-
+    constrained generation samples). Why not ``exp(sum of token log-probs)`` over the set:
+    an untrained byte-level model gives every byte about -5.6 nats, so raw likelihoods only
+    say which candidate is shortest. Under constrained decoding only the tokens where
+    candidates part count, and those are exactly the tokens whose log-probs the trainer's
+    policy gradient raises or lowers.
 
     Args:
         policy: the current policy (swapped in place by :meth:`load`).
-        reference: the initial policy; None scores by raw log-likelihood ``S(c)``.
-        temperature: softmax temperature over the scores.
+        temperature: divides the log-probs at every branching token (1: the policy itself).
         seed: seeds the agent's sampling.
     """
 
-    def __init__(self, policy: CausalLMPolicy, reference: CausalLMPolicy | None = None,
-                 temperature: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, policy: CausalLMPolicy, temperature: float = 1.0, seed: int = 0) -> None:
         self.policy = policy
-        self.reference = reference
         self.temperature = temperature
         self.rng = random.Random(seed)
         self.version = 0
 
-    def logprobs(self, context: list[Message], options: list[Message],
-                 policy: CausalLMPolicy | None = None) -> list[list[float]]:
-        """Per-token log-probs of each candidate action after ``context``."""
-        policy = policy or self.policy
-        encoded = [policy.encode(context, option) for option in options]
-        with torch.no_grad():
-            logps, _ = policy.packed_logprobs(encoded)
-        return [lp.tolist() for lp in logps]
-
     def scores(self, context: list[Message], options: list[Message]
                ) -> tuple[list[float], list[list[float]]]:
-        """Each candidate's score and its per-token log-probs under the current policy."""
-        logps = self.logprobs(context, options)
-        totals = [math.fsum(lp) for lp in logps]
-        if self.reference is None:
-            return totals, logps
-        if self.version == 0:  # still the reference's weights: every score is exactly 0
-            return [0.0] * len(options), logps
-        ref = self.logprobs(context, options, self.reference)
-        return [t - math.fsum(r) for t, r in zip(totals, ref, strict=True)], logps
+        """Each candidate's constrained log-probability and its per-token log-probs."""
+        encoded = [self.policy.encode(context, option) for option in options]
+        with torch.no_grad():
+            packed, _ = self.policy.packed_logprobs(encoded)
+        logps = [lp.tolist() for lp in packed]
+        actions = [e.ids[e.action_start:] for e in encoded]
+        tempered = [[v / self.temperature for v in lp] for lp in logps]
+        return constrained_scores(actions, tempered), logps
 
     def choose(self, context: list[Message], options: list[Message]
                ) -> tuple[int, list[float]]:
         """Sample one candidate; returns its index and its per-token (behaviour) log-probs."""
         scores, logps = self.scores(context, options)
         top = max(scores)
-        weights = [math.exp((s - top) / self.temperature) for s in scores]
+        weights = [math.exp(s - top) for s in scores]
         index = self.rng.choices(range(len(options)), weights=weights)[0]
         return index, logps[index]

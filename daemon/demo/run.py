@@ -47,21 +47,19 @@ class DemoSettings:
     """Actions per session at most."""
     max_corrections: int = 2
     """The user gives up after this many wrong answers."""
-    temperature: float = 2.0
-    """The agent's softmax temperature over candidates' log-likelihoods relative to the
-    initial policy (see :class:`~nextstate.daemon.demo.agent.PolicyAgent`)."""
+    temperature: float = 1.0
+    """Divides the policy's log-probs at the tokens where candidates part (see
+    :class:`~nextstate.daemon.demo.agent.PolicyAgent`); 1 samples the policy itself."""
     steps_per_interaction: float = 1.0
     """Trainer steps run per new interaction the pipeline closed."""
     trainer: dict[str, Any] = field(default_factory=lambda: {
         # Warm-up: the first step's per-source baselines are still 0, so every early reward
         # reads as a failure; a full-size first step would shove every action down at once.
-        "lr": 5e-4, "warmup_steps": 30, "batch_size": 16, "micro_batch_size": 16,
+        "lr": 3e-3, "warmup_steps": 30, "batch_size": 16, "micro_batch_size": 16,
         "publish_every": 4, "keep_checkpoints": 2, "max_staleness": 50,
         # A byte-level model this small cannot read a hint, so hindsight distillation only
         # adds drift; the hints are still extracted and buffered (see the signal plot).
-        "opd_weight": 0.0,
-        # Keeps the tokens no reward is about near the reference (they shift every score).
-        "kl_weight": 0.05})
+        "opd_weight": 0.0})
     """TrainerConfig fields for the run."""
     policy: TinyConfig = field(default_factory=lambda: TinyConfig(d_model=64, n_layers=2,
                                                                   n_heads=4, max_length=384))
@@ -158,7 +156,6 @@ class Deployment:
         self.pipeline = Pipeline(config)
         torch.set_num_threads(settings.torch_threads)
         self.agent = PolicyAgent(TinyPolicy(settings.policy, seed=settings.seed),
-                                 reference=TinyPolicy(settings.policy, seed=settings.seed),
                                  temperature=settings.temperature, seed=settings.seed)
         self.trainer: Trainer | None = None
         if settings.train:

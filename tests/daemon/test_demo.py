@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
-import torch
 
-from nextstate.daemon.demo.agent import PolicyAgent, candidates, report_answer, tool_candidates
+from nextstate.daemon.demo.agent import (
+    PolicyAgent,
+    candidates,
+    constrained_scores,
+    report_answer,
+    tool_candidates,
+)
 from nextstate.daemon.demo.env import (
     SETTINGS,
     ToolError,
@@ -86,42 +92,45 @@ def test_agent_scores_candidates_as_the_trainer_encodes_them():
     assert logps == pytest.approx(expected, abs=1e-5)
 
 
-def test_wrong_tools_get_calls_the_tool_rejects():
-    """Only the tool that fits the request can be filled from it: the others really fail."""
+def test_only_the_fitting_tool_is_proposed_and_malformed_calls_really_fail():
+    """Calls are proposed for the tool the request can fill; its malformed variants error."""
     rng = random.Random(5)
     for _ in range(30):
         task = make_task(rng)
         messages = [Message(role="user", content=task.request)]
         ok = set()
+        fits = {"weather": "get_weather", "convert": "convert_currency", "calc": "calculator",
+                "gui": "click"}[task.kind]
         for call in tool_candidates(messages, "c"):
             tc = call.tool_calls[0]
             result = run_tool(task, tc.name, tc.arguments)
             if "Error" not in result:
                 ok.add(tc.name)
-        fits = {"weather": "get_weather", "convert": "convert_currency", "calc": "calculator",
-                "gui": "click"}[task.kind]
+            else:
+                assert tc.name == fits
         assert ok == {fits}, (task.request, ok)
 
 
-def test_agent_choice_is_relative_to_the_reference():
-    """Exactly uniform while the policy is its reference; a trained-up action's score rises."""
-    config = TinyConfig(d_model=16, n_layers=1, n_heads=2)
-    policy, reference = TinyPolicy(config, seed=0), TinyPolicy(config, seed=0)
-    agent = PolicyAgent(policy, reference=reference, seed=0)
+def test_constrained_scores_count_only_branching_tokens():
+    """Shared tokens cost nothing; at a branch the policy's probabilities are renormalised."""
+    actions = [(1, 2, 3, 9, 9, 9), (1, 2, 4), (5,)]
+    logps = [[-1.0, -2.0, -0.5, -7.0, -7.0, -7.0], [-1.0, -2.0, -1.5], [-3.0]]
+    scores = constrained_scores(actions, logps)
+    first = math.log(math.exp(-1.0) + math.exp(-3.0))
+    second = math.log(math.exp(-0.5) + math.exp(-1.5))
+    assert scores == pytest.approx([-1.0 - first - 0.5 - second, -1.0 - first - 1.5 - second,
+                                    -3.0 - first])
+
+
+def test_agent_choice_is_a_distribution_over_candidates():
+    """The agent's candidate probabilities from a real policy sum to one."""
+    policy = TinyPolicy(TinyConfig(d_model=16, n_layers=1, n_heads=2), seed=0)
+    agent = PolicyAgent(policy, seed=0)
     messages = [Message(role="user", content="What is 3 plus 4?")]
     options = candidates(messages, random.Random(0), "c")
-    assert agent.scores(messages, options)[0] == [0.0] * len(options)
-    target = options[0]
-    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-3)
-    for _ in range(10):
-        optimizer.zero_grad()
-        (-policy.action_logprobs(messages, target, grad=True).mean()).backward()
-        optimizer.step()
-    agent.version = 1
-    scores, _ = agent.scores(messages, options)
-    expected = (policy.action_logprobs(messages, target).sum()
-                - reference.action_logprobs(messages, target).sum())
-    assert scores[0] == pytest.approx(float(expected), abs=1e-3) and scores[0] > 1.0
+    scores, logps = agent.scores(messages, options)
+    assert len(options) == 3 and sum(math.exp(x) for x in scores) == pytest.approx(1.0)
+    assert all(sum(lp) < s for lp, s in zip(logps, scores, strict=True))
 
 
 def test_tiny_closed_loop_run(tmp_path):
@@ -159,3 +168,37 @@ def test_table_and_success_windows():
     assert "1.000" in text.splitlines()[1] and text.splitlines()[2].split()[3] == "0.000"
     _, rate = rolling_success(trained, window=2)
     assert list(rate) == [0.0, 0.0, 0.5, 1.0]
+
+
+def _last_fifth_success(seed: int, train: bool, interactions: int) -> float:
+    """Success over the last 20% of interactions of one run (in a worker process)."""
+    import tempfile
+    from pathlib import Path
+
+    from nextstate.daemon.demo.run import DemoSettings, Deployment
+
+    with tempfile.TemporaryDirectory() as workdir:
+        settings = DemoSettings(interactions=interactions, seed=seed, train=train)
+        return Deployment(settings, Path(workdir)).run().success_rate(0.8)
+
+
+MARGIN = 0.25
+"""Trained minus frozen success over the last 20% of interactions, required on every seed."""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_trained_beats_frozen_on_three_seeds():
+    """On seeds 0-2 the trained policy's late success beats the frozen control by MARGIN."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    seeds, interactions = (0, 1, 2), 400
+    jobs = [(seed, train, interactions) for seed in seeds for train in (True, False)]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = pool.map(_last_fifth_success, *zip(*jobs, strict=True))
+        rates = dict(zip(jobs, results, strict=True))
+    margins = {seed: rates[(seed, True, interactions)] - rates[(seed, False, interactions)]
+               for seed in seeds}
+    print("trained-frozen margins (last 20%):", margins, "rates:", rates)
+    assert all(m >= MARGIN for m in margins.values()), margins
