@@ -101,6 +101,9 @@ class Pipeline:
             config.event_time == "auto" and config.source.startswith("file:"))
         self.event_time = 0.0
         self.processed: dict[tuple[str, int], int] = {}  # next offset to process, durable
+        # Offsets the source committed to the broker (Kafka): a group offset that vanished
+        # later tells a broker that came back empty from a commit that never happened.
+        self.committed: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
         self.records_since_checkpoint = 0
         # Tuples are written to the buffers once this many are waiting (1: at once). Sources
@@ -231,6 +234,13 @@ class Pipeline:
         log.info("partitions_dropped", partitions=[f"{t}/{p}" for t, p in partitions],
                  pending_sessions_dropped=dropped)
 
+    def forget_offsets(self, tp: tuple[str, int]) -> None:
+        """Drop what is known of a partition's offsets (its log was replaced): its records
+        are processed again from wherever the source now reads."""
+        self.processed.pop(tp, None)
+        self.seen.pop(tp, None)
+        self.committed.pop(tp, None)
+
     def behind(self) -> str | None:
         """Why the source should stop fetching for now (``None``: it should not)."""
         for signal in self.pressure:
@@ -255,6 +265,7 @@ class Pipeline:
             if offset > self.processed.get(tp, 0):
                 self.processed[tp] = offset
         state = {"processed": [[t, p, o] for (t, p), o in self.processed.items()],
+                 "committed": [[t, p, o] for (t, p), o in self.committed.items()],
                  "stats": self.stats.state_dict(), "saved_at": self.clock()}
         _atomic_write(self.state_dir / CHECKPOINT_FILE, json.dumps(state).encode())
         self.records_since_checkpoint = 0
@@ -284,6 +295,7 @@ class Pipeline:
             return
         state: dict[str, Any] = json.loads(path.read_bytes())
         self.processed = {(t, p): o for t, p, o in state.get("processed", [])}
+        self.committed = {(t, p): o for t, p, o in state.get("committed", [])}
         self.stats.load_state_dict(state.get("stats", {}))
         log.info("checkpoint_loaded", path=str(path), partitions=len(self.processed))
 

@@ -162,6 +162,11 @@ class KafkaRunner:
         self.consumer = consumer or KafkaConsumer(**config.kafka.consumer_kwargs())
         self.lag = 0
         self.reachable = True
+        self._own_consumer = consumer is None  # only a consumer we built is rebuilt
+        self._last_progress = time.monotonic()
+        # Records waiting (lag), broker reachable, not paused, yet nothing fetched this long:
+        # the consumer is stuck (see _fresh_consumer).
+        self._stall_s = max(10.0, 3 * config.kafka.session_timeout_ms / 1000)
         self.paused_for: str | None = None  # why consumption is paused (backpressure)
 
     def run(self) -> None:
@@ -175,6 +180,8 @@ class KafkaRunner:
                 batches = self.consumer.poll(timeout_ms=kafka.poll_timeout_ms,
                                              max_records=kafka.max_poll_records)
                 for tp, records in batches.items():
+                    if records:
+                        self._check_position(tp, records[0].offset)
                     for record in records:
                         self.pipeline.process(record.value, record.key, tp.topic,
                                               tp.partition, record.offset)
@@ -208,6 +215,10 @@ class KafkaRunner:
             self.health.beat()
             self.lag = self._lag(assigned)
             self.progress.update(self.lag)
+            if batches or not (self.lag and reachable and not self.paused_for):
+                self._last_progress = time.monotonic()
+            elif time.monotonic() - self._last_progress > self._stall_s:
+                self._fresh_consumer()
         self.commit()
 
     def _apply_backpressure(self, assigned: Any) -> None:
@@ -229,6 +240,53 @@ class KafkaRunner:
         elif self.paused_for and assigned:
             self.consumer.pause(*assigned)  # partitions assigned by a rebalance meanwhile
 
+    def _fresh_consumer(self) -> None:
+        """Replace a stalled consumer with a fresh one that rejoins the group.
+
+        Seen with kafka-python 3.0.12 after a network cut: a fetch in flight when the
+        connection dropped never completes, and no further fetch goes to that broker, so the
+        partitions stall with records waiting. The fresh consumer resumes from the committed
+        offsets; the checkpoint makes the re-read records replays.
+        """
+        self._last_progress = time.monotonic()
+        if not self._own_consumer:
+            return
+        log.warning("consumer_stalled", lag=self.lag, stalled_s=self._stall_s,
+                    action="replacing the consumer")
+        self.commit()
+        self.pipeline.drop_partitions([(tp.topic, tp.partition)
+                                       for tp in self.consumer.assignment()])
+        self.consumer.close(autocommit=False)
+        self.consumer = KafkaConsumer(**self.config.kafka.consumer_kwargs())
+        self.consumer.subscribe([self.config.kafka.topic], listener=_Rebalance(self))
+
+    def _check_position(self, tp: Any, first: int) -> None:
+        """Notice a log that is not the one we processed: a broker that came back empty.
+
+        Records start at the group's committed offset after an assignment, and follow on from
+        the last one within it. Starting lower means the client's reset policy
+        (``auto_offset_reset``) moved the position: the committed offset was missing or out
+        of range. Offsets checkpointed beyond that point describe another log, and would make
+        the new records look like replays, so they are forgotten (at-least-once from there:
+        tuples already stored are dropped again by their keys).
+        """
+        key = (tp.topic, tp.partition)
+        expected = self.pipeline.seen.get(key)
+        if expected is None:
+            expected = self.consumer.committed(tp)
+            if expected is None and key not in self.pipeline.committed:
+                return  # we never committed it: a missing group offset proves nothing
+        if expected is not None and first >= expected:
+            return
+        horizon = max(self.pipeline.processed.get(key, 0), self.pipeline.seen.get(key, 0))
+        if first < horizon:
+            log.error("kafka_offsets_reset", partition=f"{tp.topic}/{tp.partition}",
+                      first_offset=first, committed=expected, checkpointed=horizon,
+                      policy=self.config.kafka.auto_offset_reset,
+                      action="the broker's log is not the one processed (did it come back "
+                             "empty?): processing it from the reset position")
+            self.pipeline.forget_offsets(key)
+
     def _broker_reachable(self) -> bool:
         """Is the group coordinator connected? kafka-python has no public call for it and
         ``poll`` does not raise while it reconnects, so this reads its connection state."""
@@ -246,7 +304,17 @@ class KafkaRunner:
                    for (t, p), o in safe.items()
                    if (t, p) in assigned and (only is None or (t, p) in only)}
         if offsets and blocking:
+            if not self._broker_reachable():
+                # The commit below waits out the request timeout (30 s): not ready meanwhile.
+                # (Its timeout also drops the dead connection: kafka-python 3.0 was seen to
+                # keep a fetch that was in flight at the cut pending otherwise, stalling.)
+                self.health.set_ready(False, "broker unreachable")
+                if self.reachable:
+                    self.reachable = False
+                    log.warning("broker_unreachable", retry="kafka client reconnect backoff")
             self.consumer.commit(offsets)
+            self.pipeline.committed.update(
+                {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
         elif offsets:
             self.consumer.commit_async(offsets)
             log.debug("committed", offsets={f"{tp.topic}/{tp.partition}": om.offset

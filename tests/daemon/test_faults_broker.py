@@ -22,7 +22,7 @@ from tests.daemon.test_faults_support import (
 )
 from tests.daemon.test_pipeline import stored
 from tests.kafka_broker import wait_for
-from tests.tcp_proxy import tansu_behind_proxy
+from tests.tcp_proxy import free_port, start_tansu, stop_tansu, tansu_behind_proxy
 
 pytestmark = pytest.mark.kafka
 
@@ -87,6 +87,44 @@ def test_broker_outage_3s_fast(tmp_path):
 def test_broker_outage_30s(tmp_path):
     """A 30 s network cut mid-stream: not ready throughout, resumes without loss or duplicate."""
     check_outage(outage_run(tmp_path, 30.0, sessions=200))
+
+
+def test_broker_that_comes_back_empty_is_read_from_the_reset_position(tmp_path):
+    """The broker is replaced by an empty one mid-run: the daemon notices that the new log
+    starts below its checkpointed offsets, logs kafka_offsets_reset, and processes every new
+    record instead of skipping them as replays."""
+    first, second = stream_records(30, 5, seed=5), stream_records(20, 5, seed=6)
+    second = [(b"new-" + k, v.replace(b'"session_id": "', b'"session_id": "new-'))
+              for k, v in second]
+    with tansu_behind_proxy() as (broker, proxy):
+        topic = f"empty-{uuid.uuid4().hex[:8]}"
+        broker.create_topic(topic, 3)
+        broker.create_topic(f"{topic}.dlq", 1)
+        broker.produce(topic, first)
+        state = tmp_path / "state"
+        config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g")
+        daemon = DaemonProcess(config, state, tmp_path / "daemon.log").start()
+        replacement = None
+        try:
+            assert wait_for(lambda: daemon.metric("nextstate_records_total") == len(first), 120)
+            proxy.cut()
+            port = free_port()
+            replacement = start_tansu(port, proxy.port)  # advertises the proxy, like the first
+            proxy.upstream = ("127.0.0.1", port)
+            proxy.restore()
+            broker.create_topic(topic, 3)
+            broker.create_topic(f"{topic}.dlq", 1)
+            broker.produce(topic, second)
+            assert wait_for(lambda: daemon.metric("nextstate_records_total")
+                            == len(first) + len(second), 120), "new records were skipped"
+            assert daemon.stop() == 0
+        finally:
+            if daemon.exited() is None:
+                daemon.kill()
+            if replacement is not None:
+                stop_tansu(replacement)
+    assert "kafka_offsets_reset" in (tmp_path / "daemon.log").read_text()
+    assert checkpoint_counter(state, "records") == len(first) + len(second)
 
 
 def test_backpressure_pauses_partitions_and_resumes(broker, tmp_path):
