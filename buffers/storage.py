@@ -96,13 +96,7 @@ class Storage(abc.ABC):
         seq = self.next_seq
         self._put(slot, seq, item, priority, version)
         self.next_seq = seq + 1
-        code = source_code(item.source)
-        self.seq[slot] = seq
-        self.source[slot] = code
-        self.version[slot] = version
-        self.priority[slot] = priority
-        self.source_counts[code] += 1
-        self._size += 1
+        self._place(slot, seq, source_code(item.source), version, priority)
 
     def evict(self, slot: int) -> None:
         """Remove a slot's tuple; its key stays deduplicated within the horizon."""

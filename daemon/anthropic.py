@@ -32,6 +32,7 @@ from nextstate.daemon.wire import (
     WireResponse,
     WireToolCall,
     WireUsage,
+    content_text,
 )
 
 SHAPE = "anthropic_exchange"
@@ -55,7 +56,7 @@ def to_openai(record: WireRecord) -> WireRecord:
     request, response = record.request, record.response
     messages: list[WireMessage] = []
     if request.system:
-        messages.append(WireMessage(role="system", content=_text(request.system)))
+        messages.append(WireMessage(role="system", content=content_text(request.system)))
     for message in request.messages:
         messages.extend(_messages(message))
     action = _assistant(WireMessage(role=response.role or "assistant",
@@ -83,7 +84,7 @@ def _messages(message: WireMessage) -> list[WireMessage]:
         else:
             rest.append(part)
     if rest:
-        out.append(WireMessage(role=message.role, content=_text(rest)))
+        out.append(WireMessage(role=message.role, content=content_text(rest)))
     return out
 
 
@@ -95,20 +96,12 @@ def _assistant(message: WireMessage) -> WireMessage:
         for p in message.content if p.type == "tool_use"]
     text = [p for p in message.content if p.type not in ("tool_use", "thinking",
                                                           "redacted_thinking")]
-    return WireMessage(role="assistant", content=_text(text) if text else None,
+    return WireMessage(role="assistant", content=content_text(text) if text else None,
                        tool_calls=calls or None)
 
 
-def _text(content: str | list[WirePart] | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "\n".join(p.text if p.text is not None else f"[{p.type}]" for p in content)
-
-
 def _result_text(part: WirePart) -> str:
-    text = _text(part.content)
+    text = content_text(part.content)
     if part.is_error and not text.lstrip().lower().startswith("error"):
         return ERROR_PREFIX + text
     return text

@@ -224,7 +224,8 @@ def usage_of(record: WireRecord) -> Usage:
                  cached_tokens=cached or 0)
 
 
-def _content_text(content: str | list[WirePart] | None) -> str:
+def content_text(content: str | list[WirePart] | None) -> str:
+    """Message content as text: string as is, parts joined (non-text parts as ``[type]``)."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -251,7 +252,7 @@ def normalize_message(message: WireMessage) -> Message:
     role = _ROLES.get(message.role)
     if role is None:
         raise BadRecord("unknown_role", f"unknown message role {message.role[:40]!r}")
-    return Message(role=role, content=_content_text(message.content),  # type: ignore[arg-type]
+    return Message(role=role, content=content_text(message.content),  # type: ignore[arg-type]
                    tool_calls=_tool_calls(message.tool_calls),
                    tool_call_id=message.tool_call_id, name=message.name)
 
