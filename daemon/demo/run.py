@@ -235,9 +235,10 @@ class Deployment:
                 break
             corrections += 1
             reply = task.correction(action.content, task_rng)
+            # The user marks a wrong answer down (the chat UI's thumbs-down) and says why.
+            self.publish({"type": "feedback", "session_id": session_id, "value": -1,
+                          "text": reply})
             if corrections >= s.max_corrections or step == s.max_actions - 1:
-                self.publish({"type": "feedback", "session_id": session_id, "value": -1,
-                              "text": reply})
                 ended = True
                 break
             messages.append(Message(role="user", content=reply))
