@@ -118,7 +118,9 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
         from nextstate.daemon.training import TrainingWorker
 
         worker = TrainingWorker(config, pipeline.buffers.buffers, pipeline.buffer_lock,
-                                stop_training, collector)
+                                stop_training, collector,
+                                produced=lambda: pipeline.stats.total("tuples"))
+        pipeline.pressure.append(worker.behind)  # a slow trainer pauses consumption
         worker.start()
     log.info("starting", source=config.source, state_dir=str(config.state_path),
              extractors=config.extractors,

@@ -167,6 +167,9 @@ class DaemonConfig:
     policy: dict[str, Any] = field(default_factory=lambda: {"kind": "tiny"})
     """The policy to train: ``kind = "tiny"`` (built-in) or ``kind = "hf"`` with ``path`` and
     an optional ``lora`` table."""
+    train_max_lag: int = 0
+    """With ``train``: pause consumption (backpressure) while more than this many stored tuples
+    are ahead of what the trainer has sampled (steps x batch size); 0 never pauses."""
     commit_interval_s: float = 5.0
     """Flush buffers, checkpoint and commit offsets at least this often."""
     commit_every_records: int = 5_000

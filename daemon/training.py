@@ -58,7 +58,7 @@ class TrainingWorker(threading.Thread):
     def __init__(self, config: DaemonConfig, buffers: dict[str, Any], lock: threading.Lock,
                  stop: threading.Event, collector: YieldCollector | None = None,
                  announce: Callable[[dict[str, Any]], None] | None = None,
-                 idle_s: float = 1.0) -> None:
+                 idle_s: float = 1.0, produced: Callable[[], float] | None = None) -> None:
         super().__init__(name="nextstate-trainer", daemon=True)
         self.trainer_config = TrainerConfig.from_mapping(config.trainer)
         policy = build_policy(config.policy, device=self.trainer_config.device)
@@ -67,6 +67,9 @@ class TrainingWorker(threading.Thread):
                                       config.state_path / "checkpoints", announce)
         self.stop = stop
         self.collector = collector
+        self.max_lag = config.train_max_lag
+        self.produced = produced  # tuples stored so far (the pipeline's counter)
+        self._produced_at_start = produced() if produced is not None else 0.0
         self.idle_s = idle_s
         self.steps = 0
         self.error: BaseException | None = None
@@ -88,6 +91,20 @@ class TrainingWorker(threading.Thread):
         except BaseException as exc:  # surfaced by the daemon; training must not die silently
             self.error = exc
             log.error("trainer_failed", error=repr(exc)[:500])
+
+    def lag(self) -> float:
+        """Stored tuples not yet matched by trainer samples (steps x batch size)."""
+        if self.produced is None:
+            return 0.0
+        trained = self.steps * self.trainer_config.batch_size
+        return max(0.0, self.produced() - self._produced_at_start - trained)
+
+    def behind(self) -> str | None:
+        """A backpressure signal for the pipeline: why to pause, or None."""
+        if self.max_lag <= 0 or self.error is not None:
+            return None
+        lag = self.lag()
+        return f"trainer behind by {int(lag)} tuples" if lag > self.max_lag else None
 
     def _expose(self, metrics: dict[str, float]) -> None:
         if self.collector is None:

@@ -44,3 +44,19 @@ def test_worker_trains_from_tuples_the_pipeline_adds_and_publishes(tmp_path):
     assert collector.gauges["trainer_policy_version"][1] >= 2
     assert any(name.startswith("trainer_losses_") for name in collector.gauges)
     pipeline.close()
+
+
+def test_a_trainer_that_falls_behind_signals_backpressure(tmp_path):
+    """With train_max_lag, stored tuples the trainer has not caught up with pause the source."""
+    config = load_config(None, state_dir=str(tmp_path), train=True, train_max_lag=10,
+                         trainer={"batch_size": 4},
+                         policy={"kind": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 2})
+    produced = [0.0]
+    buffers = {"evaluative": object()}  # never sampled: the worker is not started
+    worker = TrainingWorker(config, buffers, threading.Lock(), threading.Event(),
+                            produced=lambda: produced[0])
+    assert worker.behind() is None
+    produced[0] = 11
+    assert worker.behind() == "trainer behind by 11 tuples"
+    worker.steps = 1  # one step of 4 samples brings it back within the bound
+    assert worker.behind() is None
