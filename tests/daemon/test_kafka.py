@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
 
 from nextstate.daemon.cli import run_daemon
 from nextstate.daemon.config import load_config
 from tests.daemon.test_pipeline import stored, weather_session
-from tests.kafka_broker import wait_for
+from tests.kafka_broker import daemon_http, wait_for
 from tests.records import line
 
 pytestmark = pytest.mark.kafka
@@ -53,19 +51,7 @@ class Daemon:
         assert not self.thread.is_alive(), "daemon did not stop"
 
     def http(self, path: str) -> tuple[int, bytes]:
-        where = Path(self.config.state_dir) / "http.json"
-        if not where.exists():  # the daemon has not bound its server yet
-            return 0, b""
-        address = json.loads(where.read_text())
-        url = f"http://{address['host']}:{address['port']}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, error.read()
-        except urllib.error.URLError:
-            return 0, b""
+        return daemon_http(Path(self.config.state_dir), path)
 
 
 def produce_sessions(broker, topic: str, sessions: dict[str, list[dict]],
@@ -74,15 +60,6 @@ def produce_sessions(broker, topic: str, sessions: dict[str, list[dict]],
     partition_of = {sid.encode(): n % PARTITIONS for n, sid in enumerate(sessions)}
     broker.produce(topic, records + list(extra), partition_of)
     return len(records) + len(extra)
-
-
-def committed(broker, topic: str, group: str) -> dict[int, int | None]:
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group,
-                             enable_auto_commit=False)
-    try:
-        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
-    finally:
-        consumer.close()
 
 
 def test_consumer_group_end_to_end_with_restart_and_poison_record(broker, tmp_path):
@@ -101,12 +78,12 @@ def test_consumer_group_end_to_end_with_restart_and_poison_record(broker, tmp_pa
         # Two exchanges per session: the first action of each is closed, the second pending.
         assert wait_for(lambda: b"nextstate_interactions_total" in daemon.http("/metrics")[1]
                         and _metric(daemon, "nextstate_interactions_total") == 9, 60)
-        assert wait_for(lambda: all(committed(broker, topic, group).values()), 30)
+        assert wait_for(lambda: all(broker.committed(topic, group, PARTITIONS).values()), 30)
         assert daemon.http("/healthz")[0] == 200
     assert daemon.result == [0]
     first = stored(tmp_path / "state")
     assert len(first) == 9 + 4  # one evaluative per session, a directive for the 4 errors
-    marks = committed(broker, topic, group)
+    marks = broker.committed(topic, group, PARTITIONS)
     # Each committed offset points at a pending action's record: it must be re-read.
     assert all(offset is not None for offset in marks.values())
 

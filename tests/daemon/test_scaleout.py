@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
 
 from nextstate.daemon.pipeline import Pipeline
 from nextstate.daemon.tuple_topic import decode_tuple
@@ -106,15 +105,6 @@ class DaemonProcess:
         self.process.wait(60)
 
 
-def _committed(broker, topic: str, group: str) -> dict[int, int | None]:
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group,
-                             enable_auto_commit=False)
-    try:
-        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
-    finally:
-        consumer.close()
-
-
 def _reference_keys(tmp_path: Path, sessions: dict[str, list[dict]]) -> set:
     """The tuple keys one in-process daemon makes of the same records."""
     pipeline = Pipeline(config_for(tmp_path / "reference"))
@@ -149,7 +139,7 @@ def test_group_of_three_survives_a_sigkill_without_losing_a_tuple(broker, tmp_pa
         broker.produce(topic, phase, partition_of)
         # Phase 1 committed: per partition up to its first pending (second) exchange.
         per_partition = SESSIONS // PARTITIONS
-        assert wait_for(lambda: set(_committed(broker, topic, group).values())
+        assert wait_for(lambda: set(broker.committed(topic, group, PARTITIONS).values())
                         == {per_partition}, 60)
 
         victim = max(daemons, key=lambda d: len(d.assigned()))
@@ -165,7 +155,7 @@ def test_group_of_three_survives_a_sigkill_without_losing_a_tuple(broker, tmp_pa
         # The survivors take over the victim's partitions ...
         assert wait_for(lambda: moved <= {p for d in survivors for p in d.assigned()}, 60)
         # ... and rebuild its pending joins: every partition's pending exchange is closed.
-        assert wait_for(lambda: set(_committed(broker, topic, group).values())
+        assert wait_for(lambda: set(broker.committed(topic, group, PARTITIONS).values())
                         == {2 * per_partition}, 60)  # the final answers wait
     finally:
         for d in daemons:
