@@ -4,6 +4,7 @@ a plot (success rate vs interactions, signal per interaction over time, policy v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nextstate.daemon.demo.run import DemoSettings, Deployment, RunResult
+from nextstate.daemon.demo.transport import KafkaTransport, embedded_broker
 from nextstate.daemon.report import Counters
 from nextstate.daemon.timeseries import default_path, read_series
 
@@ -96,20 +98,31 @@ def demo_main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--interactions", type=int, default=DemoSettings.interactions)
     parser.add_argument("--no-kafka", action="store_true",
-                        help="use the file source (the only transport so far)")
+                        help="skip the embedded Kafka broker: records go through a file")
     args = parser.parse_args(argv)
     out = Path(args.out)
     results: dict[str, RunResult] = {}
     started = time.perf_counter()
-    for name, train in (("trained", True), ("frozen", False)):
-        settings = DemoSettings(interactions=args.interactions, seed=args.seed, train=train)
+    with contextlib.ExitStack() as stack:
+        bootstrap = None if args.no_kafka else stack.enter_context(embedded_broker())
+        print("records go through " + (f"Kafka (embedded Tansu broker at {bootstrap})"
+                                       if bootstrap else "a JSON-lines file (file source)"))
+        for name, train in (("trained", True), ("frozen", False)):
+            settings = DemoSettings(interactions=args.interactions, seed=args.seed,
+                                    train=train)
 
-        def progress(done: int, result: RunResult, name: str = name) -> None:
-            _bar(name, done, args.interactions,
-                 f"success {result.success_rate():.2f} v{result.versions[-1][1]}")
+            def progress(done: int, result: RunResult, name: str = name) -> None:
+                _bar(name, done, args.interactions,
+                     f"success {result.success_rate():.2f} v{result.versions[-1][1]}")
 
-        results[name] = Deployment(settings, out / name).run(progress)
-        sys.stderr.write("\n")
+            transport = (KafkaTransport(bootstrap, topic=f"agent-interactions-{name}")
+                         if bootstrap else None)
+            try:
+                results[name] = Deployment(settings, out / name, transport).run(progress)
+            finally:
+                if transport is not None:
+                    transport.close()
+            sys.stderr.write("\n")
     print(table(results["trained"], results["frozen"]))
     path = plot(results["trained"], results["frozen"], out / "demo.png")
     print(f"total {time.perf_counter() - started:.1f} s; plot: {path}")

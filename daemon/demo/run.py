@@ -8,7 +8,6 @@ and feeds them to :class:`~nextstate.daemon.pipeline.Pipeline` with their line o
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import torch
 from nextstate.daemon.config import load_config
 from nextstate.daemon.demo.agent import SYSTEM_PROMPT, PolicyAgent, candidates
 from nextstate.daemon.demo.env import TOOL_SCHEMAS, make_task, run_tool
+from nextstate.daemon.demo.transport import FileTransport, Transport
 from nextstate.daemon.pipeline import Pipeline
 from nextstate.extractors.types import Message
 from nextstate.trainers.checkpoint import POLICY_DIR, latest_checkpoint
@@ -107,27 +107,6 @@ class _SkipEmpty:
         self.buffer.update_priorities(indices, priorities)
 
 
-class FileTail:
-    """Reads the complete lines appended to a file since the last call (the file source)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.position = 0
-        self.offset = 0
-
-    def new_lines(self) -> list[tuple[int, bytes]]:
-        with open(self.path, "rb") as fh:
-            fh.seek(self.position)
-            data = fh.read()
-        end = data.rfind(b"\n") + 1  # a half-written line waits for its end
-        self.position += end
-        lines = []
-        for line in data[:end].splitlines():
-            lines.append((self.offset, line))
-            self.offset += 1
-        return lines
-
-
 def _wire_message(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:
@@ -142,15 +121,13 @@ def _wire_message(message: Message) -> dict[str, Any]:
 class Deployment:
     """The agent, the daemon pipeline and (unless frozen) the trainer, wired in one process."""
 
-    def __init__(self, settings: DemoSettings, workdir: Path) -> None:
+    def __init__(self, settings: DemoSettings, workdir: Path,
+                 transport: Transport | None = None) -> None:
         self.settings = settings
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.records = self.workdir / "records.jsonl"
-        self.records.write_bytes(b"")
-        self.tail = FileTail(self.records)
-        self.topic = f"file:{self.records.resolve()}"
-        config = load_config(None, source=f"file:{self.records}",
+        self.transport = transport or FileTransport(self.workdir / "records.jsonl")
+        config = load_config(None, source=self.transport.source,
                              state_dir=str(self.workdir / "state"),
                              timeseries_interval_s=settings.timeseries_interval_s,
                              metrics_port=-1)
@@ -169,15 +146,14 @@ class Deployment:
         self._owed_steps = 0.0
 
     def publish(self, record: dict[str, Any]) -> None:
-        """Append one record to the call log."""
-        with open(self.records, "ab") as fh:
-            fh.write(json.dumps(record).encode() + b"\n")
+        """Publish one record of the call log (to Kafka, or to the JSON-lines file)."""
+        self.transport.publish(record)
 
     def consume(self) -> int:
         """The daemon side: process new records; returns the interactions closed."""
         before = self.pipeline.stats.total("interactions")
-        for offset, line in self.tail.new_lines():
-            self.pipeline.process(line, None, self.topic, 0, offset)
+        for offset, value in self.transport.new_records():
+            self.pipeline.process(value, None, self.transport.topic, 0, offset)
         self.pipeline.tick()
         return int(self.pipeline.stats.total("interactions") - before)
 
