@@ -432,28 +432,6 @@ def fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def stats_text(snapshot: dict[str, float]) -> str:
-    """A per-source yield table of one snapshot, for ``nextstate stats``.
-
-    Example:
-        >>> text = stats_text({'interactions_total{shape="openai_exchange"}': 4.0,
-        ...     'tuples_total{extractor="tool",kind="evaluative",source="tool"}': 2.0})
-        >>> print(text.splitlines()[2])
-        all                 2        0.5          0          1          0          0
-    """
-    summary = summarize(Counters([(0.0, snapshot)], from_zero=True), {})
-    window = summary["window"]  # type: ignore[assignment]
-    columns = ("tuples", "per inter.", "w/ signal", *(f"{k[:4]}. share" for k in KINDS))
-    lines = [f"interactions {fmt(window['interactions'])}  records {fmt(window['records'])}  "
-             f"dead letters {fmt(window['dead_letters'])}  tokens {fmt(window['tokens'])}",
-             f"{'source':<10}" + "".join(f"{c:>11}" for c in columns)]
-    for source, row in summary["sources"].items():  # type: ignore[attr-defined]
-        values = (row["tuples"], row["signal_per_interaction"], row["share_with_signal"],
-                  *(row[f"{k}_share"] for k in KINDS))
-        lines.append(f"{source:<10}" + "".join(f"{fmt(v):>11}" for v in values))
-    return "\n".join(lines)
-
-
 _CSS = """
 body{font-family:system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:24px auto;
 max-width:1180px;color:#1d2430;line-height:1.45;padding:0 16px}

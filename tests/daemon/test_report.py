@@ -1,4 +1,4 @@
-"""Tests of ``nextstate report`` and ``stats_text`` over a recorded YieldStats series."""
+"""Tests of ``nextstate report`` over a recorded YieldStats series."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from nextstate.daemon.report import (
     load_prices,
     parse_since,
     report_main,
-    stats_text,
 )
 from nextstate.daemon.timeseries import TimeSeriesRecorder, default_path
 from nextstate.daemon.yieldstats import YieldStats
@@ -179,21 +178,6 @@ def test_empty_series_still_renders(tmp_path):
         recorder.record(5.0, YieldStats().snapshot())
     assert report_main(["--state-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     assert len(list((tmp_path / "o").glob("*.png"))) == len(METRIC_DEFINITIONS)
-
-
-def test_stats_text_rows_per_source():
-    """``stats_text`` prints one row per source with the snapshot's signal per interaction."""
-    stats = YieldStats(clock=lambda: 0.0)
-    extract = ToolResultExtractor()
-    for i in range(4):
-        interaction = _interaction(i, "Error: boom" if i == 0 else "ok")
-        stats.observe_interaction(interaction, extract(interaction))
-    text = stats_text(stats.snapshot())
-    lines = text.splitlines()
-    assert lines[0].startswith("interactions 4 ")
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
-    assert set(rows) == {"all", "tool"}
-    assert rows["all"][:2] == ["4", "1"]
 
 
 def _png_is_not_blank(path: Path) -> bool:
