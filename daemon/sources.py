@@ -215,7 +215,10 @@ class KafkaRunner:
             self.health.beat()
             self.lag = self._lag(assigned)
             self.progress.update(self.lag)
-            if batches or not (self.lag and reachable and not self.paused_for):
+            # A partition whose fetch never completes has no high watermark: its lag is
+            # unknown, not zero, and counts as waiting records for the stall watchdog.
+            waiting = self.lag or any(self.consumer.highwater(tp) is None for tp in assigned)
+            if batches or not (waiting and reachable and not self.paused_for):
                 self._last_progress = time.monotonic()
             elif time.monotonic() - self._last_progress > self._stall_s:
                 self._fresh_consumer()
