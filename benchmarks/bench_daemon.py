@@ -1,6 +1,7 @@
 """Daemon hot path from a file on one core: decode + join + rule extractors, then the pipeline.
 
     python benchmarks/bench_daemon.py [--sessions 400] [--turns 10] [--profile]
+    python benchmarks/bench_daemon.py --profile-pipeline {call_log,transcript}
 
 Two input shapes from ``benchmarks/make_stream.py``'s realistic sessions:
 
@@ -11,7 +12,8 @@ Two input shapes from ``benchmarks/make_stream.py``'s realistic sessions:
 For each it prints records/s, interactions/s and MB/s of (1) decode + join + the default rule
 extractors (no redaction, no storage: the target is >= 100k interactions/s) and (2) the whole
 ``Pipeline.process`` (redaction and durable SQLite buffers included), with the mean record size.
-``--profile`` prints a pyinstrument profile of (1) on the call logs.
+``--profile`` prints a pyinstrument profile of (1) on the call logs; ``--profile-pipeline
+SHAPE`` one of (2) on that shape.
 """
 
 from __future__ import annotations
@@ -93,6 +95,18 @@ def full_pipeline(values: list[bytes]) -> tuple[float, int]:
     return elapsed, interactions
 
 
+def profile_pipeline(args: argparse.Namespace) -> None:
+    """A pyinstrument profile of ``full_pipeline`` (after a warm-up run on a few records)."""
+    from pyinstrument import Profiler
+
+    make = call_logs if args.profile_pipeline == "call_log" else transcripts
+    values = make(args.sessions, args.turns)
+    full_pipeline(values[:100])
+    with Profiler(interval=0.0005) as profiler:
+        full_pipeline(values)
+    print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
 def report(shape: str, stage: str, values: list[bytes], seconds: float, interactions: int
            ) -> None:
     size = sum(map(len, values))
@@ -105,7 +119,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=400)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-pipeline", choices=["call_log", "transcript"],
+                        help="print a pyinstrument profile of the full pipeline on SHAPE")
     args = parser.parse_args()
+    if args.profile_pipeline:
+        profile_pipeline(args)
+        return
     shapes = {"call_log": call_logs(args.sessions, args.turns),
               "transcript": transcripts(args.sessions, args.turns)}
     if args.profile:

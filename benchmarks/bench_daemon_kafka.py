@@ -1,12 +1,13 @@
 """Daemon load benchmarks against a real Kafka-protocol broker (Tansu on loopback), and memory.
 
-    python benchmarks/bench_daemon_kafka.py throughput [--sessions 500]
+    python benchmarks/bench_daemon_kafka.py throughput [--sessions 500] [--profile]
     python benchmarks/bench_daemon_kafka.py latency [--rate 2000] [--seconds 20]
     python benchmarks/bench_daemon_kafka.py rss [--capacity 2000] [--factor 10]
 
 - ``throughput``: the daemon's Kafka runner (consumer group, pipeline, durable SQLite buffers,
   checkpoints and commits) vs a bare kafka-python loop that only ``json.loads`` each record, over
   the same topic on the same broker; records/s from first to last record, and the ratio.
+  ``--profile`` prints a pyinstrument profile of the daemon's consume thread.
 - ``latency``: records produced at a fixed rate (interactions/s: each exchange closes one);
   p50/p99 from a record's produce to the checkpoint that made its tuples durable.
 - ``rss``: a file stream producing ``factor`` x the buffer capacity in tuples; the process RSS
@@ -81,12 +82,26 @@ class Timed:
         pipeline.checkpoint = timed_checkpoint  # type: ignore[method-assign]
 
 
-def run_daemon_until(config, total: int, timeout_s: float = 600) -> tuple[Pipeline, Timed]:
+def run_daemon_until(config, total: int, timeout_s: float = 600, profiler=None
+                     ) -> tuple[Pipeline, Timed]:
+    """Run the Kafka runner in a thread until ``total`` records are processed.
+
+    ``profiler``: a pyinstrument ``Profiler`` to run around the runner, in its own thread
+    (pyinstrument samples the thread that started it).
+    """
     pipeline = Pipeline(config)
     timed = Timed(pipeline)
     stop = threading.Event()
     runner = KafkaRunner(pipeline, config, stop, Health(), Progress(pipeline.stats, False))
-    thread = threading.Thread(target=runner.run)
+
+    def run() -> None:
+        if profiler is None:
+            runner.run()
+            return
+        with profiler:
+            runner.run()
+
+    thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + timeout_s
     while timed.count < total and time.monotonic() < deadline:
@@ -133,8 +148,13 @@ def throughput(args: argparse.Namespace) -> None:
         broker.create_topic(f"{topic}.dlq", 1)
         produce(broker.bootstrap, topic, records)
         bare = bare_consume(broker.bootstrap, topic, len(records))
+        profiler = None
+        if args.profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.0005)
         pipeline, timed = run_daemon_until(daemon_config(state, broker.bootstrap, topic),
-                                           len(records))
+                                           len(records), profiler=profiler)
         daemon = (timed.count - 1) / (timed.last - timed.first)
     interactions = pipeline.stats.total("interactions")
     print(f"{len(records):,} records ({size / 1e3:.1f} KB each), {interactions:,.0f} interactions")
@@ -142,6 +162,8 @@ def throughput(args: argparse.Namespace) -> None:
     print(f"nextstate daemon (durable):     {daemon:>10,.0f} records/s "
           f"({daemon * interactions / len(records):,.0f} interactions/s)")
     print(f"ratio daemon/bare: {daemon / bare:.2f}  (target >= 0.8)")
+    if profiler is not None:
+        print(profiler.output_text(unicode=False, color=False, show_all=False))
 
 
 def latency(args: argparse.Namespace) -> None:
@@ -243,6 +265,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("throughput")
     p.add_argument("--sessions", type=int, default=500)
+    p.add_argument("--profile", action="store_true",
+                   help="print a pyinstrument profile of the daemon's consume thread")
     p = sub.add_parser("latency")
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=20)

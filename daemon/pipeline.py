@@ -45,6 +45,9 @@ log = structlog.get_logger("nextstate.pipeline")
 
 ErrorCallback = Callable[[Exception, Interaction, str], bool]
 CHECKPOINT_FILE = "checkpoint.json"
+WRITE_BATCH = 512
+"""Tuples emitted before they are added to the buffers in one write (a trainer in the daemon
+sees them that much later at most; a checkpoint writes whatever is waiting)."""
 
 
 def log_extractor_error(exc: Exception, interaction: Interaction, extractor: str) -> bool:
@@ -106,10 +109,11 @@ class Pipeline:
         self.committed: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
         self.records_since_checkpoint = 0
-        # Tuples are written to the buffers once this many are waiting (1: at once). Sources
-        # raise it and call write_pending() after each poll: one buffer transaction per batch
-        # (the profile's largest item was a dedup query and write setup per record).
-        self.write_batch = 1
+        # Tuples are written to the buffers once this many are waiting, and by every
+        # checkpoint (before anything is made durable). The Kafka source raises it and calls
+        # write_pending() after each poll. One dedup query and one insert statement per batch:
+        # the profile's largest item was a dedup query and write setup per record.
+        self.write_batch = WRITE_BATCH
         self._unwritten: list[ScoredTuple] = []
         # Backpressure signals: each returns why consumption should pause now, or None (an
         # in-daemon trainer falling behind, a slow store...). Sources pause while any says so.

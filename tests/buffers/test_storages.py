@@ -130,3 +130,48 @@ def test_sqlite_reopen_with_smaller_capacity_keeps_the_newest(tmp_path):
     assert list(smaller.iter_tuples()) == items[2:]
     assert len(smaller) == 4 and items[0].key in smaller
     smaller.close()
+
+
+def test_sqlite_batch_larger_than_capacity_keeps_evicted_keys(tmp_path):
+    """Tuples evicted within the batch that added them (queued, never inserted with a payload)
+    are still deduplicated, before and after a reopen; the newest are stored."""
+    from nextstate.buffers import ReplayBuffer
+
+    path = tmp_path / "b.sqlite3"
+    items = [make_tuple(i) for i in range(10)]
+    rb = ReplayBuffer(SQLiteStorage(path, 4, dedup_horizon=10))
+    assert rb.extend(items) == 10
+    assert [t.interaction_id for t in rb.iter_tuples()] == [t.interaction_id for t in items[6:]]
+    assert rb.extend(items) == 0
+    rb.close()
+    reopened = ReplayBuffer(SQLiteStorage(path, 4, dedup_horizon=10))
+    assert list(reopened.iter_tuples()) == items[6:]
+    assert reopened.extend(items) == 0 and all(t.key in reopened for t in items)
+    reopened.close()
+
+
+def test_sqlite_new_file_uses_large_pages(tmp_path):
+    """A new buffer file gets PAGE_SIZE pages; an existing file keeps its own page size."""
+    import sqlite3
+    from contextlib import closing
+
+    from nextstate.buffers.sqlite_storage import PAGE_SIZE
+
+    def page_size(path):
+        with closing(sqlite3.connect(path)) as conn:
+            return conn.execute("PRAGMA page_size").fetchone()[0]
+
+    path = tmp_path / "b.sqlite3"
+    SQLiteStorage(path, 4).close()
+    assert page_size(path) == PAGE_SIZE
+    old = tmp_path / "old.sqlite3"
+    with closing(sqlite3.connect(old)) as conn:
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("CREATE TABLE t (x)")
+    store = SQLiteStorage(old, 4)
+    fill(store, [make_tuple(1)])
+    store.close()
+    assert page_size(old) == 4096
+    reopened = SQLiteStorage(old, 4)
+    assert list(reopened.iter_tuples()) == [make_tuple(1)]
+    reopened.close()
