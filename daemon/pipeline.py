@@ -89,6 +89,7 @@ class Pipeline:
         self._cascaded = [(name, ex) for name, ex in self.extractors
                           if hasattr(ex, "judge_if_uncertain")]
         self._cascaded_names = {name for name, _ in self._cascaded}
+        self._chain = [(name, ex, name in self._cascaded_names) for name, ex in self.extractors]
         self.redactor = Redactor(enabled=config.redact, patterns=config.redact_patterns)
         specs = [msgspec.convert(spec, BufferSpec) for spec in config.buffers]
         self.buffers = BufferSet.open(self.state_dir / "buffers", specs)
@@ -183,11 +184,12 @@ class Pipeline:
     def emit(self, interactions: Iterable[Interaction]) -> list[ScoredTuple]:
         """Score closed interactions, redact the tuples and add them to the buffers."""
         all_tuples: list[ScoredTuple] = []
+        redactor, observe = self.redactor, self.stats.observe_interaction
         for interaction in interactions:
             tuples: list[ScoredTuple] = []
-            for name, extractor in self.extractors:
+            for name, extractor, cascaded in self._chain:
                 try:
-                    if name in self._cascaded_names:
+                    if cascaded:
                         tuples.extend(extractor.judge_if_uncertain(  # type: ignore[attr-defined]
                             interaction, tuples))
                     else:
@@ -196,9 +198,9 @@ class Pipeline:
                     if not self.on_extractor_error(exc, interaction, name):
                         raise
             if tuples:
-                tuples = [self.redactor(t) for t in tuples]
+                tuples = [redactor(t) for t in tuples]
                 all_tuples.extend(tuples)
-            self.stats.observe_interaction(interaction, tuples)
+            observe(interaction, tuples)
         if all_tuples:
             self._unwritten.extend(all_tuples)
             if len(self._unwritten) >= self.write_batch:

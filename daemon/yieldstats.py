@@ -89,12 +89,15 @@ class YieldStats:
         1.0
     """
 
-    __slots__ = ("_clock", "_counters", "_window", "window_s")
+    __slots__ = ("_clock", "_counters", "_keys", "_window", "window_s")
 
     def __init__(self, window_s: float = 60.0, clock=time.time) -> None:
         self.window_s = window_s
         self._clock = clock
         self._counters: dict[tuple[str, Labels], float] = {}
+        # Counter keys of the per-interaction series by their label values, built once: the
+        # hot path then costs a dict look-up per series instead of building label tuples.
+        self._keys: dict[tuple[str, ...], tuple[tuple[str, Labels], ...]] = {}
         # (second, interactions, tuples, confidence) buckets inside the rolling window.
         self._window: deque[list[float]] = deque()
 
@@ -106,7 +109,11 @@ class YieldStats:
 
     def observe_record(self, shape: str) -> None:
         """One input record decoded."""
-        self.inc("records", (("shape", shape),))
+        key = self._keys.get(("r", shape))
+        if key is None:
+            key = self._keys[("r", shape)] = (("records", (("shape", shape),)),)
+        counters = self._counters
+        counters[key[0]] = counters.get(key[0], 0.0) + 1.0
 
     def observe_dead_letter(self, reason: str) -> None:
         """One record sent to the dead-letter queue."""
@@ -123,23 +130,37 @@ class YieldStats:
     def observe_interaction(self, interaction: Interaction,
                             tuples: Sequence[ScoredTuple]) -> None:
         """One closed interaction and the tuples extracted from it."""
-        inc = self.inc
-        inc("interactions", (("shape", interaction.shape),))
-        inc("interactions_closed", (("closed_by", interaction.closed_by),))
-        model = (("model", interaction.model or "unknown"),)
+        counters, keys = self._counters, self._keys
+        model = interaction.model or "unknown"
+        ikey = ("i", interaction.shape, interaction.closed_by, model)
+        series = keys.get(ikey)
+        if series is None:
+            labels = (("model", model),)
+            series = keys[ikey] = (
+                ("interactions", (("shape", interaction.shape),)),
+                ("interactions_closed", (("closed_by", interaction.closed_by),)),
+                ("prompt_tokens", labels), ("cached_tokens", labels),
+                ("completion_tokens", labels))
+        counters[series[0]] = counters.get(series[0], 0.0) + 1.0
+        counters[series[1]] = counters.get(series[1], 0.0) + 1.0
         usage = interaction.usage
-        if usage.prompt_tokens:
-            inc("prompt_tokens", model, usage.prompt_tokens)
-        if usage.cached_tokens:
-            inc("cached_tokens", model, usage.cached_tokens)
-        if usage.completion_tokens:
-            inc("completion_tokens", model, usage.completion_tokens)
+        for key, value in ((series[2], usage.prompt_tokens), (series[3], usage.cached_tokens),
+                           (series[4], usage.completion_tokens)):
+            if value:
+                counters[key] = counters.get(key, 0.0) + value
         confidence = 0.0
         sources: set[str] = set()
         error = noop = False
         for t in tuples:
-            inc("tuples", (("extractor", t.extractor), ("kind", t.kind), ("source", t.source)))
-            inc("tuple_confidence", (("source", t.source),), t.confidence)
+            tkey = (t.extractor, t.kind, t.source)
+            pair = keys.get(tkey)
+            if pair is None:
+                pair = keys[tkey] = (
+                    ("tuples", (("extractor", t.extractor), ("kind", t.kind),
+                                ("source", t.source))),
+                    ("tuple_confidence", (("source", t.source),)))
+            counters[pair[0]] = counters.get(pair[0], 0.0) + 1.0
+            counters[pair[1]] = counters.get(pair[1], 0.0) + t.confidence
             confidence += t.confidence
             sources.add(t.source)
             if t.kind == "evaluative" and t.reward < 0 and t.source in ("tool", "terminal",
@@ -147,6 +168,7 @@ class YieldStats:
                 error = True
             if t.label == "no_op":
                 noop = True
+        inc = self.inc
         for source in sources:
             inc("interactions_with_signal", (("source", source),))
         if sources:

@@ -68,3 +68,26 @@ def test_series_keys_round_trip():
     key = series_key("tuples_total", (("source", "tool"), ("kind", "evaluative")))
     assert key == 'tuples_total{kind="evaluative",source="tool"}'
     assert parse_series_key(key) == ("tuples_total", {"kind": "evaluative", "source": "tool"})
+
+
+def test_counts_by_label_values_stay_apart():
+    """Interactions of two models and tuples of two extractors are counted under their own
+    labels, however often each label set repeats (the hot path caches their series keys)."""
+    stats = YieldStats(clock=lambda: 1000.0)
+    for n in range(4):
+        item = Interaction(f"s#{n}", "s", (), Message("assistant", "x"),
+                           usage=Usage(prompt_tokens=10, cached_tokens=4, completion_tokens=1),
+                           model="a" if n % 2 else None)
+        stats.observe_record("exchange" if n % 2 else "transcript")
+        stats.observe_interaction(item, [tuple_from(item, extractor="tool" if n < 3 else "user",
+                                                    kind="evaluative", source="tool",
+                                                    confidence=0.25)])
+    snap = stats.snapshot()
+    assert snap['records_total{shape="exchange"}'] == snap['records_total{shape="transcript"}'] == 2
+    assert snap['prompt_tokens_total{model="a"}'] == 20
+    assert snap['prompt_tokens_total{model="unknown"}'] == 20
+    assert snap['cached_tokens_total{model="a"}'] == 8
+    assert snap['tuples_total{extractor="tool",kind="evaluative",source="tool"}'] == 3
+    assert snap['tuples_total{extractor="user",kind="evaluative",source="tool"}'] == 1
+    assert snap['tuple_confidence_total{source="tool"}'] == 1.0
+    assert stats.total("interactions") == 4
