@@ -6,7 +6,8 @@
 
 - ``throughput``: the daemon's Kafka runner (consumer group, pipeline, durable SQLite buffers,
   checkpoints and commits) vs a bare kafka-python loop that only ``json.loads`` each record, over
-  the same topic on the same broker; records/s from first to last record, and the ratio.
+  the same topic on the same broker; records/s from first to last record, and the ratio; also
+  each side's process CPU per record (the ratio of those is steadier on a shared machine).
   ``--profile`` prints a pyinstrument profile of the daemon's consume thread.
 - ``latency``: records produced at a fixed rate (interactions/s: each exchange closes one);
   p50/p99 from a record's produce to the checkpoint that made its tuples durable.
@@ -59,6 +60,7 @@ class Timed:
     def __init__(self, pipeline: Pipeline) -> None:
         self.first = self.last = 0.0
         self.count = 0
+        self.cpu = 0.0  # process CPU seconds from the first record to the last
         self.pending: list[tuple[int, int]] = []     # (partition, offset) since last checkpoint
         self.durable_at: dict[tuple[int, int], float] = {}
         process, checkpoint = pipeline.process, pipeline.checkpoint
@@ -104,8 +106,12 @@ def run_daemon_until(config, total: int, timeout_s: float = 600, profiler=None
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + timeout_s
+    while not timed.count and time.monotonic() < deadline:
+        time.sleep(0.002)
+    cpu_start = time.process_time()
     while timed.count < total and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.002)
+    timed.cpu = time.process_time() - cpu_start
     stop.set()
     thread.join()
     runner.close()
@@ -121,22 +127,28 @@ def produce(bootstrap: str, topic: str, records: list[dict]) -> None:
     producer.close()
 
 
-def bare_consume(bootstrap: str, topic: str, total: int) -> float:
-    """Records/s of a plain consumer that only parses each value."""
+def bare_consume(bootstrap: str, topic: str, total: int) -> tuple[float, float]:
+    """Records/s and CPU us/record of a plain consumer that only parses each value.
+
+    kafka-python's defaults (``max_poll_records`` 500 is the default, spelled out), no
+    consumer group, no commits: the floor any consumer of this topic pays.
+    """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              max_poll_records=500)
     consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
     consumer.seek_to_beginning()
-    count, first = 0, 0.0
+    count, first, cpu_first = 0, 0.0, 0.0
     while count < total:
         for records in consumer.poll(timeout_ms=500).values():
             for record in records:
                 json.loads(record.value)
-                first = first or time.perf_counter()
+                if not first:
+                    first, cpu_first = time.perf_counter(), time.process_time()
                 count += 1
     elapsed = time.perf_counter() - first
+    cpu = time.process_time() - cpu_first
     consumer.close()
-    return count / elapsed
+    return count / elapsed, cpu / count * 1e6
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -147,7 +159,7 @@ def throughput(args: argparse.Namespace) -> None:
         broker.create_topic(topic, PARTITIONS)
         broker.create_topic(f"{topic}.dlq", 1)
         produce(broker.bootstrap, topic, records)
-        bare = bare_consume(broker.bootstrap, topic, len(records))
+        bare, bare_cpu = bare_consume(broker.bootstrap, topic, len(records))
         profiler = None
         if args.profile:
             from pyinstrument import Profiler
@@ -158,9 +170,14 @@ def throughput(args: argparse.Namespace) -> None:
         daemon = (timed.count - 1) / (timed.last - timed.first)
     interactions = pipeline.stats.total("interactions")
     print(f"{len(records):,} records ({size / 1e3:.1f} KB each), {interactions:,.0f} interactions")
-    print(f"bare kafka-python + json.loads: {bare:>10,.0f} records/s")
+    daemon_cpu = timed.cpu / timed.count * 1e6
+    print(f"bare kafka-python + json.loads: {bare:>10,.0f} records/s "
+          f"({bare_cpu:,.0f} us CPU/record)")
     print(f"nextstate daemon (durable):     {daemon:>10,.0f} records/s "
-          f"({daemon * interactions / len(records):,.0f} interactions/s)")
+          f"({daemon_cpu:,.0f} us CPU/record; "
+          f"{daemon * interactions / len(records):,.0f} interactions/s)")
+    print(f"CPU ratio bare/daemon: {bare_cpu / daemon_cpu:.2f} (the same ratio, less noisy "
+          f"on a shared machine)")
     print(f"ratio daemon/bare: {daemon / bare:.2f}  (target >= 0.8)")
     if profiler is not None:
         print(profiler.output_text(unicode=False, color=False, show_all=False))
