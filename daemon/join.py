@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from nextstate.daemon import anthropic, otel, wire
 from nextstate.daemon.wire import BadRecord, WireRecord
@@ -45,6 +48,7 @@ class _Pending:
     shape: str
     feedback: tuple[Feedback, ...] = ()
     partial_next: tuple[Message, ...] = ()  # next state seen so far (growing transcripts)
+    wire_action: wire.WireMessage | None = None  # the action as decoded (exchanges)
 
     def close(self, session_id: str, next_state: tuple[Message, ...], closed_by: ClosedBy,
               outcome: float | None = None) -> Interaction:
@@ -65,6 +69,11 @@ class _Session:
     last_seen: float = 0.0
     partition: tuple[str, int] | None = None
     size: int = 0                   # bytes of the latest record: what its pending state holds
+    # The latest request's message array as bytes, without its closing bracket, and how many
+    # messages it holds, all type-checked by then: the next request's messages within the
+    # same leading bytes need no new decode.
+    known_bytes: bytes | None = None
+    known_count: int = 0
 
 
 class SessionJoiner:
@@ -143,17 +152,29 @@ class SessionJoiner:
     def _exchange(self, session_id: str, record: WireRecord, now: float,
                   position: Position | None) -> list[Interaction]:
         assert record.request is not None
-        action, logprobs = wire.response_message(record)
+        messages: Any = record.request.messages
+        held = self.sessions.get(session_id)
+        array = partial = None
+        if type(messages) is msgspec.Raw:
+            # A lazily decoded request (ingest): the messages after the bytes it shares with
+            # the session's previous request are decoded, the others are placeholders (a
+            # session's records stay O(new) objects, not O(history)).
+            array = bytes(messages)
+            messages = partial = _decode_after_known_bytes(array, held)
+            if messages is None:
+                messages = wire.decode_messages(array)
+        action, logprobs, wire_action = wire.response_action(record)
         closed: list[Interaction] = []
-        known_prefix = _known_prefix(record.request.messages, self.sessions.get(session_id))
+        known_prefix = _known_prefix(messages, held)
         if known_prefix is not None:
             # The usual call log: the request repeats the history we already hold, so only
-            # the messages after it are normalized (a session's records stay O(new), not
-            # O(history)); the context reuses the Message objects already built.
-            new = wire.normalize_messages(record.request.messages[len(known_prefix):])
+            # the messages after it are normalized; the context reuses the Message objects
+            # already built.
+            new = wire.normalize_messages(messages[len(known_prefix):])
             context = (*known_prefix, *new)
             session = self._session(session_id, now, position)
-        elif _repeats_history(messages := wire.normalize_messages(record.request.messages),
+        elif _repeats_history(messages := wire.normalize_messages(
+                messages if partial is None else wire.decode_messages(array)),  # type: ignore[arg-type]
                               session := self._session(session_id, now, position)):
             new = messages[session.history_len:]
             context = tuple(messages)
@@ -175,9 +196,14 @@ class SessionJoiner:
             position=position, model=record.model or (record.request.model)
             or (record.response.model if record.response else None),
             policy_version=_version(record.policy_version), behaviour_logprobs=logprobs,
-            usage=wire.usage_of(record), ts=wire.parse_ts(record.ts), shape="openai_exchange")
+            usage=wire.usage_of(record), ts=wire.parse_ts(record.ts), shape="openai_exchange",
+            wire_action=wire_action)
         session.history_len = index + 1
         session.last_action = action
+        # What the next request may repeat byte for byte: this one's array up to its last
+        # message (every message in it type-checked by now).
+        session.known_bytes = None if array is None else array[:-1].rstrip()
+        session.known_count = len(messages)
         return closed
 
     def _transcript(self, session_id: str, record: WireRecord, now: float,
@@ -214,6 +240,7 @@ class SessionJoiner:
         if closed:
             session.last_closed = closed[-1]
         session.history_len = len(messages)
+        session.known_bytes = None
         return closed
 
     def _feedback(self, session_id: str, feedback: Feedback, now: float) -> list[Interaction]:
@@ -367,7 +394,28 @@ def _until_assistant(messages: list[Message]) -> list[Message]:
     return out
 
 
-def _known_prefix(messages: list[wire.WireMessage], session: _Session | None
+def _decode_after_known_bytes(array: bytes, session: _Session | None) -> list[Any] | None:
+    """The request's messages when its array starts with the session's previous request's
+    bytes: ``None`` placeholders for those ``k`` messages (``k``: the index of the pending
+    action, which the next message echoes), decoded messages after them; else ``None``.
+
+    Bytes, not content: a history re-serialized with other whitespace or key order is decoded
+    in full, then joined as before. Messages are JSON objects (self-delimiting), so an equal
+    leading byte string followed by a comma holds exactly the same first ``k`` messages.
+    """
+    if session is None or session.known_bytes is None or session.pending is None:
+        return None
+    k = session.pending.index
+    known = session.known_bytes
+    if k == 0 or session.known_count != k or not array.startswith(known):
+        return None
+    rest = array[len(known):].lstrip()
+    if rest[:1] != b",":
+        return None
+    return [None] * k + wire.decode_messages(b"[" + rest[1:])
+
+
+def _known_prefix(messages: list[Any], session: _Session | None
                   ) -> tuple[Message, ...] | None:
     """The history held for an exchange session, if this request repeats it (else ``None``).
 
@@ -380,7 +428,10 @@ def _known_prefix(messages: list[wire.WireMessage], session: _Session | None
     n = pending.index + 1
     if session.history_len != n or len(messages) < n:
         return None
-    if not _same_action(wire.normalize_message(messages[n - 1]), pending.action):
+    echoed = messages[n - 1]
+    # An echo equal to the response's message as decoded normalizes to the action itself.
+    if echoed != pending.wire_action and \
+            not _same_action(wire.normalize_message(echoed), pending.action):
         return None
     return (*pending.context, pending.action)
 

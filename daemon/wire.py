@@ -12,14 +12,18 @@ Accepted shapes (one JSON object per record, Kafka key = session id):
 
 The JSON shapes are not tagged uniformly, so one merged :class:`WireRecord` Struct decodes all
 of them in a single typed pass (msgspec checks every type), and :func:`classify` tells which
-shape it is. :func:`normalize_messages` turns OpenAI messages (string or multi-part content,
-``tool_calls`` with JSON-string arguments) into the pipeline's flat :class:`Message`.
+shape it is. :func:`decode_lazy` leaves an exchange's request messages undecoded (one
+``msgspec.Raw``: the bytes of the JSON array, checked as JSON but not built into objects): a
+call log repeats the whole history in every request, and the join (``daemon/join.py``)
+decodes only the messages it has not seen, with :func:`decode_messages`.
+:func:`normalize_messages` turns OpenAI messages (string or multi-part content, ``tool_calls``
+with JSON-string arguments) into the pipeline's flat :class:`Message`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -94,8 +98,12 @@ class WireResponse(msgspec.Struct, frozen=True):
     stop_reason: str | None = None   # Anthropic: "end_turn", "tool_use", ...
 
 
-class WireRequest(msgspec.Struct, frozen=True):
-    messages: list[WireMessage] = []
+M = TypeVar("M")
+"""Request messages: ``list[WireMessage]``, or ``msgspec.Raw`` (the array's bytes) when lazy."""
+
+
+class WireRequest(msgspec.Struct, Generic[M], frozen=True):
+    messages: M = []  # type: ignore[assignment]
     tools: list[Any] | None = None
     model: str | None = None
     system: str | list[WirePart] | None = None  # Anthropic's top-level system prompt
@@ -115,15 +123,19 @@ class WireUsage(msgspec.Struct, frozen=True):
     cache_creation_input_tokens: int | None = None
 
 
-class WireRecord(msgspec.Struct, frozen=True):
-    """Every accepted shape merged into one Struct (absent fields are ``None``)."""
+class WireRecord(msgspec.Struct, Generic[M], frozen=True):
+    """Every accepted shape merged into one Struct (absent fields are ``None``).
+
+    ``WireRecord[list[WireMessage]]`` is the fully decoded record; ``WireRecord[msgspec.Raw]``
+    (:func:`decode_lazy`) keeps the request's messages as the bytes of their JSON array.
+    """
 
     session_id: str | None = None
     type: str | None = None
     ts: float | str | None = None
     model: str | None = None
     policy_version: str | int | None = None
-    request: WireRequest | None = None
+    request: WireRequest[M] | None = None
     response: WireResponse | None = None
     usage: WireUsage | None = None
     messages: list[WireMessage] | None = None
@@ -135,7 +147,9 @@ class WireRecord(msgspec.Struct, frozen=True):
 
 
 # msgspec resolves the forward reference of WireResponse.usage at decoder build time.
-DECODER = msgspec.json.Decoder(WireRecord)
+DECODER = msgspec.json.Decoder(WireRecord[list[WireMessage]])
+LAZY_DECODER = msgspec.json.Decoder(WireRecord[msgspec.Raw])
+MESSAGES_DECODER = msgspec.json.Decoder(list[WireMessage])
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
           "tool": "tool", "function": "tool"}
@@ -145,14 +159,44 @@ _NEGATIVE = {"down", "thumbs_down", "thumbsdown", "bad", "negative", "dislike", 
              "failure", "failed", "unresolved", "-1"}
 
 
-def decode(value: bytes | str) -> WireRecord:
-    """Decode one record; raises :class:`BadRecord` with reason ``decode`` on bad JSON/types."""
+def decode(value: bytes | str) -> WireRecord[list[WireMessage]]:
+    """Decode one record; raises :class:`BadRecord` with reason ``decode`` on bad JSON (or
+    ``schema`` on bad types)."""
     try:
         return DECODER.decode(value)
     except msgspec.ValidationError as exc:
         raise BadRecord("schema", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadRecord("decode", str(exc)) from None
+
+
+def decode_lazy(value: bytes | str) -> WireRecord[msgspec.Raw]:
+    """:func:`decode`, but the request's messages stay one ``msgspec.Raw`` (valid JSON, their
+    types not checked yet: :func:`decode_messages` or :func:`typed` checks them)."""
+    try:
+        return LAZY_DECODER.decode(value)
+    except msgspec.ValidationError as exc:
+        raise BadRecord("schema", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRecord("decode", str(exc)) from None
+
+
+def decode_messages(array: msgspec.Raw | bytes) -> list[WireMessage]:
+    """A JSON array of request messages, decoded; a :class:`BadRecord` with reason ``schema``
+    when one is not a message, as :func:`decode` would have raised."""
+    try:
+        return MESSAGES_DECODER.decode(array)
+    except msgspec.ValidationError as exc:
+        raise BadRecord("schema", f"request.messages: {exc}") from None
+
+
+def typed(record: WireRecord[Any]) -> WireRecord[list[WireMessage]]:
+    """The record with its request messages decoded (as :func:`decode` returns it)."""
+    request = record.request
+    if request is None or type(request.messages) is not msgspec.Raw:
+        return record
+    return msgspec.structs.replace(record, request=msgspec.structs.replace(
+        request, messages=decode_messages(request.messages)))
 
 
 def classify(record: WireRecord) -> str:
@@ -264,6 +308,13 @@ def normalize_messages(messages: list[WireMessage]) -> list[Message]:
 
 def response_message(record: WireRecord) -> tuple[Message, tuple[float, ...] | None]:
     """The assistant message an exchange's response holds, and its token log-probs if logged."""
+    message, logprobs, _ = response_action(record)
+    return message, logprobs
+
+
+def response_action(record: WireRecord
+                    ) -> tuple[Message, tuple[float, ...] | None, WireMessage]:
+    """:func:`response_message`, plus the wire message it was normalized from."""
     response = record.response
     assert response is not None
     if response.choices is not None:
@@ -280,4 +331,4 @@ def response_message(record: WireRecord) -> tuple[Message, tuple[float, ...] | N
     message = normalize_message(wire)
     if message.role != "assistant":
         raise BadRecord("schema", f"response message has role {message.role!r}, not assistant")
-    return message, logprobs
+    return message, logprobs, wire

@@ -3,11 +3,13 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from nextstate.daemon import wire
+from nextstate.daemon import ingest, wire
 from nextstate.daemon.join import SessionJoiner
 from nextstate.daemon.wire import BadRecord
-from tests.records import assistant, conversation_exchanges, exchange, tool, user
+from tests.records import assistant, conversation_exchanges, exchange, line, tool, user
 
 
 def feed(joiner, record, now=0.0, position=None):
@@ -138,3 +140,138 @@ def test_session_count_is_bounded():
     for name in "abc":
         feed(joiner, exchange(name, [user("q")], assistant("x")))
     assert list(joiner.sessions) == ["b", "c"] and joiner.evicted == 1
+
+
+# -- lazily decoded requests (ingest.decode_records): only the new messages are decoded ---------
+
+def _serialize(record: dict, rnd) -> bytes:
+    """The record as a client may log it: other whitespace or key order than the last time."""
+    style = rnd.choice(["plain", "plain", "compact", "indent", "reversed"])
+    if style == "compact":
+        return json.dumps(record, separators=(",", ":")).encode()
+    if style == "indent":
+        return json.dumps(record, indent=1).encode()
+    if style == "reversed":
+        def flip(value):
+            if isinstance(value, dict):
+                return {k: flip(v) for k, v in reversed(value.items())}
+            return [flip(v) for v in value] if isinstance(value, list) else value
+        return json.dumps(flip(record)).encode()
+    return json.dumps(record).encode()
+
+
+def _client_records(rnd) -> list[dict]:
+    """Call logs of two interleaved sessions with retries, regenerations, edited and trimmed
+    histories, malformed and unknown-role messages."""
+    records = []
+    for sid in ("a", "b"):
+        history = [{"role": "system", "content": "sys"}, user(f"hi {sid}")]
+        for turn in range(rnd.randint(1, 5)):
+            call = assistant(calls=[(f"c{turn}", "search", {"q": turn})])
+            response = call if rnd.random() < 0.5 else assistant(f"answer {turn}")
+            record = exchange(sid, history, response)
+            variant = rnd.random()
+            if variant < 0.1:
+                records.append(record)  # retried: the same record twice
+            elif variant < 0.2:
+                records.append(exchange(sid, history, assistant("regenerated")))
+            elif variant < 0.3 and len(history) > 2:
+                edited = json.loads(json.dumps(record))
+                edited["request"]["messages"][1]["content"] = "edited"
+                record = edited
+            elif variant < 0.4 and len(history) > 2:
+                record = exchange(sid, history[:1] + history[2:], response)  # trimmed
+            elif variant < 0.45:
+                bad = json.loads(json.dumps(record))
+                bad["request"]["messages"][0]["content"] = 42
+                records.append(bad)
+            elif variant < 0.5:
+                odd = json.loads(json.dumps(record))
+                odd["request"]["messages"][-1]["role"] = "wizard"
+                records.append(odd)
+            records.append(record)
+            history = [*history, response]
+            history.append(tool(f"c{turn}", f"result {turn}") if response is call
+                           else user(f"next {turn}"))
+    rnd.shuffle(records)  # sessions interleave; each session's order is kept by a stable sort
+    records.sort(key=lambda r: r["session_id"])
+    return records
+
+
+def _outputs(values: list[bytes], lazy: bool) -> list:
+    joiner = SessionJoiner()
+    out = []
+    for offset, value in enumerate(values):
+        try:
+            if lazy:
+                decoded = ingest.decode_records(value, None)
+            else:
+                record = wire.decode(value)
+                decoded = [(record, wire.classify(record))]
+            closed = []
+            for record, shape in decoded:
+                closed += joiner.feed(record, shape, 0.0, ("t", 0, offset), len(value))
+            out.append(closed)
+        except BadRecord as exc:
+            out.append(exc.reason)
+    out.append(joiner.close_all())
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_lazy_decoding_joins_exactly_as_a_full_decode(rnd):
+    """Whether a request's history is byte-equal to the last one's (decoded lazily) or not
+    (re-serialized, edited, trimmed, retried, malformed), the join closes the same
+    interactions and rejects the same records as with every message decoded."""
+    values = [_serialize(record, rnd) for record in _client_records(rnd)]
+    assert _outputs(values, lazy=True) == _outputs(values, lazy=False)
+
+
+def test_equal_content_in_other_bytes_is_decoded_and_joined_the_same():
+    """A history re-sent with other key order and whitespace is decoded again (bytes differ)
+    and gives the same interaction as the byte-equal history."""
+    call = assistant(calls=[("c1", "search", {"q": "x"})])
+    first = exchange("s", [user("find x")], call)
+    second = exchange("s", [user("find x"), call, tool("c1", "found")], assistant("done"))
+    results = []
+    for dumps in (json.dumps, lambda r: json.dumps(r, indent=2, sort_keys=True)):
+        joiner = SessionJoiner()
+        for value in (json.dumps(first).encode(), dumps(second).encode()):
+            for record, shape in ingest.decode_records(value, None):
+                results.append(joiner.feed(record, shape, 0.0))
+        assert joiner.sessions["s"].known_bytes is not None
+        results.append(joiner.close_all())
+    assert results[:3] == results[3:]
+    assert [i.interaction_id for i in results[1] + results[2]] == ["s#1", "s#3"]
+
+
+def test_malformed_message_in_a_repeated_history_is_still_rejected():
+    """A message that is not a message is a schema error even when the rest of the history
+    is byte-equal to what the session already holds."""
+    history = [user("hi")]
+    joiner = SessionJoiner()
+    for record, shape in ingest.decode_records(line(exchange("s", history, assistant("a"))),
+                                               None):
+        joiner.feed(record, shape, 0.0)
+    bad = exchange("s", [*history, assistant("a"), {"role": "user", "content": 42}],
+                   assistant("b"))
+    with pytest.raises(BadRecord) as info:
+        for record, shape in ingest.decode_records(line(bad), None):
+            joiner.feed(record, shape, 0.0)
+    assert info.value.reason == "schema"
+
+
+def test_changed_bytes_in_a_repeated_history_are_checked_again():
+    """A held message replaced by a malformed one of the same length is rejected: only
+    byte-equal history skips the check."""
+    joiner = SessionJoiner()
+    first = exchange("s", [user("hi")], assistant("a"))
+    for record, shape in ingest.decode_records(line(first), None):
+        joiner.feed(record, shape, 0.0)
+    swapped = line(exchange("s", [user("hi"), assistant("a"), user("more")], assistant("b")))
+    swapped = swapped.replace(b'"content": "hi"', b'"content": 1234', 1)
+    with pytest.raises(BadRecord) as info:
+        for record, shape in ingest.decode_records(swapped, None):
+            joiner.feed(record, shape, 0.0)
+    assert info.value.reason == "schema"

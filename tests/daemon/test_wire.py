@@ -1,8 +1,10 @@
 """Tests for decoding and normalizing wire records."""
 
+import msgspec
 import pytest
 
-from nextstate.daemon import wire
+from nextstate.daemon import ingest, wire
+from nextstate.daemon.join import SessionJoiner
 from nextstate.daemon.wire import BadRecord
 
 
@@ -68,3 +70,30 @@ def test_timestamps_in_seconds_millis_and_iso():
     assert wire.parse_ts(1_700_000_000) == 1_700_000_000
     assert wire.parse_ts(1_700_000_000_000) == 1_700_000_000
     assert wire.parse_ts("2023-11-14T22:13:20Z") == 1_700_000_000
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"session_id": "s", "request": {"messages": [{"role": 1}]}, "response": {}}',
+    b'{"request": {"messages": [{"role": 1}]}, "response": {}}',   # no session either
+    b'{"session_id": "s", "type": "feedback", "value": 1, "request": {"messages": 3}}',
+    b'{"session_id": "s", "request": {"messages": null}, "response": {}}',
+])
+def test_lazy_decoding_reports_what_a_full_decode_reports(raw):
+    """ingest leaves exchange messages undecoded for the join, yet a record with a malformed
+    message is rejected with the reason a full decode gives."""
+    with pytest.raises(BadRecord) as full:
+        wire.classify(wire.decode(raw))
+    with pytest.raises(BadRecord) as lazy:
+        for record, shape in ingest.decode_records(raw, None):
+            SessionJoiner().feed(record, shape, 0.0)
+    assert lazy.value.reason == full.value.reason == "schema"
+
+
+def test_lazy_exchange_keeps_messages_as_bytes_until_decoded():
+    """An OpenAI exchange from ingest holds its request messages as one msgspec.Raw array;
+    wire.typed decodes it to what wire.decode gives."""
+    raw = (b'{"session_id":"s","request":{"messages":[{"role":"user","content":"hi"}]},'
+           b'"response":{"role":"assistant","content":"yo"}}')
+    ((record, shape),) = ingest.decode_records(raw, None)
+    assert shape == "openai_exchange" and isinstance(record.request.messages, msgspec.Raw)
+    assert wire.typed(record) == wire.decode(raw)
