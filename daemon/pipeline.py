@@ -46,8 +46,10 @@ log = structlog.get_logger("nextstate.pipeline")
 ErrorCallback = Callable[[Exception, Interaction, str], bool]
 CHECKPOINT_FILE = "checkpoint.json"
 WRITE_BATCH = 512
-"""Tuples emitted before they are added to the buffers in one write (a trainer in the daemon
-sees them that much later at most; a checkpoint writes whatever is waiting)."""
+"""Tuples emitted before they are added to the buffers in one write. Whatever is waiting is
+also written by every ``tick()`` (the sources tick after each Kafka poll, every 256 file lines
+or every record in event time) and every checkpoint, so a trainer sampling the buffers in the
+daemon sees tuples no later than the next tick."""
 
 
 def log_extractor_error(exc: Exception, interaction: Interaction, extractor: str) -> bool:
@@ -110,7 +112,7 @@ class Pipeline:
         self.committed: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
         self.records_since_checkpoint = 0
-        # Tuples are written to the buffers once this many are waiting, and by every
+        # Tuples are written to the buffers once this many are waiting, and by every tick and
         # checkpoint (before anything is made durable). The Kafka source raises it and calls
         # write_pending() after each poll. One dedup query and one insert statement per batch:
         # the profile's largest item was a dedup query and write setup per record.
@@ -218,11 +220,13 @@ class Pipeline:
             self.tuple_sink.send(batch)
 
     def tick(self) -> None:
-        """Periodic work: close idle sessions, append to the time series when due."""
+        """Periodic work: close idle sessions, write waiting tuples to the buffers, append to
+        the time series when due."""
         now = self.now()
         closed = self.joiner.close_idle(now)
         if closed:
             self.emit(closed)
+        self.write_pending()
         if not self.use_event_time and \
                 now - self._last_series >= self.config.timeseries_interval_s:
             self.record_timeseries(now)

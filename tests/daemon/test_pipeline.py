@@ -209,3 +209,19 @@ def test_file_replay_follows_event_time_for_series_and_idle_timeouts(tmp_path):
     assert pipeline.stats.total("interactions_closed", closed_by="end_of_input") == 1
     times = [ts for ts, _ in read_series(tmp_path / "state" / "timeseries.sqlite")]
     assert times[0] == 1_000_000 and times[-1] == 1_000_000 + 3_600 + 2
+
+
+def test_tuples_reach_the_buffers_by_the_next_tick(tmp_path):
+    """Emitted tuples wait for a batch, but every tick writes them: a trainer sampling the
+    buffers in the daemon sees them without waiting for a checkpoint."""
+    pipeline = Pipeline(config_for(tmp_path, source="kafka"))
+    try:
+        for offset, record in enumerate(weather_session("s", '{"temp_c": 18}')):
+            pipeline.process(line(record), None, "t", 0, offset)
+        assert pipeline.stats.total("tuples") >= 1
+        assert sum(len(b) for b in pipeline.buffers.buffers.values()) == 0  # a batch waits
+        pipeline.tick()
+        stored_now = sum(len(b) for b in pipeline.buffers.buffers.values())
+        assert stored_now == pipeline.stats.total("tuples")
+    finally:
+        pipeline.close()
