@@ -116,7 +116,8 @@ class Pipeline:
         # checkpoint (before anything is made durable). The Kafka source raises it and calls
         # write_pending() after each poll. One dedup query and one insert statement per batch:
         # the profile's largest item was a dedup query and write setup per record.
-        self.write_batch = WRITE_BATCH
+        # With a trainer in the daemon (it samples the buffers from its own thread), at once.
+        self.write_batch = 1 if config.train else WRITE_BATCH
         self._unwritten: list[ScoredTuple] = []
         # Backpressure signals: each returns why consumption should pause now, or None (an
         # in-daemon trainer falling behind, a slow store...). Sources pause while any says so.
