@@ -268,6 +268,9 @@ class TerminalExtractor:
         return None
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
+        calls = interaction.action.tool_calls
+        if not calls or self.tools.isdisjoint([c.name for c in calls]):
+            return []  # most actions call no terminal tool: skip pairing their results
         pairs = [(c, a) for c, a in tool_results_for(interaction) if c.name in self.tools]
         if not pairs:
             return []

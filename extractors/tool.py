@@ -66,11 +66,60 @@ _ERROR_STATUSES = frozenset({"error", "failed", "failure", "fail", "fatal"})
 _HEAD_CHARS = 300
 
 
-def _classify_text(head: str) -> tuple[str, float, float] | None:
-    for label, pattern, reward, confidence in _ERROR_PATTERNS:
-        if pattern.search(head):
-            return label, reward, confidence
+# A necessary lower-case substring of some alternative of each pattern above, in order: a
+# pattern whose needles are all absent from the lowered text cannot match, so it is skipped
+# (ASCII text only: re.I also folds a few non-ASCII letters onto ASCII ones). The regexes
+# stay the only judges of what matches; tests check gated == ungated.
+_ERROR_NEEDLES: tuple[tuple[str, ...], ...] = (
+    ("tool", "function"),
+    ("missing", "required", "invalid", "validation error", "unexpected keyword",
+     "is not of type", "must be", "additional properties", "failed to parse"),
+    ("traceback", "error", "exception"),
+    ("err", "fail", "fatal"),
+    ("http", "status", "4", "5"),
+    ("time", "deadline exceeded"),
+    ("fail", "error", "partial"),
+)
+_HINT_NEEDLES: tuple[tuple[str, ...], ...] = (
+    ("did you mean",),
+    ("missing", "required property"),
+    ("expected", "must be", "should be", "values", "options", "times", "choices", "formats"),
+    ("unknown",),
+)
+
+
+def _gated(text: str, patterns: tuple[re.Pattern[str], ...],
+           needles: tuple[tuple[str, ...], ...]) -> tuple[int, re.Match[str]] | None:
+    """The first pattern that matches ``text``: its index and match (``None``: none does)."""
+    low = text.lower() if text.isascii() else None
+    for index, pattern in enumerate(patterns):
+        if low is not None:
+            for needle in needles[index]:
+                if needle in low:
+                    break
+            else:
+                continue
+        match = pattern.search(text)
+        if match:
+            return index, match
     return None
+
+
+_ERROR_REGEXES = tuple(pattern for _, pattern, _, _ in _ERROR_PATTERNS)
+
+
+def _classify_text(head: str) -> tuple[str, float, float] | None:
+    found = _gated(head, _ERROR_REGEXES, _ERROR_NEEDLES)
+    if found is None:
+        return None
+    label, _, reward, confidence = _ERROR_PATTERNS[found[0]]
+    return label, reward, confidence
+
+
+def _expected_hint(text: str) -> re.Match[str] | None:
+    """The first of ``_EXPECTED_HINTS`` that matches ``text``."""
+    found = _gated(text, _EXPECTED_HINTS, _HINT_NEEDLES)
+    return None if found is None else found[1]
 
 
 def _classify_json(data: Any) -> tuple[str, float, float] | None:
@@ -164,7 +213,7 @@ class ToolResultExtractor:
                              credit="tool_args")]
         if reward < 0 and label != "empty":
             text = answer.content[:4000]
-            match = next((m for p in _EXPECTED_HINTS if (m := p.search(text))), None)
+            match = _expected_hint(text)
             if match:
                 hint = f"The call to {call.name} failed: {match.group(0).strip()}."
                 tuples.append(tuple_from(interaction, extractor="tool", kind="directive",

@@ -1,0 +1,63 @@
+"""Tests for the shared data model's helpers."""
+
+import math
+
+import msgspec
+import pytest
+
+from nextstate.extractors.types import (
+    Interaction,
+    Message,
+    ScoredTuple,
+    ToolCall,
+    Usage,
+    tuple_from,
+)
+
+
+def _interaction() -> Interaction:
+    return Interaction(
+        "s#3", "s", (Message("user", "q"),), Message("assistant", "a"),
+        (Message("user", "thanks"),), model="m", policy_version="7",
+        behaviour_logprobs=(-0.5,), usage=Usage(11, 13, 5), ts=17.0, shape="openai_exchange")
+
+
+def test_tuple_from_fills_every_field_by_name():
+    """tuple_from builds positionally; each value lands in the field of its name."""
+    interaction = _interaction()
+    chosen, rejected = Message("assistant", "good"), Message("assistant", "bad")
+    built = tuple_from(interaction, extractor="user", kind="preference", source="user",
+                       excerpt="ex", reward=0.25, confidence=0.5, hint="h", chosen=chosen,
+                       rejected=rejected, credit="tool_args", created_ts=19.0, label="lbl")
+    assert built == ScoredTuple(
+        interaction_id="s#3", session_id="s", extractor="user", kind="preference",
+        source="user", context=interaction.context, action=interaction.action,
+        next_state_excerpt="ex", reward=0.25, confidence=0.5, hint="h", chosen=chosen,
+        rejected=rejected, credit="tool_args", model="m", policy_version="7",
+        behaviour_logprobs=(-0.5,), prompt_tokens=11, completion_tokens=13, action_ts=17.0,
+        created_ts=19.0, label="lbl")
+
+
+@pytest.mark.parametrize(("reward", "confidence", "expected"), [
+    (2.0, 2.0, (1.0, 1.0)), (-3.0, -1.0, (-1.0, 0.0)), (0.5, 0.25, (0.5, 0.25)),
+    (math.nan, math.nan, (-1.0, 0.0)), (1, 0, (1.0, 0.0)), (-0.0, 1.0, (-0.0, 1.0)),
+])
+def test_tuple_from_clamps_scores(reward, confidence, expected):
+    """Rewards clamp to [-1, 1] and confidences to [0, 1], NaN to the lower bound."""
+    built = tuple_from(_interaction(), extractor="x", kind="evaluative", source="tool",
+                       reward=reward, confidence=confidence)
+    assert (built.reward, built.confidence) == expected
+    assert isinstance(built.reward, float) and isinstance(built.confidence, float)
+
+
+def test_tool_call_defaults():
+    """A tool call's arguments default to empty JSON text."""
+    assert ToolCall("c", "f").arguments == ""
+
+
+def test_clamped_bounds_encode_like_defaults():
+    """A score clamped to (or given as) its field's default is left out of the encoding, as
+    msgspec's omit_defaults does for the default object itself."""
+    built = tuple_from(_interaction(), extractor="x", kind="evaluative", source="tool",
+                       reward=0.0, confidence=5.0)
+    assert b'"confidence"' not in msgspec.json.encode(built)
