@@ -1,6 +1,6 @@
 """Daemon hot path from a file on one core: decode + join + rule extractors, then the pipeline.
 
-    python benchmarks/bench_daemon.py [--sessions 400] [--turns 10] [--profile]
+    python benchmarks/bench_daemon.py [--sessions 400] [--turns 10] [--repeat 3] [--profile]
     python benchmarks/bench_daemon.py --profile-pipeline {call_log,transcript}
 
 Two input shapes from ``benchmarks/make_stream.py``'s realistic sessions:
@@ -12,6 +12,7 @@ Two input shapes from ``benchmarks/make_stream.py``'s realistic sessions:
 For each it prints records/s, interactions/s and MB/s of (1) decode + join + the default rule
 extractors (no redaction, no storage: the target is >= 100k interactions/s) and (2) the whole
 ``Pipeline.process`` (redaction and durable SQLite buffers included), with the mean record size.
+(1) is the fastest of ``--repeat`` runs, in CPU time of this process.
 ``--profile`` prints a pyinstrument profile of (1) on the call logs; ``--profile-pipeline
 SHAPE`` one of (2) on that shape.
 """
@@ -33,7 +34,7 @@ from nextstate.daemon import ingest
 from nextstate.daemon.config import load_config
 from nextstate.daemon.join import SessionJoiner
 from nextstate.daemon.pipeline import Pipeline
-from nextstate.extractors.registry import build_extractors
+from nextstate.extractors.registry import Dispatch, build_extractors
 
 EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
 
@@ -61,7 +62,7 @@ def core_loop(values: list[bytes]) -> tuple[float, int]:
     CPU time, not wall time: "on one core" must not depend on what else the machine runs.
     """
     joiner = SessionJoiner()
-    extractors = [ex for _, ex in build_extractors(EXTRACTORS)]
+    dispatch = Dispatch(build_extractors(EXTRACTORS))  # as Pipeline.emit runs them
     interactions = 0
     start = time.process_time()
     for offset, value in enumerate(values):
@@ -69,14 +70,19 @@ def core_loop(values: list[bytes]) -> tuple[float, int]:
         for record, shape in ingest.decode_records(value, None):
             closed += joiner.feed(record, shape, 0.0, ("bench", 0, offset), len(value))
         for interaction in closed:
-            for extractor in extractors:
+            for _, extractor in dispatch(interaction):
                 extractor(interaction)
         interactions += len(closed)
     for interaction in joiner.close_all():
-        for extractor in extractors:
+        for _, extractor in dispatch(interaction):
             extractor(interaction)
         interactions += 1
     return time.process_time() - start, interactions
+
+
+def best_core_loop(values: list[bytes], repeat: int) -> tuple[float, int]:
+    """The fastest of ``repeat`` runs of :func:`core_loop` (a shared machine only adds time)."""
+    return min(core_loop(values) for _ in range(max(1, repeat)))
 
 
 def full_pipeline(values: list[bytes]) -> tuple[float, int]:
@@ -122,6 +128,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=400)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of decode+join+rules per shape; the fastest is reported")
     parser.add_argument("--profile-pipeline", choices=["call_log", "transcript"],
                         help="print a pyinstrument profile of the full pipeline on SHAPE")
     args = parser.parse_args()
@@ -141,7 +149,7 @@ def main() -> None:
           f"{'KB/record':>11}")
     for shape, values in shapes.items():
         core_loop(values[:200])  # warm caches and lazy imports
-        report(shape, "decode+join+rules", values, *core_loop(values))
+        report(shape, "decode+join+rules", values, *best_core_loop(values, args.repeat))
         report(shape, "full pipeline", values, *full_pipeline(values))
     print("target: >= 100,000 interactions/s for decode+join+rules on one core")
 

@@ -38,7 +38,7 @@ from nextstate.daemon.tuple_topic import TupleSink
 from nextstate.daemon.wire import BadRecord
 from nextstate.daemon.yieldstats import YieldStats
 from nextstate.extractors.redact import Redactor
-from nextstate.extractors.registry import build_extractors
+from nextstate.extractors.registry import Dispatch, build_extractors
 from nextstate.extractors.types import Interaction, ScoredTuple
 
 log = structlog.get_logger("nextstate.pipeline")
@@ -92,6 +92,8 @@ class Pipeline:
                           if hasattr(ex, "judge_if_uncertain")]
         self._cascaded_names = {name for name, _ in self._cascaded}
         self._chain = [(name, ex, name in self._cascaded_names) for name, ex in self.extractors]
+        # Each interaction meets only the extractors that read its kinds of next state.
+        self._dispatch = Dispatch(self._chain)
         self.redactor = Redactor(enabled=config.redact, patterns=config.redact_patterns)
         specs = [msgspec.convert(spec, BufferSpec) for spec in config.buffers]
         self.buffers = BufferSet.open(self.state_dir / "buffers", specs)
@@ -190,7 +192,7 @@ class Pipeline:
         redactor, observe = self.redactor, self.stats.observe_interaction
         for interaction in interactions:
             tuples: list[ScoredTuple] = []
-            for name, extractor, cascaded in self._chain:
+            for name, extractor, cascaded in self._dispatch(interaction):
                 try:
                     if cascaded:
                         tuples.extend(extractor.judge_if_uncertain(  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ class FeedbackExtractor:
         [('evaluative', -1.0), ('directive', 0.0)]
     """
 
+    reads = frozenset({"feedback"})  # see registry.Dispatch
     __slots__ = ("excerpt_chars",)
 
     def __init__(self, excerpt_chars: int = 300) -> None:

@@ -221,6 +221,7 @@ class GuiDiffExtractor:
         [(-0.5, 'evaluative'), (0.0, 'directive')]
     """
 
+    reads = frozenset({"tool"})  # see registry.Dispatch
     __slots__ = ("_cache_content", "_cache_obs", "history", "tools")
 
     def __init__(self, tools: tuple[str, ...] | list[str] | None = None,

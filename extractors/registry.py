@@ -9,12 +9,17 @@ interaction. Registering one is a decorator line::
     class ToolResultExtractor: ...
 
 and the daemon builds the configured list in order with :func:`build_extractors`.
+
+An extractor may declare which kinds of next state it can score, ``reads`` (a class or function
+attribute, a set of ``"user"``, ``"tool"``, ``"feedback"``; see :func:`next_state_kinds`):
+:class:`Dispatch` then runs it only on interactions that have one of them (it would return
+``[]`` on the others). Extractors that declare nothing run on every interaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from nextstate.extractors.types import Interaction, ScoredTuple
 
@@ -84,3 +89,72 @@ def build_extractors(
 def _load_builtins() -> None:
     # Importing the package registers the built-in extractors (each module's decorator).
     import nextstate.extractors  # noqa: F401
+
+
+NEXT_STATE_KINDS = {"user": 1, "tool": 2, "feedback": 4}
+"""The kinds of next state an extractor may declare in ``reads``, as bits of a kinds mask."""
+
+E = TypeVar("E")
+
+
+def next_state_kinds(interaction: Interaction) -> int:
+    """The kinds mask of an interaction: ``user`` when its next state holds a user message,
+    ``tool`` when the action calls tools and the next state holds a tool message, ``feedback``
+    when feedback targeted the action."""
+    kinds = 4 if interaction.feedback else 0
+    calls = bool(interaction.action.tool_calls)
+    for message in interaction.next_state:
+        role = message.role
+        if role == "user":
+            kinds |= 1
+        elif role == "tool" and calls:
+            kinds |= 2
+    return kinds
+
+
+def reads_mask(extractor: Any) -> int | None:
+    """The kinds mask an extractor declares in ``reads`` (``None``: it declares none)."""
+    reads = getattr(extractor, "reads", None)
+    if reads is None:
+        return None
+    unknown = set(reads) - NEXT_STATE_KINDS.keys()
+    if unknown:
+        raise ValueError(f"unknown next-state kinds in reads: {sorted(unknown)}")
+    mask = 0
+    for kind in reads:
+        mask |= NEXT_STATE_KINDS[kind]
+    return mask
+
+
+class Dispatch(Generic[E]):
+    """Which of a chain's entries can score an interaction, by the kinds of its next state.
+
+    The table holds, for each kinds mask, the entries (in chain order) whose extractor reads
+    one of those kinds or declares none: an interaction only meets the extractors that can
+    score it.
+
+    Args:
+        entries: the chain, e.g. ``(name, extractor)`` pairs from :func:`build_extractors`.
+        extractor_of: the extractor of an entry (default: its second item).
+
+    Example:
+        >>> from nextstate.extractors.types import Interaction, Message
+        >>> dispatch = Dispatch(build_extractors(["feedback", "user", "tool"]))
+        >>> i = Interaction("s#1", "s", (), Message("assistant", "hi"), (Message("user", "ok"),))
+        >>> [name for name, _ in dispatch(i)]
+        ['user']
+    """
+
+    __slots__ = ("_table",)
+
+    def __init__(self, entries: Sequence[E],
+                 extractor_of: Callable[[E], Any] = lambda entry: entry[1]  # type: ignore[index]
+                 ) -> None:
+        masks = [reads_mask(extractor_of(entry)) for entry in entries]
+        self._table = tuple(
+            tuple(e for e, mask in zip(entries, masks, strict=True)
+                  if mask is None or mask & kinds)
+            for kinds in range(8))
+
+    def __call__(self, interaction: Interaction) -> tuple[E, ...]:
+        return self._table[next_state_kinds(interaction)]

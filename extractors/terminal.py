@@ -237,6 +237,7 @@ class TerminalExtractor:
         excerpt_chars: how much of the output to keep (its tail: summaries sit at the end).
     """
 
+    reads = frozenset({"tool"})  # see registry.Dispatch
     __slots__ = ("_summaries", "excerpt_chars", "history", "tools")
 
     def __init__(self, tools: tuple[str, ...] | list[str] | None = None, history: int = 40,

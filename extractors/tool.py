@@ -189,6 +189,7 @@ class ToolResultExtractor:
         excerpt_chars: how much of the tool result to keep as the next-state excerpt.
     """
 
+    reads = frozenset({"tool"})  # see registry.Dispatch
     __slots__ = ("excerpt_chars", "ignore_tools")
 
     def __init__(self, ignore_tools: tuple[str, ...] | list[str] | None = None,

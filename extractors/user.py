@@ -236,6 +236,8 @@ def classify_reply(reply: str, previous_request: str | None = None) -> ReplyRead
         previous_request: the user's request the action answered (for rephrase detection).
 
     >>> classify_reply("Thanks, but I asked for Tuesday").label
+    'complaint'
+    >>> classify_reply("Thanks, but could it be shorter?").label
     'correction'
     """
     text = _normalise(reply)
@@ -312,6 +314,7 @@ class UserReplyExtractor:
         ['evaluative', 'directive']
     """
 
+    reads = frozenset({"user"})  # see registry.Dispatch
     __slots__ = ("_readings", "excerpt_chars", "memo_chars", "min_confidence")
 
     def __init__(self, excerpt_chars: int = 300, min_confidence: float = 0.0,
