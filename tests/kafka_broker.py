@@ -10,8 +10,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -32,9 +33,12 @@ class Broker:
 
     bootstrap: str
     process: subprocess.Popen[bytes]
+    security: dict[str, Any] = field(default_factory=dict)
+    """kafka-python TLS/SASL settings the helpers' own clients use (none: PLAINTEXT)."""
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="tests-admin")
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="tests-admin",
+                                 **self.security)
         try:
             admin.create_topics([NewTopic(name, num_partitions=partitions,
                                           replication_factor=1)])
@@ -44,7 +48,7 @@ class Broker:
     def committed(self, topic: str, group: str, partitions: int) -> dict[int, int | None]:
         """The group's committed offset of each partition (None: nothing committed)."""
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
-                                 enable_auto_commit=False)
+                                 enable_auto_commit=False, **self.security)
         try:
             return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
         finally:
@@ -52,7 +56,8 @@ class Broker:
 
     def produce(self, topic: str, records: list[tuple[bytes | None, bytes]],
                 partition_of: dict[bytes, int] | None = None) -> None:
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
+                                 **self.security)
         try:
             for key, value in records:
                 partition = partition_of.get(key) if partition_of and key else None
