@@ -228,6 +228,65 @@ def correction_hint(reply: str) -> str | None:
     return None
 
 
+class ReplyParts(NamedTuple):
+    """How a reply reads before its request is known (see :func:`read_reply`).
+
+    ``final``: ``reading`` holds whatever the request was. Otherwise the reply is a rephrase
+    if ``text`` repeats the request, and reads as ``reading`` if not.
+    """
+
+    final: bool
+    reading: ReplyReading | None
+    text: str
+
+
+def read_reply(reply: str) -> ReplyParts:
+    """Every rule of :func:`classify_reply` that does not need the previous request.
+
+    Replies recur far more often than (reply, request) pairs ("thanks!", "no, use Celsius"),
+    so this is the part worth memoizing; :func:`with_request` finishes the reading.
+    """
+    text = _normalise(reply)
+    if not text:
+        return ReplyParts(True, None, text)
+    # Quoted text is what the user cites ("what does 'wrong number' mean?"), not their verdict.
+    if text.count("'") > 1 or '"' in text or "`" in text:
+        text = _QUOTED.sub("'…'", text)
+    low = text.lower()
+    words = set(_RUN.findall(low))
+    praise = _PRAISE_OPENER.match(low)
+    if (praise and not words.isdisjoint(_SARCASM_TRIGGERS) and _SARCASM_OUTCOME.search(low)) \
+            or (("right" in low or "nothing" in low) and _SARCASM_ALONE.search(low)):
+        return ReplyParts(True, ReplyReading("sarcasm", -0.8, 0.8, None), text)
+    complaint = _find_complaint(low, words)
+    if complaint and _BARE_NO.match(complaint.group(0)) and _is_positive(low, words) and \
+            _find_complaint(low, set(_RUN.findall(low, complaint.end())),
+                            complaint.end()) is None:
+        complaint = None  # "No, that's all I needed, thanks!"
+    if complaint:
+        return ReplyParts(True, ReplyReading("complaint", -0.8, 0.9, correction_hint(text)), text)
+    if praise and _CONTRAST.search(low, praise.end()):
+        return ReplyParts(True, ReplyReading("correction", -0.5, 0.85, correction_hint(text)),
+                          text)
+    if (not words.isdisjoint(_POLITE_TRIGGERS) or "hmm" in low or "um" in low) and (
+            not words.isdisjoint(_POLITE_WORDS) or _POLITE_CORRECTION.search(low)):
+        return ReplyParts(True, ReplyReading("correction", -0.5, 0.8, correction_hint(text)),
+                          text)
+    # Next comes the rephrase rule (with_request); these apply when the reply is not one.
+    if _is_positive(low, words):
+        return ReplyParts(False, ReplyReading("satisfied", 0.8, 0.85, None), text)
+    if _MOVE_ON.match(low):
+        return ReplyParts(False, ReplyReading("moves_on", 0.3, 0.55, None), text)
+    return ReplyParts(False, None, text)
+
+
+def with_request(parts: ReplyParts, previous_request: str | None) -> ReplyReading | None:
+    """The reading of a reply (its :func:`read_reply` parts) given the request it answers."""
+    if not parts.final and previous_request and _similar(parts.text, previous_request):
+        return ReplyReading("rephrase", -0.6, 0.75, None)
+    return parts.reading
+
+
 def classify_reply(reply: str, previous_request: str | None = None) -> ReplyReading | None:
     """Read a user reply as a signal on the action it answers; ``None`` means no signal.
 
@@ -240,37 +299,7 @@ def classify_reply(reply: str, previous_request: str | None = None) -> ReplyRead
     >>> classify_reply("Thanks, but could it be shorter?").label
     'correction'
     """
-    text = _normalise(reply)
-    if not text:
-        return None
-    # Quoted text is what the user cites ("what does 'wrong number' mean?"), not their verdict.
-    if text.count("'") > 1 or '"' in text or "`" in text:
-        text = _QUOTED.sub("'…'", text)
-    low = text.lower()
-    words = set(_RUN.findall(low))
-    praise = _PRAISE_OPENER.match(low)
-    if (praise and not words.isdisjoint(_SARCASM_TRIGGERS) and _SARCASM_OUTCOME.search(low)) \
-            or (("right" in low or "nothing" in low) and _SARCASM_ALONE.search(low)):
-        return ReplyReading("sarcasm", -0.8, 0.8, None)
-    complaint = _find_complaint(low, words)
-    if complaint and _BARE_NO.match(complaint.group(0)) and _is_positive(low, words) and \
-            _find_complaint(low, set(_RUN.findall(low, complaint.end())),
-                            complaint.end()) is None:
-        complaint = None  # "No, that's all I needed, thanks!"
-    if complaint:
-        return ReplyReading("complaint", -0.8, 0.9, correction_hint(text))
-    if praise and _CONTRAST.search(low, praise.end()):
-        return ReplyReading("correction", -0.5, 0.85, correction_hint(text))
-    if (not words.isdisjoint(_POLITE_TRIGGERS) or "hmm" in low or "um" in low) and (
-            not words.isdisjoint(_POLITE_WORDS) or _POLITE_CORRECTION.search(low)):
-        return ReplyReading("correction", -0.5, 0.8, correction_hint(text))
-    if previous_request and _similar(text, previous_request):
-        return ReplyReading("rephrase", -0.6, 0.75, None)
-    if _is_positive(low, words):
-        return ReplyReading("satisfied", 0.8, 0.85, None)
-    if _MOVE_ON.match(low):
-        return ReplyReading("moves_on", 0.3, 0.55, None)
-    return None
+    return with_request(read_reply(reply), previous_request)
 
 
 def _find_complaint(low: str, words: set[str], pos: int = 0) -> re.Match[str] | None:
@@ -321,21 +350,20 @@ class UserReplyExtractor:
                  memo_entries: int = 4096, memo_chars: int = 80) -> None:
         self.excerpt_chars = excerpt_chars
         self.min_confidence = min_confidence
-        # Short replies ("thanks!", "no", "ok, next") recur across sessions: read each
-        # (reply, request) pair once. Bounded; long replies are rarely repeated and skip it.
+        # Short replies ("thanks!", "no", "ok, next") recur across sessions: read each once
+        # (all but the rephrase rule, which needs the request). Bounded; long replies are
+        # rarely repeated and skip it.
         self.memo_chars = memo_chars
-        self._readings: LruCache[ReplyReading | None] = LruCache(memo_entries,
-                                                                  memo_entries * 512)
+        self._readings: LruCache[ReplyParts] = LruCache(memo_entries, memo_entries * 512)
 
     def _read(self, reply: str, request: str | None) -> ReplyReading | None:
         if len(reply) > self.memo_chars:
             return classify_reply(reply, request)
-        key = (reply, request)
-        reading = self._readings.get(key, _UNREAD)
-        if reading is _UNREAD:
-            reading = classify_reply(reply, request)
-            self._readings.put(key, reading, len(reply) + len(request or ""))
-        return reading  # type: ignore[return-value]
+        parts = self._readings.get(reply, _UNREAD)
+        if parts is _UNREAD:
+            parts = read_reply(reply)
+            self._readings.put(reply, parts, len(reply))
+        return with_request(parts, request)  # type: ignore[arg-type]
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
         reply = next_user_message(interaction)

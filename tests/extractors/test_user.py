@@ -222,3 +222,38 @@ def test_reading_memo_is_bounded_and_skips_long_replies(chat) -> None:
     extractor(chat("thanks " * 40))
     assert len(extractor._readings) == 8
     assert extractor(chat("thanks a lot 3"))[0].reward > 0  # evicted, read again the same
+
+
+def test_memo_of_a_reply_still_reads_it_against_each_request() -> None:
+    """The memo is keyed by the reply alone: the rephrase rule still sees each request."""
+    from nextstate.extractors.types import Interaction, Message
+
+    extractor = UserReplyExtractor()
+
+    def answered(request: str, reply: str) -> Interaction:
+        return Interaction("s#2", "s", (Message("user", request),),
+                           Message("assistant", "It is 12C."), (Message("user", reply),))
+
+    reply = "What's the weather in Oslo on Friday?"
+    labels = [extractor(answered(request, reply))
+              for request in ("What's the weather in Oslo on Friday?", "Book a table for two")]
+    assert labels[0][0].reward == -0.6 and labels[1] == []
+    assert len(extractor._readings) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["thanks!", "No, use Celsius.", "ok, now Paris", "Paris on Friday?",
+                     "Thanks, but I asked for Tuesday", "what's the weather in Paris?", " ",
+                     "hmm, I think it should be Friday", "great, now nothing works"]),
+    st.sampled_from(["What's the weather in Paris on Friday?", "paris on friday?", "thanks!"])),
+    max_size=12))
+def test_memoized_readings_equal_fresh_ones(pairs) -> None:
+    """Whatever replies recur with whatever requests, the memo gives what a fresh read does."""
+    from nextstate.extractors.types import Interaction, Message
+
+    memo, fresh = UserReplyExtractor(), UserReplyExtractor(memo_chars=-1)
+    for reply, request in pairs:
+        interaction = Interaction("s#2", "s", (Message("user", request),),
+                                  Message("assistant", "It is 12C."), (Message("user", reply),))
+        assert memo(interaction) == fresh(interaction)
