@@ -178,7 +178,7 @@ def _traces(value: bytes) -> list[ResourceSpans]:
         return _ENVELOPE.decode(value).resourceSpans
     except msgspec.ValidationError as exc:
         raise BadRecord("schema", f"OTLP: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is the latter
         raise BadRecord("decode", f"OTLP: {exc}") from None
 
 
@@ -222,7 +222,10 @@ def _value(value: AnyValue) -> Any:
 
 
 def _attributes(span: Span) -> dict[str, Any]:
-    return {kv.key: _value(kv.value) for kv in span.attributes}
+    try:
+        return {kv.key: _value(kv.value) for kv in span.attributes}
+    except ValueError as exc:  # an intValue/doubleValue string that is no number
+        raise BadRecord("schema", f"OTLP span attribute: {exc}") from None
 
 
 def _messages(raw: Any, decoder: msgspec.json.Decoder[Any]) -> Any:
@@ -304,4 +307,7 @@ def _tool_result(session: str, span: Span, a: dict[str, Any]) -> WireRecord:
 
 
 def _start_seconds(span: Span) -> float | None:
-    return int(span.startTimeUnixNano) / 1e9 if span.startTimeUnixNano else None
+    try:
+        return int(span.startTimeUnixNano) / 1e9 if span.startTimeUnixNano else None
+    except ValueError:  # a string field: digits expected
+        raise BadRecord("schema", f"startTimeUnixNano: {span.startTimeUnixNano!r:.60}") from None

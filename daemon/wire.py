@@ -166,7 +166,7 @@ def decode(value: bytes | str) -> WireRecord[list[WireMessage]]:
         return DECODER.decode(value)
     except msgspec.ValidationError as exc:
         raise BadRecord("schema", str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is the latter
         raise BadRecord("decode", str(exc)) from None
 
 
@@ -177,7 +177,7 @@ def decode_lazy(value: bytes | str) -> WireRecord[msgspec.Raw]:
         return LAZY_DECODER.decode(value)
     except msgspec.ValidationError as exc:
         raise BadRecord("schema", str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is the latter
         raise BadRecord("decode", str(exc)) from None
 
 
@@ -188,6 +188,8 @@ def decode_messages(array: msgspec.Raw | bytes) -> list[WireMessage]:
         return MESSAGES_DECODER.decode(array)
     except msgspec.ValidationError as exc:
         raise BadRecord("schema", f"request.messages: {exc}") from None
+    except UnicodeDecodeError as exc:  # a Raw array is valid JSON, but not checked as UTF-8
+        raise BadRecord("decode", f"request.messages: {exc}") from None
 
 
 def typed(record: WireRecord[Any]) -> WireRecord[list[WireMessage]]:

@@ -195,3 +195,36 @@ def test_feedback_flood_on_one_action_is_bounded():
     (interaction,) = joiner.close_all()
     assert [f.value for f in interaction.feedback] == [0.0, 1.0, 0.0, 1.0]
     assert joiner.evictions == {"feedback": 46}
+
+
+def _otlp(span: dict) -> bytes:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+
+
+TOOL_SPAN = {"traceId": "ab" * 16, "spanId": "cd" * 8, "startTimeUnixNano": "1760000000000000000",
+             "attributes": [{"key": "gen_ai.operation.name",
+                             "value": {"stringValue": "execute_tool"}}]}
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    # Invalid UTF-8 in a string: msgspec raises UnicodeDecodeError, not DecodeError; in an
+    # OpenAI exchange's messages it surfaced only in the join's lazy decode (found by atheris).
+    (b'{"session_id": "s", "request": {"messages": [{"role": "user", "content": "\xff"}]},'
+     b' "response": {"choices": [{"message": {"role": "assistant", "content": "ok"}}]}}',
+     "decode"),
+    (b'{"session_id": "\xff", "type": "feedback", "value": 1}', "decode"),
+    (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "\xff"}]}]}]}', "decode"),
+    # OTLP int64 fields as strings that are no numbers (found by atheris).
+    (_otlp({**TOOL_SPAN, "startTimeUnixNano": "17x"}), "schema"),
+    (_otlp({**TOOL_SPAN, "attributes": [*TOOL_SPAN["attributes"],
+                                        {"key": "n", "value": {"intValue": "x8"}}]}), "schema"),
+], ids=["utf8_in_lazy_messages", "utf8_in_record", "utf8_in_otlp", "otlp_start_time",
+        "otlp_int_attribute"])
+def test_fuzz_findings_are_dead_lettered(pipeline, tmp_path, value, reason):
+    """Inputs the atheris harness crashed the decoders with are dead-lettered with a reason,
+    and the next good record is still processed."""
+    pipeline.process(value, None, "t", 0, 0)
+    pipeline.process(line(exchange("g", [user("hi")], assistant("hello"))), None, "t", 0, 1)
+    pipeline.checkpoint()
+    assert [entry["reason"] for entry in dead_letters(tmp_path)] == [reason]
+    assert pipeline.stats.total("records") == 1
