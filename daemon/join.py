@@ -52,12 +52,11 @@ class _Pending:
 
     def close(self, session_id: str, next_state: tuple[Message, ...], closed_by: ClosedBy,
               outcome: float | None = None) -> Interaction:
+        # Positional, in Interaction's field order (tests/daemon/test_join.py checks it).
         return Interaction(
-            interaction_id=self.interaction_id, session_id=session_id, context=self.context,
-            action=self.action, next_state=next_state, closed_by=closed_by,
-            feedback=self.feedback, outcome=outcome, model=self.model,
-            policy_version=self.policy_version, behaviour_logprobs=self.behaviour_logprobs,
-            usage=self.usage, ts=self.ts, shape=self.shape)
+            self.interaction_id, session_id, self.context, self.action, next_state, closed_by,
+            self.feedback, outcome, self.model, self.policy_version, self.behaviour_logprobs,
+            self.usage, self.ts, self.shape)
 
 
 @dataclass(slots=True)

@@ -265,9 +265,7 @@ def usage_of(record: WireRecord) -> Usage:
     if usage is None:
         return Usage()
     cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else None
-    return Usage(prompt_tokens=usage.prompt_tokens or 0,
-                 completion_tokens=usage.completion_tokens or 0,
-                 cached_tokens=cached or 0)
+    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, cached or 0)
 
 
 def content_text(content: str | list[WirePart] | None) -> str:
@@ -289,7 +287,7 @@ def _tool_calls(calls: list[WireToolCall] | None) -> tuple[ToolCall, ...]:
             args = ""
         elif not isinstance(args, str):
             args = msgspec.json.encode(args).decode()
-        out.append(ToolCall(id=call.id, name=call.function.name, arguments=args))
+        out.append(ToolCall(call.id, call.function.name, args))
     return tuple(out)
 
 
@@ -298,9 +296,10 @@ def normalize_message(message: WireMessage) -> Message:
     role = _ROLES.get(message.role)
     if role is None:
         raise BadRecord("unknown_role", f"unknown message role {message.role[:40]!r}")
-    return Message(role=role, content=content_text(message.content),  # type: ignore[arg-type]
-                   tool_calls=_tool_calls(message.tool_calls),
-                   tool_call_id=message.tool_call_id, name=message.name)
+    # Positional (role, content, tool_calls, tool_call_id, name): several times cheaper than
+    # keywords, for every message the join decodes.
+    return Message(role, content_text(message.content),  # type: ignore[arg-type]
+                   _tool_calls(message.tool_calls), message.tool_call_id, message.name)
 
 
 def normalize_messages(messages: list[WireMessage]) -> list[Message]:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from nextstate.daemon import ingest, wire
 from nextstate.daemon.join import SessionJoiner
 from nextstate.daemon.wire import BadRecord
+from nextstate.extractors.types import Feedback, Interaction, Message, Usage
 from tests.records import assistant, conversation_exchanges, exchange, line, tool, user
 
 
@@ -275,3 +276,21 @@ def test_changed_bytes_in_a_repeated_history_are_checked_again():
         for record, shape in ingest.decode_records(swapped, None):
             joiner.feed(record, shape, 0.0)
     assert info.value.reason == "schema"
+
+
+def test_closed_interaction_carries_every_field_of_its_action():
+    """An exchange's interaction holds its ids, model, version, log-probs, usage, time and
+    shape in the fields of those names (the join builds it positionally)."""
+    record = exchange("s", [user("hi")], assistant("hello"), model="m", policy_version=3,
+                      ts=1_700_000_000, usage={"prompt_tokens": 5, "completion_tokens": 2})
+    record["response"]["choices"][0]["logprobs"] = {"content": [{"logprob": -0.25}]}
+    joiner = SessionJoiner()
+    feed(joiner, record)
+    feed(joiner, {"type": "feedback", "session_id": "s", "value": "up"})
+    (closed,) = feed(joiner, {"type": "session_end", "session_id": "s", "outcome": 1.0})
+    assert closed == Interaction(
+        interaction_id="s#1", session_id="s", context=(Message("user", "hi"),),
+        action=Message("assistant", "hello"), next_state=(), closed_by="session_end",
+        feedback=(Feedback(1.0),), outcome=1.0, model="m", policy_version="3",
+        behaviour_logprobs=(-0.25,), usage=Usage(5, 2, 0), ts=1_700_000_000.0,
+        shape="openai_exchange")
