@@ -276,8 +276,10 @@ class SessionJoiner:
         """
         assert record.messages
         result = wire.normalize_message(record.messages[0])
-        session = self._session(session_id, now, None)
-        pending = session.pending
+        # No session is made for a result nobody waits for: a flood of such spans (content
+        # capture off) must not grow the sessions past max_sessions (found by atheris).
+        pending = (self._session(session_id, now, None).pending if session_id in self.sessions
+                   else None)
         if pending is not None and any(result.tool_call_id in (None, c.id)
                                        for c in pending.action.tool_calls):
             pending.partial_next += (result,)

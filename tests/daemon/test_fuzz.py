@@ -251,3 +251,16 @@ def test_atheris_harness_runs_clean(tmp_path):
     assert "Done 20000 runs" in run.stderr, report
     assert len(list(corpus.iterdir())) > 20  # the seeds were written (and grew)
     assert list(artifacts.iterdir()) == []
+
+
+def test_unawaited_tool_results_make_no_sessions():
+    """OTel tool results that no pending action waits for (content capture off) each close an
+    interaction of their own and hold no session, so a flood of them cannot grow the join past
+    max_sessions (found by atheris)."""
+    joiner = SessionJoiner(max_sessions=4)
+    for n in range(100):
+        result = wire.WireRecord(session_id=f"trace{n}", messages=[wire.WireMessage(
+            role="tool", content="ok", tool_call_id=f"c{n}", name="bash")])
+        (interaction,) = joiner.feed(result, "otel_tool", float(n))
+        assert interaction.next_state[0].content == "ok"
+        assert len(joiner.sessions) == 0
