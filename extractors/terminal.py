@@ -153,8 +153,18 @@ def _split_output(content: str) -> tuple[str, int | None]:
         code = next((data[k] for k in ("exit_code", "returncode", "exitCode", "code",
                                        "status") if isinstance(data.get(k), int)), None)
         return "\n".join(p for p in parts if p), code
-    match = _EXIT_CODE.search(content[-2000:])
+    match = _exit_code(content[-2000:])
     return content, int(match.group(1)) if match else None
+
+
+def _exit_code(text: str) -> re.Match[str] | None:
+    """``_EXIT_CODE.search(text)``, started at the first "exit" or "return" (every match
+    starts with one; ``\\b`` still sees the character before the start position)."""
+    if not text.isascii():  # re.I folds a few non-ASCII letters that lower() keeps
+        return _EXIT_CODE.search(text)
+    low = text.lower()
+    starts = [i for i in (low.find("exit"), low.find("return")) if i >= 0]
+    return _EXIT_CODE.search(text, min(starts)) if starts else None
 
 
 def _command_of(arguments: str) -> str:

@@ -121,3 +121,13 @@ def test_guards_never_skip_a_match(text: str) -> None:
         assert (terminal._first_failure(candidate) is not None) == (expected is not None)
         assert terminal._looks_environmental(candidate) == bool(
             terminal._ENVIRONMENTAL.search(candidate))
+
+
+@given(st.lists(st.sampled_from([
+    "exit code: 1", "[exit code: 0]", "Exited with status 2", "returncode=3", "return code 4",
+    "exit_code: 5", "EXIT 6", "xexit 7", "exited", "re-exit 8", "$ make\n", "ok", " ", "ſ",
+    "Return Code: -1", "exit(9)", "\n", "42"]), max_size=6).map("".join))
+def test_exit_code_search_from_first_needle_equals_full_search(text: str) -> None:
+    """Starting the exit-code regex at the first "exit"/"return" finds the same match."""
+    got, expected = terminal._exit_code(text), terminal._EXIT_CODE.search(text)
+    assert (got and got.span()) == (expected and expected.span())
