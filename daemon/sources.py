@@ -8,6 +8,7 @@ cover durable, and only up to the oldest record a pending join still needs.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -28,6 +29,9 @@ from nextstate.daemon.service import Health, Progress
 log = structlog.get_logger("nextstate.sources")
 
 FILE_OFFSETS = "file_offsets.json"
+TOPIC_IDS = "kafka_topic_ids.json"  # which incarnation of each topic the offsets belong to
+FINAL_COMMIT_TIMEOUT_MS = 10_000  # the commit on stop: bounded, well inside a SIGTERM grace
+PROBE_TIMEOUT_MS = 5_000  # a blocking look-up in the loop (ListOffsets, committed offsets)
 
 
 class _Cadence:
@@ -132,8 +136,15 @@ class _Rebalance(ConsumerRebalanceListener):
         gone = [(tp.topic, tp.partition) for tp in revoked]
         # kafka-python 3 runs listeners on its IO thread, where a blocking commit is refused:
         # the commit is queued ahead of the group re-join on the same coordinator connection.
-        self.runner.commit(only=set(gone), blocking=False)
+        self.runner.commit(only=set(gone))
         self.runner.pipeline.drop_partitions(gone)
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        # Evicted from the group (e.g. a broker that came back without it): a commit would be
+        # refused, but what was processed is still made durable.
+        if lost:
+            self.runner.pipeline.checkpoint()
+            self.runner.pipeline.drop_partitions([(tp.topic, tp.partition) for tp in lost])
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}"
@@ -167,7 +178,12 @@ class KafkaRunner:
         # Records waiting (lag), broker reachable, not paused, yet nothing fetched this long:
         # the consumer is stuck (see _fresh_consumer).
         self._stall_s = max(10.0, 3 * config.kafka.session_timeout_ms / 1000)
+        # Look-ups block the loop: at most a third of the poll interval the group allows.
+        self._probe_ms = min(PROBE_TIMEOUT_MS, config.kafka.max_poll_interval_ms // 3)
         self.paused_for: str | None = None  # why consumption is paused (backpressure)
+        self._topic_ids_path = pipeline.state_dir / TOPIC_IDS
+        self._topic_ids: dict[str, str] = (json.loads(self._topic_ids_path.read_text())
+                                           if self._topic_ids_path.exists() else {})
 
     def run(self) -> None:
         kafka = self.config.kafka
@@ -179,9 +195,12 @@ class KafkaRunner:
             try:
                 batches = self.consumer.poll(timeout_ms=kafka.poll_timeout_ms,
                                              max_records=kafka.max_poll_records)
+                replaced = self._check_topic_id()
                 for tp, records in batches.items():
-                    if records:
-                        self._check_position(tp, records[0].offset)
+                    if tp.topic in replaced:
+                        continue  # fetched again from the position chosen for the new log
+                    if records and not self._check_position(tp, records[0].offset):
+                        continue
                     for record in records:
                         self.pipeline.process(record.value, record.key, tp.topic,
                                               tp.partition, record.offset)
@@ -215,14 +234,15 @@ class KafkaRunner:
             self.health.beat()
             self.lag = self._lag(assigned)
             self.progress.update(self.lag)
-            # A partition whose fetch never completes has no high watermark: its lag is
-            # unknown, not zero, and counts as waiting records for the stall watchdog.
-            waiting = self.lag or any(self.consumer.highwater(tp) is None for tp in assigned)
-            if batches or not (waiting and reachable and not self.paused_for):
+            if batches or not assigned or not reachable or self.paused_for:
                 self._last_progress = time.monotonic()
             elif time.monotonic() - self._last_progress > self._stall_s:
-                self._fresh_consumer()
-        self.commit()
+                # Nothing fetched for a while: idle, or stuck? The client's own lag figures
+                # cannot tell (its high watermarks come from the fetches that stopped), so ask.
+                self._last_progress = time.monotonic()
+                if self._records_waiting(assigned):
+                    self._fresh_consumer()
+        self.commit(final=True)
 
     def _apply_backpressure(self, assigned: Any) -> None:
         """Pause every assigned partition while the pipeline is behind, resume when it is not.
@@ -256,14 +276,14 @@ class KafkaRunner:
             return
         log.warning("consumer_stalled", lag=self.lag, stalled_s=self._stall_s,
                     action="replacing the consumer")
-        self.commit()
+        self.commit(final=True)
         self.pipeline.drop_partitions([(tp.topic, tp.partition)
                                        for tp in self.consumer.assignment()])
         self.consumer.close(autocommit=False)
         self.consumer = KafkaConsumer(**self.config.kafka.consumer_kwargs())
         self.consumer.subscribe([self.config.kafka.topic], listener=_Rebalance(self))
 
-    def _check_position(self, tp: Any, first: int) -> None:
+    def _check_position(self, tp: Any, first: int) -> bool:
         """Notice a log that is not the one we processed: a broker that came back empty.
 
         Records start at the group's committed offset after an assignment, and follow on from
@@ -272,23 +292,158 @@ class KafkaRunner:
         of range. Offsets checkpointed beyond that point describe another log, and would make
         the new records look like replays, so they are forgotten (at-least-once from there:
         tuples already stored are dropped again by their keys).
+
+        Returns whether to process the records: not while the group's offset cannot be read
+        (the broker went away since the fetch); the partition is then set back to ``first``,
+        to be fetched and checked again.
         """
         key = (tp.topic, tp.partition)
         expected = self.pipeline.seen.get(key)
-        if expected is None:
-            expected = self.consumer.committed(tp)
-            if expected is None and key not in self.pipeline.committed:
-                return  # we never committed it: a missing group offset proves nothing
-        if expected is not None and first >= expected:
-            return
         horizon = max(self.pipeline.processed.get(key, 0), self.pipeline.seen.get(key, 0))
+        if expected is None:
+            try:
+                if not self._broker_reachable():
+                    raise KafkaError("group coordinator unreachable")
+                expected = self.consumer.committed(tp, timeout_ms=self._probe_ms)
+            except KafkaError:
+                self.consumer.seek(tp, first)
+                return False
+            # We never committed it and the group has no offset: after a restart before the
+            # first commit this is the same log read again from the reset position (replays),
+            # after a broker that came back empty it is another log. The same log reaches at
+            # least as far as what was processed; another one may not.
+            if (expected is None and key not in self.pipeline.committed
+                    and (first >= horizon or self._log_end(tp) >= horizon)):
+                return True
+        if expected is not None and first >= expected:
+            return True
         if first < horizon:
-            log.error("kafka_offsets_reset", partition=f"{tp.topic}/{tp.partition}",
-                      first_offset=first, committed=expected, checkpointed=horizon,
-                      policy=self.config.kafka.auto_offset_reset,
-                      action="the broker's log is not the one processed (did it come back "
-                             "empty?): processing it from the reset position")
+            self._log_reset(tp, "records start below the checkpointed offset",
+                            first_offset=first, committed=expected, checkpointed=horizon)
             self.pipeline.forget_offsets(key)
+        return True
+
+    def _log_reset(self, tp: Any, reason: str, **fields: Any) -> None:
+        log.error("kafka_offsets_reset", partition=f"{tp.topic}/{tp.partition}", reason=reason,
+                  policy=self.config.kafka.auto_offset_reset,
+                  action="the broker's log is not the one processed (did it come back "
+                         "empty?): processing it from the reset position", **fields)
+
+    def _log_end(self, tp: Any) -> int:
+        """The partition's log end: the high watermark of the fetch that just returned its
+        records (Tansu 0.6.0 answers ListOffsets "latest" with the last batch's base offset
+        + 1, short of the end, so that is only the fallback); -1 if unknown."""
+        high = self.consumer.highwater(tp)
+        if high is not None:
+            return int(high)
+        try:
+            return int(self.consumer.end_offsets([tp], timeout_ms=self._probe_ms)[tp])
+        except KafkaError:
+            return -1
+
+    def _topic_id(self, topic: str) -> str | None:
+        """The topic's id (KIP-516, Kafka 2.8+) from the client's metadata; None if unknown.
+        kafka-python has no public call for it."""
+        try:
+            topic_id = self.consumer._client.cluster.topic_id(topic)
+        except AttributeError:  # another client version: rely on the offsets alone
+            return None
+        return None if topic_id is None else str(topic_id)
+
+    def _check_topic_id(self) -> set[str]:
+        """Notice that the topic is another incarnation than the one whose offsets we hold:
+        a broker that came back empty (or a deleted and recreated topic) has a new topic id.
+
+        Its partitions' checkpointed offsets and pending joins are forgotten, and their
+        positions set anew: the group's committed offset on the new log if it has one, else
+        the reset policy. This catches what :meth:`_check_position` cannot tell apart from
+        replays, e.g. a partition that was processed but never committed before the broker
+        came back empty. Returns the topics replaced (their records in hand are dropped and
+        fetched again from the new positions).
+        """
+        topic = self.config.kafka.topic
+        current = self._topic_id(topic)
+        known = self._topic_ids.get(topic)
+        if current is None or current == known:
+            return set()
+        self._topic_ids[topic] = current
+        if known is None:  # first sight (or a state dir from before topic ids were kept)
+            self._save_topic_ids()
+            return set()
+        held = {key for offsets in (self.pipeline.processed, self.pipeline.seen,
+                                    self.pipeline.committed)
+                for key in offsets if key[0] == topic}
+        self.pipeline.drop_partitions(sorted(held))
+        for key in held:
+            self.pipeline.forget_offsets(key)
+        # The forgotten offsets leave the checkpoint before the new id is saved: a crash in
+        # between finds the old id and forgets again, never applies old offsets to a new log.
+        self.pipeline.checkpoint()
+        self._save_topic_ids()
+        log.error("kafka_offsets_reset", topic=topic, reason="topic id changed",
+                  topic_id=current, was=known, forgotten=sorted(f"{t}/{p}" for t, p in held),
+                  policy=self.config.kafka.auto_offset_reset,
+                  action="the broker's log is not the one processed (did it come back "
+                         "empty?): reading it from the group's offset or the reset position")
+        for tp in sorted(self.consumer.assignment()):
+            if tp.topic == topic:
+                try:
+                    committed = self.consumer.committed(tp, timeout_ms=self._probe_ms)
+                except KafkaError:
+                    committed = None
+                self._reposition(tp, committed)
+        return {topic}
+
+    def _reposition(self, tp: Any, offset: int | None) -> None:
+        """Seek to ``offset``, or where the reset policy says when it is None."""
+        if offset is not None:
+            self.consumer.seek(tp, offset)
+        elif self.config.kafka.auto_offset_reset == "latest":
+            self.consumer.seek_to_end(tp)
+        else:
+            self.consumer.seek_to_beginning(tp)
+
+    def _save_topic_ids(self) -> None:
+        tmp = self._topic_ids_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._topic_ids))
+        tmp.replace(self._topic_ids_path)
+
+    def _records_waiting(self, assigned: Any) -> bool:
+        """Does any assigned partition have records the consumer is not fetching?
+
+        Asks the partition leaders for their log ends (ListOffsets): the client's high
+        watermarks come from the fetches that may have stopped. No answer while the group
+        coordinator answers is a stall too. A position past the high watermark of the last
+        fetch means the broker's log is shorter than the one read (a broker that came back
+        empty): Kafka answers such a fetch with OFFSET_OUT_OF_RANGE and the client applies the
+        reset policy, but Tansu 0.6.0 returns no records and no error, so the reset is
+        applied here. (Tansu's ListOffsets "latest" is the last batch's base offset + 1,
+        short of the end: it can show records waiting, never a log that ends early.)
+        """
+        try:
+            ends = self.consumer.end_offsets(list(assigned), timeout_ms=self._probe_ms)
+        except KafkaError as exc:
+            log.warning("partition_leaders_silent", error=repr(exc)[:300])
+            return True
+        waiting = False
+        for tp in assigned:
+            try:
+                position = self.consumer.position(tp, timeout_ms=self._probe_ms)
+            except KafkaError:
+                return True
+            high = self.consumer.highwater(tp)
+            if position is None:
+                continue
+            if high is not None and position > high:
+                key = (tp.topic, tp.partition)
+                self._log_reset(tp, "fetch position past the log end", position=position,
+                                log_end=high)
+                self.pipeline.drop_partitions([key])
+                self.pipeline.forget_offsets(key)
+                self._reposition(tp, None)
+            elif position < max(ends.get(tp, 0), high or 0):
+                waiting = True
+        return waiting
 
     def _broker_reachable(self) -> bool:
         """Is the group coordinator connected? kafka-python has no public call for it and
@@ -299,29 +454,48 @@ class KafkaRunner:
         except AttributeError:  # another client version: rely on errors from poll
             return True
 
-    def commit(self, only: set[tuple[str, int]] | None = None, blocking: bool = True) -> None:
-        """Checkpoint the pipeline, then commit its safe offsets for assigned partitions."""
+    def commit(self, only: set[tuple[str, int]] | None = None, final: bool = False) -> None:
+        """Checkpoint the pipeline, then commit its safe offsets for assigned partitions.
+
+        The checkpoint always happens; the commit only follows it, so an offset is never
+        committed before what it covers is durable. Commits are asynchronous (kafka-python 3
+        also refuses blocking calls in rebalance listeners) and skipped while the group
+        coordinator is unreachable, so an outage never holds the loop for the client's request
+        timeout: the next checkpoint commits the newer offsets. ``final`` (stop, replacing a
+        stalled consumer) waits for the commit, at most ``FINAL_COMMIT_TIMEOUT_MS``; if the
+        broker is away it is skipped, and a restart re-reads from the group's last offset,
+        the records already processed being replays.
+        """
         safe = self.pipeline.checkpoint()
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
                    for (t, p), o in safe.items()
                    if (t, p) in assigned and (only is None or (t, p) in only)}
-        if offsets and blocking:
-            if not self._broker_reachable():
-                # The commit below waits out the request timeout (30 s): not ready meanwhile.
-                # (Its timeout also drops the dead connection: kafka-python 3.0 was seen to
-                # keep a fetch that was in flight at the cut pending otherwise, stalling.)
-                self.health.set_ready(False, "broker unreachable")
-                if self.reachable:
-                    self.reachable = False
-                    log.warning("broker_unreachable", retry="kafka client reconnect backoff")
-            self.consumer.commit(offsets)
-            self.pipeline.committed.update(
-                {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
-        elif offsets:
-            self.consumer.commit_async(offsets)
-            log.debug("committed", offsets={f"{tp.topic}/{tp.partition}": om.offset
-                                            for tp, om in offsets.items()})
+        if not offsets:
+            return
+        if not self._broker_reachable():
+            log.log(logging.WARNING if final else logging.DEBUG, "commit_deferred",
+                    reason="broker unreachable", final=final,
+                    note="offsets are durable in the checkpoint; committed when reachable")
+        elif final:
+            try:
+                self.consumer.commit(offsets, timeout_ms=FINAL_COMMIT_TIMEOUT_MS)
+            except KafkaError as exc:
+                log.warning("commit_failed", error=repr(exc)[:300], final=True)
+            else:
+                self._commit_done(offsets, None)
+        else:
+            self.consumer.commit_async(offsets, callback=self._commit_done)
+
+    def _commit_done(self, offsets: dict[Any, Any], response: Any) -> None:
+        """kafka-python calls it from ``poll`` (this thread) when a commit completes."""
+        if isinstance(response, Exception):
+            log.warning("commit_failed", error=repr(response)[:300], retry="next checkpoint")
+            return
+        self.pipeline.committed.update(
+            {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
+        log.debug("committed", offsets={f"{tp.topic}/{tp.partition}": om.offset
+                                        for tp, om in offsets.items()})
 
     def _lag(self, assigned: Any) -> int:
         lag = 0

@@ -9,16 +9,46 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
 from tests.kafka_broker import Broker, free_port, start_tansu, stop_tansu
 
+FETCH = 1  # the Kafka API key of a Fetch request
+
+
+class _Frames:
+    """Follows Kafka request frames (int32 size, then int16 API key) across reads."""
+
+    def __init__(self) -> None:
+        self.skip = 0  # bytes left in the current frame
+        self.head = b""  # a frame header split across reads
+
+    def api_keys(self, data: bytes) -> list[int]:
+        """The API keys of the requests that start in ``data``."""
+        keys, i = [], 0
+        while i < len(data):
+            if self.skip:
+                step = min(self.skip, len(data) - i)
+                self.skip -= step
+                i += step
+                continue
+            take = min(6 - len(self.head), len(data) - i)
+            self.head += data[i:i + take]
+            i += take
+            if len(self.head) == 6:
+                size, key = struct.unpack(">ih", self.head)
+                keys.append(key)
+                self.skip, self.head = size - 2, b""
+        return keys
+
 
 class TcpProxy:
     """Forwards ``127.0.0.1:port`` to ``upstream``; :meth:`cut` drops every connection and
     stops listening, so new connections are refused (as with a dead broker host) until
-    :meth:`restore` listens again on the same port.
+    :meth:`restore` listens again on the same port. :meth:`freeze_next_fetch` leaves one
+    connection open but silent: a half-dead connection, the kind a client can wait on forever.
 
     Example:
         >>> proxy = TcpProxy(("127.0.0.1", 9092))  # doctest: +SKIP
@@ -30,6 +60,9 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self.accepted = 0
+        self.frozen = 0  # connections frozen by freeze_next_fetch
+        self._freeze = False
+        self._silent: set[socket.socket] = set()
         self.port = port
         self._listener: socket.socket | None = None
         self._listen()
@@ -56,6 +89,12 @@ class TcpProxy:
         if self._listener is None:
             self._listen()
 
+    def freeze_next_fetch(self) -> None:
+        """The next connection to carry a Fetch request goes silent in both directions from
+        that request on (the request is not forwarded), though it stays open; later
+        connections are forwarded as usual."""
+        self._freeze = True
+
     def close(self) -> None:
         self.cut()
 
@@ -74,12 +113,22 @@ class TcpProxy:
             with self._lock:
                 self._open.update((client, upstream))
                 self.accepted += 1
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, _Frames()),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket,
+              requests: _Frames | None = None) -> None:
         try:
             while data := src.recv(65536):
+                if requests is not None and FETCH in requests.api_keys(data):
+                    with self._lock:
+                        if self._freeze:
+                            self._freeze = False
+                            self.frozen += 1
+                            self._silent.update((src, dst))
+                if src in self._silent or dst in self._silent:
+                    continue  # read and dropped: nothing more passes either way
                 dst.sendall(data)
         except OSError:
             pass

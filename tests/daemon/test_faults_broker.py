@@ -4,6 +4,7 @@ and backpressure (partitions paused while the pipeline says it is behind)."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 
@@ -44,8 +45,10 @@ def outage_run(tmp_path, outage_s: float, sessions: int) -> dict:
             at_cut = daemon.metric("nextstate_records_total")
             assert wait_for(lambda: daemon.http("/readyz")[0] == 503, 30), "still ready"
             not_ready = [daemon.http("/readyz") for _ in range(3)]
-            # The outage itself: the broker stays away for outage_s (a fault, not a sync).
-            wait_for(lambda: False, outage_s, 0.5)
+            # The outage itself: the broker stays away for outage_s (a fault, not a sync),
+            # and the loop stays alive throughout (no commit waits for the broker).
+            alive: list[int] = []
+            wait_for(lambda: alive.append(daemon.http("/healthz")[0]) and False, outage_s, 0.5)
             not_ready += [daemon.http("/readyz")]
             proxy.restore()
             assert wait_for(lambda: daemon.http("/readyz")[0] == 200, 90), "never ready again"
@@ -60,6 +63,7 @@ def outage_run(tmp_path, outage_s: float, sessions: int) -> dict:
     log = (tmp_path / "daemon.log").read_text()
     return {"records": len(records), "consumed_at_cut": at_cut,
             "not_ready_during_outage": all(code == 503 for code, _ in not_ready),
+            "alive_during_outage": bool(alive) and set(alive) == {200},
             "lost": len(set(reference) - set(keys)),
             "duplicated": sum(c - 1 for c in Counter(keys).values()),
             "records_counted": checkpoint_counter(state, "records"),
@@ -72,7 +76,8 @@ def outage_run(tmp_path, outage_s: float, sessions: int) -> dict:
 def check_outage(result: dict) -> None:
     print(f"\nbroker outage: {result}")
     assert result["consumed_at_cut"] < result["records"]  # cut mid-stream
-    assert result["not_ready_during_outage"] and result["logged"]
+    assert result["not_ready_during_outage"] and result["alive_during_outage"]
+    assert result["logged"]
     assert result["lost"] == 0 and result["duplicated"] == 0
     assert result["records_counted"] == result["records"]
     assert result["interactions_counted"] == result["interactions"]
@@ -89,29 +94,42 @@ def test_broker_outage_30s(tmp_path):
     check_outage(outage_run(tmp_path, 30.0, sessions=200))
 
 
-# Known bug, left open in issue 9: in 2 of 3 runs here one partition of the replacement
-# broker is never fetched again (kafka-python 3.0.12; no consumer_stalled fires), so its new
-# records wait forever. Non-strict: the test still runs and its passes show the reset path.
-@pytest.mark.xfail(strict=False, reason="one partition can stall after the broker is replaced "
-                   "(kafka-python 3.0.12); see issue 9")
-def test_broker_that_comes_back_empty_is_read_from_the_reset_position(tmp_path):
-    """The broker is replaced by an empty one mid-run: the daemon notices that the new log
-    starts below its checkpointed offsets, logs kafka_offsets_reset, and processes every new
-    record instead of skipping them as replays."""
-    first, second = stream_records(30, 5, seed=5), stream_records(20, 5, seed=6)
+def no_loss_no_duplicate(state, records: list[tuple[bytes, bytes]]) -> None:
+    """Every tuple of a run with no faults is stored, once."""
+    reference, _ = reference_run(records)
+    keys = [t.key for t in stored(state)]
+    assert set(reference) <= set(keys), f"lost {len(set(reference) - set(keys))} tuples"
+    assert not [k for k, c in Counter(keys).items() if c > 1], "duplicated tuples"
+    assert checkpoint_counter(state, "records") == len(records)
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["after-commits", "before-any-commit"])
+def test_broker_that_comes_back_empty_is_read_from_the_reset_position(tmp_path, committed):
+    """The broker is replaced by an empty one mid-run, after the daemon committed offsets or
+    before it ever did: the daemon notices the new log (new topic id; records below its
+    checkpointed offsets), logs kafka_offsets_reset, and processes every new record instead
+    of skipping them as replays; what it had read from the old broker stays stored."""
+    first, second = stream_records(30, 5, seed=5), stream_records(40, 5, seed=6)
     second = [(b"new-" + k, v.replace(b'"session_id": "', b'"session_id": "new-'))
-              for k, v in second]
+              for k, v in second]  # a longer log than the first: offsets alone cannot tell
     with tansu_behind_proxy() as (broker, proxy):
         topic = f"empty-{uuid.uuid4().hex[:8]}"
         broker.create_topic(topic, 3)
         broker.create_topic(f"{topic}.dlq", 1)
         broker.produce(topic, first)
         state = tmp_path / "state"
-        config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g")
+        config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g",
+                              commit_interval_s=0.5 if committed else 3600,
+                              commit_every_records=200 if committed else 10**9)
         daemon = DaemonProcess(config, state, tmp_path / "daemon.log").start()
         replacement = None
         try:
             assert wait_for(lambda: daemon.metric("nextstate_records_total") == len(first), 120)
+            offsets = lambda: broker.committed(topic, "g", 3).values()  # noqa: E731
+            if committed:
+                assert wait_for(lambda: None not in offsets(), 30), "nothing committed"
+            else:
+                assert set(offsets()) == {None}
             proxy.cut()
             port = free_port()
             replacement = start_tansu(port, proxy.port)  # advertises the proxy, like the first
@@ -121,7 +139,7 @@ def test_broker_that_comes_back_empty_is_read_from_the_reset_position(tmp_path):
             broker.create_topic(f"{topic}.dlq", 1)
             broker.produce(topic, second)
             assert wait_for(lambda: daemon.metric("nextstate_records_total")
-                            == len(first) + len(second), 120), "new records were skipped"
+                            == len(first) + len(second), 60), "new records were skipped"
             assert daemon.stop() == 0
         finally:
             if daemon.exited() is None:
@@ -129,7 +147,71 @@ def test_broker_that_comes_back_empty_is_read_from_the_reset_position(tmp_path):
             if replacement is not None:
                 stop_tansu(replacement)
     assert "kafka_offsets_reset" in (tmp_path / "daemon.log").read_text()
-    assert checkpoint_counter(state, "records") == len(first) + len(second)
+    no_loss_no_duplicate(state, first + second)
+
+
+def test_stalled_consumer_is_replaced(tmp_path):
+    """A half-dead connection (open, but silent from a Fetch on) while records wait: the
+    watchdog logs consumer_stalled and replaces the consumer, which reads on; no loss, no
+    duplicate."""
+    first, second = stream_records(20, 5, seed=7), stream_records(20, 5, seed=8)
+    second = [(b"more-" + k, v.replace(b'"session_id": "', b'"session_id": "more-'))
+              for k, v in second]
+    with tansu_behind_proxy() as (broker, proxy):
+        topic = f"stall-{uuid.uuid4().hex[:8]}"
+        broker.create_topic(topic, 3)
+        broker.create_topic(f"{topic}.dlq", 1)
+        broker.produce(topic, first)
+        state = tmp_path / "state"
+        config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g")
+        log = tmp_path / "daemon.log"
+        daemon = DaemonProcess(config, state, log).start()
+        try:
+            assert wait_for(lambda: daemon.metric("nextstate_records_total") == len(first), 120)
+            proxy.freeze_next_fetch()  # the consumer polls on: its next fetch is the one
+            assert wait_for(lambda: proxy.frozen == 1, 30)
+            broker.produce(topic, second)  # a new connection: not frozen
+            assert wait_for(lambda: "consumer_stalled" in log.read_text(), 60), "no watchdog"
+            assert wait_for(lambda: daemon.metric("nextstate_records_total")
+                            == len(first) + len(second), 60), "did not read on"
+            assert daemon.stop() == 0
+        finally:
+            if daemon.exited() is None:
+                daemon.kill()
+    no_loss_no_duplicate(state, first + second)
+
+
+def test_sigterm_during_an_outage_exits_promptly_and_a_restart_resumes(tmp_path):
+    """SIGTERM while the broker is cut: commits wait for no request timeout, so the daemon
+    exits at once (its final commit skipped, logged); restarted after the outage, it reads
+    the rest from the group's offsets with no loss and no duplicate."""
+    records = stream_records(60, 5, seed=9)
+    with tansu_behind_proxy() as (broker, proxy):
+        topic = f"term-{uuid.uuid4().hex[:8]}"
+        broker.create_topic(topic, 3)
+        broker.create_topic(f"{topic}.dlq", 1)
+        broker.produce(topic, records)
+        state = tmp_path / "state"
+        config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g")
+        log = tmp_path / "daemon.log"
+        daemon = DaemonProcess(config, state, log).start()
+        try:
+            assert wait_for(lambda: daemon.metric("nextstate_records_total") >= 60, 120)
+            proxy.cut()
+            assert wait_for(lambda: daemon.http("/readyz")[0] == 503, 30), "still ready"
+            assert daemon.http("/healthz")[0] == 200  # not ready, but the loop is alive
+            started = time.monotonic()
+            assert daemon.stop(timeout_s=15) == 0
+            assert time.monotonic() - started < 15
+            assert "commit_deferred" in log.read_text()
+            proxy.restore()
+            daemon = DaemonProcess(config, state, log).start()
+            assert wait_for(lambda: checkpoint_counter(state, "records") == len(records), 120)
+            assert daemon.stop() == 0
+        finally:
+            if daemon.exited() is None:
+                daemon.kill()
+    no_loss_no_duplicate(state, records)
 
 
 def test_backpressure_pauses_partitions_and_resumes(broker, tmp_path):

@@ -39,7 +39,8 @@ EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
 
 
 def write_config(path: Path, state_dir: Path, bootstrap: str, topic: str, group: str,
-                 extra: str = "", kafka_extra: str = "") -> Path:
+                 extra: str = "", kafka_extra: str = "", commit_interval_s: float = 0.5,
+                 commit_every_records: int = 200) -> Path:
     """A daemon TOML config for tests: short group timeouts, frequent checkpoints."""
     path.write_text(f"""
 source = "kafka"
@@ -48,8 +49,8 @@ extractors = {json.dumps(EXTRACTORS)}
 metrics_port = 0
 log_format = "json"
 progress = "off"
-commit_interval_s = 0.5
-commit_every_records = 200
+commit_interval_s = {commit_interval_s}
+commit_every_records = {commit_every_records}
 {extra}
 [kafka]
 bootstrap_servers = ["{bootstrap}"]
