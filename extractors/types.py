@@ -219,6 +219,17 @@ def tool_results_for(interaction: Interaction) -> list[tuple[ToolCall, Message]]
     if not calls:
         return []
     results = [m for m in interaction.next_state if m.role == "tool"]
+    if not results:
+        return []
+    if len(calls) == 1:
+        # The usual action, one call: its answer is the last result with its id, else the
+        # first result (which then has no id or another one), as the general case reads it.
+        call = calls[0]
+        answer = results[0]
+        for message in results:
+            if message.tool_call_id and message.tool_call_id == call.id:
+                answer = message
+        return [(call, answer)]
     by_id = {m.tool_call_id: m for m in results if m.tool_call_id}
     pairs: list[tuple[ToolCall, Message]] = []
     unmatched = [m for m in results if not m.tool_call_id or m.tool_call_id not in

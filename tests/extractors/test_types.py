@@ -4,6 +4,8 @@ import math
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nextstate.extractors.types import (
     Interaction,
@@ -11,6 +13,7 @@ from nextstate.extractors.types import (
     ScoredTuple,
     ToolCall,
     Usage,
+    tool_results_for,
     tuple_from,
 )
 
@@ -61,3 +64,38 @@ def test_clamped_bounds_encode_like_defaults():
     built = tuple_from(_interaction(), extractor="x", kind="evaluative", source="tool",
                        reward=0.0, confidence=5.0)
     assert b'"confidence"' not in msgspec.json.encode(built)
+
+
+def _pairs_reference(interaction: Interaction) -> list:
+    """tool_results_for as first written (no fast paths)."""
+    calls = interaction.action.tool_calls
+    if not calls:
+        return []
+    results = [m for m in interaction.next_state if m.role == "tool"]
+    by_id = {m.tool_call_id: m for m in results if m.tool_call_id}
+    pairs = []
+    unmatched = [m for m in results if not m.tool_call_id or m.tool_call_id not in
+                 {c.id for c in calls}]
+    for call in calls:
+        answer = by_id.get(call.id)
+        if answer is None and unmatched:
+            answer = unmatched.pop(0)
+        if answer is not None:
+            pairs.append((call, answer))
+    return pairs
+
+
+_IDS = st.sampled_from(["a", "b", "", None])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", ""]), max_size=3),
+       st.lists(st.tuples(st.sampled_from(["tool", "user"]), _IDS), max_size=4))
+def test_tool_results_for_pairs_as_the_general_rule(call_ids, messages):
+    """The one-call fast path pairs exactly as the general id-then-position rule."""
+    calls = tuple(ToolCall(cid, f"f{n}") for n, cid in enumerate(call_ids))
+    next_state = tuple(Message(role, f"r{n}", tool_call_id=cid)  # type: ignore[arg-type]
+                       for n, (role, cid) in enumerate(messages))
+    interaction = Interaction("s#1", "s", (), Message("assistant", tool_calls=calls),
+                              next_state)
+    assert tool_results_for(interaction) == _pairs_reference(interaction)
