@@ -181,6 +181,9 @@ class KafkaRunner:
         # Look-ups block the loop: at most a third of the poll interval the group allows.
         self._probe_ms = min(PROBE_TIMEOUT_MS, config.kafka.max_poll_interval_ms // 3)
         self.paused_for: str | None = None  # why consumption is paused (backpressure)
+        # The client's broker connections, each with when it was first seen: records are held
+        # back until the metadata is newer than every connection (see _held_back).
+        self._connections: dict[Any, tuple[Any, float]] = {}
         self._topic_ids_path = pipeline.state_dir / TOPIC_IDS
         self._topic_ids: dict[str, str] = (json.loads(self._topic_ids_path.read_text())
                                            if self._topic_ids_path.exists() else {})
@@ -195,6 +198,8 @@ class KafkaRunner:
             try:
                 batches = self.consumer.poll(timeout_ms=kafka.poll_timeout_ms,
                                              max_records=kafka.max_poll_records)
+                if self._held_back(batches):
+                    batches = {}
                 replaced = self._check_topic_id()
                 for tp, records in batches.items():
                     if tp.topic in replaced:
@@ -340,6 +345,36 @@ class KafkaRunner:
             return int(self.consumer.end_offsets([tp], timeout_ms=self._probe_ms)[tp])
         except KafkaError:
             return -1
+
+    def _held_back(self, batches: dict[Any, list[Any]]) -> bool:
+        """Hold back records while a broker connection is newer than the client's metadata,
+        and let them be fetched again once the metadata is refreshed.
+
+        The broker that answers on a new connection may be another one that came back empty:
+        its records, fetched at the old positions (kafka-python 3.0.12 fetches by topic name),
+        would pass for the rest of the old log. The topic id in fresh metadata tells
+        (:meth:`_check_topic_id`), so nothing is processed before it is known. Costs a
+        metadata round trip after each reconnect, nothing otherwise.
+        """
+        try:  # kafka-python has no public call for either
+            connections = dict(self.consumer._client._manager._conns)
+            cluster = self.consumer._client.cluster
+            refreshed_s = cluster._last_successful_refresh_ms / 1000
+        except AttributeError:  # another client version: no hold
+            return False
+        now = time.monotonic()
+        first_seen = {}
+        for node, conn in connections.items():
+            known, seen = self._connections.get(node, (None, now))
+            first_seen[node] = (conn, seen if known is conn else now)
+        self._connections = first_seen
+        if all(seen < refreshed_s for _, seen in self._connections.values()):
+            return False
+        cluster.request_update()
+        for tp, records in batches.items():
+            if records:
+                self.consumer.seek(tp, records[0].offset)
+        return True
 
     def _topic_id(self, topic: str) -> str | None:
         """The topic's id (KIP-516, Kafka 2.8+) from the client's metadata; None if unknown.

@@ -3,12 +3,14 @@ and backpressure (partitions paused while the pipeline says it is behind)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 from collections import Counter
 
 import pytest
+from kafka.errors import TopicAlreadyExistsError
 
 from nextstate.daemon.config import load_config
 from nextstate.daemon.pipeline import Pipeline
@@ -135,8 +137,11 @@ def test_broker_that_comes_back_empty_is_read_from_the_reset_position(tmp_path, 
             replacement = start_tansu(port, proxy.port)  # advertises the proxy, like the first
             proxy.upstream = ("127.0.0.1", port)
             proxy.restore()
-            broker.create_topic(topic, 3)
-            broker.create_topic(f"{topic}.dlq", 1)
+            # The daemon's metadata request may create the topic first (kafka-python asks for
+            # auto-creation and Tansu grants it): then it has the broker's default partitions.
+            for name, partitions in ((topic, 3), (f"{topic}.dlq", 1)):
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    broker.create_topic(name, partitions)
             broker.produce(topic, second)
             assert wait_for(lambda: daemon.metric("nextstate_records_total")
                             == len(first) + len(second), 60), "new records were skipped"
