@@ -6,6 +6,9 @@ into :class:`ScoredTuple` s, buffers store tuples and trainers learn from them.
 
 All are frozen ``msgspec.Struct`` s: cheap to build, hashable, and encoded/decoded by msgspec
 without a schema of their own (the buffer stores them with ``msgspec.msgpack``).
+They are built bottom-up from immutable values, so none can be part of a reference cycle:
+``gc=False`` keeps them out of the cyclic garbage collector, whose passes would otherwise walk
+every message a daemon's pending joins hold.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ KINDS: tuple[Kind, ...] = ("evaluative", "directive", "preference")
 SOURCES: tuple[Source, ...] = ("user", "tool", "terminal", "gui", "judge", "feedback")
 
 
-class ToolCall(msgspec.Struct, frozen=True):
+class ToolCall(msgspec.Struct, frozen=True, gc=False):
     """One function call an assistant message asks for.
 
     ``arguments`` is kept as the JSON text the model produced (OpenAI's convention): it is
@@ -35,7 +38,7 @@ class ToolCall(msgspec.Struct, frozen=True):
     arguments: str = ""
 
 
-class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One chat message in OpenAI's roles, with content flattened to text.
 
     ``content`` joins the text parts of a multi-part message; non-text parts (images) are
@@ -49,14 +52,14 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str | None = None
 
 
-class Feedback(msgspec.Struct, frozen=True, omit_defaults=True):
+class Feedback(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """Explicit feedback on an action: a score in [-1, 1] (thumbs = +-1) and/or a text."""
 
     value: float | None = None
     text: str | None = None
 
 
-class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
+class Usage(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """Token usage of the exchange that produced an action (from the call log)."""
 
     prompt_tokens: int = 0
@@ -64,7 +67,7 @@ class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
     cached_tokens: int = 0
 
 
-class Interaction(msgspec.Struct, frozen=True, omit_defaults=True):
+class Interaction(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """An action joined to its next state: the unit extractors score.
 
     Attributes:
@@ -108,7 +111,7 @@ class Interaction(msgspec.Struct, frozen=True, omit_defaults=True):
     shape: str = "unknown"
 
 
-class ScoredTuple(msgspec.Struct, frozen=True, omit_defaults=True):
+class ScoredTuple(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """A training tuple scored from one interaction's next state.
 
     Attributes:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nextstate.extractors.types import (
+    Feedback,
     Interaction,
     Message,
     ScoredTuple,
@@ -99,3 +100,14 @@ def test_tool_results_for_pairs_as_the_general_rule(call_ids, messages):
     interaction = Interaction("s#1", "s", (), Message("assistant", tool_calls=calls),
                               next_state)
     assert tool_results_for(interaction) == _pairs_reference(interaction)
+
+
+def test_data_model_is_not_tracked_by_the_garbage_collector():
+    """Messages, interactions and tuples hold only immutable values: no GC tracking."""
+    import gc
+
+    interaction = _interaction()
+    built = tuple_from(interaction, extractor="x", kind="evaluative", source="tool")
+    for value in (interaction, interaction.action, interaction.usage, built,
+                  ToolCall("c", "f"), Feedback(1.0)):
+        assert not gc.is_tracked(value)
