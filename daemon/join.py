@@ -170,7 +170,7 @@ class SessionJoiner:
             # the messages after it are normalized; the context reuses the Message objects
             # already built.
             new = wire.normalize_messages(messages[len(known_prefix):])
-            context = (*known_prefix, *new)
+            context = known_prefix + tuple(new)
             session = self._session(session_id, now, position)
         elif _repeats_history(messages := wire.normalize_messages(
                 messages if partial is None else wire.decode_messages(array)),  # type: ignore[arg-type]
@@ -434,7 +434,7 @@ def _known_prefix(messages: list[Any], session: _Session | None
     if echoed != pending.wire_action and \
             not _same_action(wire.normalize_message(echoed), pending.action):
         return None
-    return (*pending.context, pending.action)
+    return pending.context + (pending.action,)
 
 
 def _same_action(echoed: Message, last: Message) -> bool:
