@@ -129,6 +129,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def __init__(self, runner: KafkaRunner) -> None:
         self.runner = runner
+        self.low_watermarks: dict[Any, int] = {}  # of the partitions just revoked
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         if not revoked:
@@ -136,17 +137,27 @@ class _Rebalance(ConsumerRebalanceListener):
         gone = [(tp.topic, tp.partition) for tp in revoked]
         # kafka-python 3 runs listeners on its IO thread, where a blocking commit is refused:
         # the commit is queued ahead of the group re-join on the same coordinator connection.
-        self.runner.commit(only=set(gone))
-        self.runner.pipeline.drop_partitions(gone)
+        with self.runner.lock:
+            safe = self.runner.commit(only=set(gone))
+            self.runner.pipeline.drop_partitions(gone)
+        self.low_watermarks = {TopicPartition(t, p): o for (t, p), o in safe.items()}
 
     def on_partitions_lost(self, lost: Any) -> None:
         # Evicted from the group (e.g. a broker that came back without it): a commit would be
         # refused, but what was processed is still made durable.
         if lost:
-            self.runner.pipeline.checkpoint()
-            self.runner.pipeline.drop_partitions([(tp.topic, tp.partition) for tp in lost])
+            with self.runner.lock:
+                self.runner.pipeline.checkpoint()
+                self.runner.pipeline.drop_partitions([(tp.topic, tp.partition) for tp in lost])
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        # A partition revoked and assigned back keeps its fetch position in kafka-python 3
+        # (eager protocol too), but its pending joins were dropped: read it again from the low
+        # watermark just committed, so the replays rebuild them.
+        for tp in assigned:
+            if tp in self.low_watermarks:
+                self.runner.consumer.seek(tp, self.low_watermarks[tp])
+        self.low_watermarks = {}
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}"
                                                           for tp in assigned))
 
@@ -181,6 +192,10 @@ class KafkaRunner:
         # Look-ups block the loop: at most a third of the poll interval the group allows.
         self._probe_ms = min(PROBE_TIMEOUT_MS, config.kafka.max_poll_interval_ms // 3)
         self.paused_for: str | None = None  # why consumption is paused (backpressure)
+        # kafka-python 3 runs the rebalance listener on its IO thread, and a group join goes
+        # on there after poll() returned: the listener and this loop take turns on the
+        # pipeline. Never held across a blocking client call (those wait on the IO thread).
+        self.lock = threading.RLock()
         # The client's broker connections, each with when it was first seen: records are held
         # back until the metadata is newer than every connection (see _held_back).
         self._connections: dict[Any, tuple[Any, float]] = {}
@@ -201,16 +216,16 @@ class KafkaRunner:
                 if self._held_back(batches):
                     batches = {}
                 replaced = self._check_topic_id()
-                for tp, records in batches.items():
-                    if tp.topic in replaced:
-                        continue  # fetched again from the position chosen for the new log
-                    if records and not self._check_position(tp, records[0].offset):
-                        continue
-                    for record in records:
-                        self.pipeline.process(record.value, record.key, tp.topic,
-                                              tp.partition, record.offset)
-                self.pipeline.write_pending()
-                self.pipeline.tick()
+                batches = {tp: records for tp, records in batches.items()
+                           if records and tp.topic not in replaced  # (fetched again)
+                           and self._check_position(tp, records[0].offset)}
+                with self.lock:
+                    for tp, records in batches.items():
+                        for record in records:
+                            self.pipeline.process(record.value, record.key, tp.topic,
+                                                  tp.partition, record.offset)
+                    self.pipeline.write_pending()
+                    self.pipeline.tick()
                 if cadence.due(self.pipeline):
                     self.commit()
                 backoff = 0.5
@@ -282,8 +297,9 @@ class KafkaRunner:
         log.warning("consumer_stalled", lag=self.lag, stalled_s=self._stall_s,
                     action="replacing the consumer")
         self.commit(final=True)
-        self.pipeline.drop_partitions([(tp.topic, tp.partition)
-                                       for tp in self.consumer.assignment()])
+        with self.lock:
+            self.pipeline.drop_partitions([(tp.topic, tp.partition)
+                                           for tp in self.consumer.assignment()])
         self.consumer.close(autocommit=False)
         self.consumer = KafkaConsumer(**self.config.kafka.consumer_kwargs())
         self.consumer.subscribe([self.config.kafka.topic], listener=_Rebalance(self))
@@ -325,7 +341,8 @@ class KafkaRunner:
         if first < horizon:
             self._log_reset(tp, "records start below the checkpointed offset",
                             first_offset=first, committed=expected, checkpointed=horizon)
-            self.pipeline.forget_offsets(key)
+            with self.lock:
+                self.pipeline.forget_offsets(key)
         return True
 
     def _log_reset(self, tp: Any, reason: str, **fields: Any) -> None:
@@ -405,15 +422,17 @@ class KafkaRunner:
         if known is None:  # first sight (or a state dir from before topic ids were kept)
             self._save_topic_ids()
             return set()
-        held = {key for offsets in (self.pipeline.processed, self.pipeline.seen,
-                                    self.pipeline.committed)
-                for key in offsets if key[0] == topic}
-        self.pipeline.drop_partitions(sorted(held))
-        for key in held:
-            self.pipeline.forget_offsets(key)
-        # The forgotten offsets leave the checkpoint before the new id is saved: a crash in
-        # between finds the old id and forgets again, never applies old offsets to a new log.
-        self.pipeline.checkpoint()
+        with self.lock:
+            held = {key for offsets in (self.pipeline.processed, self.pipeline.seen,
+                                        self.pipeline.committed)
+                    for key in offsets if key[0] == topic}
+            self.pipeline.drop_partitions(sorted(held))
+            for key in held:
+                self.pipeline.forget_offsets(key)
+            # The forgotten offsets leave the checkpoint before the new id is saved: a crash
+            # in between finds the old id and forgets again, never applies old offsets to a
+            # new log.
+            self.pipeline.checkpoint()
         self._save_topic_ids()
         log.error("kafka_offsets_reset", topic=topic, reason="topic id changed",
                   topic_id=current, was=known, forgotten=sorted(f"{t}/{p}" for t, p in held),
@@ -473,8 +492,9 @@ class KafkaRunner:
                 key = (tp.topic, tp.partition)
                 self._log_reset(tp, "fetch position past the log end", position=position,
                                 log_end=high)
-                self.pipeline.drop_partitions([key])
-                self.pipeline.forget_offsets(key)
+                with self.lock:
+                    self.pipeline.drop_partitions([key])
+                    self.pipeline.forget_offsets(key)
                 self._reposition(tp, None)
             elif position < max(ends.get(tp, 0), high or 0):
                 waiting = True
@@ -489,7 +509,8 @@ class KafkaRunner:
         except AttributeError:  # another client version: rely on errors from poll
             return True
 
-    def commit(self, only: set[tuple[str, int]] | None = None, final: bool = False) -> None:
+    def commit(self, only: set[tuple[str, int]] | None = None,
+               final: bool = False) -> dict[tuple[str, int], int]:
         """Checkpoint the pipeline, then commit its safe offsets for assigned partitions.
 
         The checkpoint always happens; the commit only follows it, so an offset is never
@@ -499,15 +520,16 @@ class KafkaRunner:
         timeout: the next checkpoint commits the newer offsets. ``final`` (stop, replacing a
         stalled consumer) waits for the commit, at most ``FINAL_COMMIT_TIMEOUT_MS``; if the
         broker is away it is skipped, and a restart re-reads from the group's last offset,
-        the records already processed being replays.
+        the records already processed being replays. Returns the offsets to commit.
         """
-        safe = self.pipeline.checkpoint()
+        with self.lock:
+            safe = self.pipeline.checkpoint()
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
                    for (t, p), o in safe.items()
                    if (t, p) in assigned and (only is None or (t, p) in only)}
         if not offsets:
-            return
+            return {}
         if not self._broker_reachable():
             log.log(logging.WARNING if final else logging.DEBUG, "commit_deferred",
                     reason="broker unreachable", final=final,
@@ -521,14 +543,16 @@ class KafkaRunner:
                 self._commit_done(offsets, None)
         else:
             self.consumer.commit_async(offsets, callback=self._commit_done)
+        return {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()}
 
     def _commit_done(self, offsets: dict[Any, Any], response: Any) -> None:
         """kafka-python calls it from ``poll`` (this thread) when a commit completes."""
         if isinstance(response, Exception):
             log.warning("commit_failed", error=repr(response)[:300], retry="next checkpoint")
             return
-        self.pipeline.committed.update(
-            {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
+        with self.lock:
+            self.pipeline.committed.update(
+                {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
         log.debug("committed", offsets={f"{tp.topic}/{tp.partition}": om.offset
                                         for tp, om in offsets.items()})
 

@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 
 import pytest
+from kafka import KafkaConsumer
 from kafka.errors import TopicAlreadyExistsError
 
 from nextstate.daemon.config import load_config
@@ -17,6 +18,7 @@ from nextstate.daemon.pipeline import Pipeline
 from nextstate.daemon.service import Health, Progress
 from nextstate.daemon.sources import KafkaRunner
 from tests.daemon.test_faults_support import (
+    EXTRACTORS,
     DaemonProcess,
     checkpoint_counter,
     reference_run,
@@ -259,3 +261,48 @@ def test_backpressure_pauses_partitions_and_resumes(broker, tmp_path):
         thread.join(30)
         runner.close()
         pipeline.close()
+
+
+def test_partitions_revoked_and_assigned_back_lose_no_pending_join(broker, tmp_path):
+    """A second member joins the group and leaves again: the partitions the daemon keeps
+    through both rebalances are read again from their low watermark (kafka-python 3 keeps
+    their fetch position, but their pending joins were dropped), so no tuple is lost and
+    none is stored twice."""
+    topic = f"rb-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic, 4)
+    broker.create_topic(f"{topic}.dlq", 1)
+    records = stream_records(60, 6, seed=11)
+    half = len(records) // 2
+    broker.produce(topic, records[:half])
+    group = {"kafka.session_timeout_ms": 2000, "kafka.heartbeat_interval_ms": 300,
+             "kafka.max_poll_interval_ms": 3000}
+    config = load_config(
+        None, source="kafka", state_dir=str(tmp_path / "state"), extractors=EXTRACTORS,
+        commit_interval_s=0.5,
+        **{"kafka.bootstrap_servers": [broker.bootstrap], "kafka.topic": topic,
+           "kafka.group_id": "rb", "kafka.poll_timeout_ms": 100, "kafka.max_poll_records": 50,
+           **group})
+    pipeline = Pipeline(config)
+    stop = threading.Event()
+    runner = KafkaRunner(pipeline, config, stop, Health(), Progress(pipeline.stats, False))
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        assert wait_for(lambda: pipeline.stats.total("records") == half, 60)
+        other = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="rb",
+                              enable_auto_commit=False,
+                              **{k.split(".")[1]: v for k, v in group.items()})
+        other.subscribe([topic])
+        assert wait_for(lambda: other.poll(100) is not None and bool(other.assignment()), 60)
+        kept = runner.consumer.assignment()
+        assert 0 < len(kept) < 4
+        other.close(autocommit=False)
+        assert wait_for(lambda: len(runner.consumer.assignment()) == 4, 60)
+        broker.produce(topic, records[half:])
+        assert wait_for(lambda: pipeline.stats.total("records") == len(records), 60)
+    finally:
+        stop.set()
+        thread.join(30)
+        runner.close()
+        pipeline.close()
+    no_loss_no_duplicate(tmp_path / "state", records)
