@@ -260,8 +260,9 @@ class KafkaRunner:
                 # Nothing fetched for a while: idle, or stuck? The client's own lag figures
                 # cannot tell (its high watermarks come from the fetches that stopped), so ask.
                 self._last_progress = time.monotonic()
-                if self._records_waiting(assigned):
-                    self._fresh_consumer()
+                stuck = self._records_waiting(assigned)
+                if stuck:
+                    self._fresh_consumer(stuck)
         self.commit(final=True)
 
     def _apply_backpressure(self, assigned: Any) -> None:
@@ -283,7 +284,7 @@ class KafkaRunner:
         elif self.paused_for and assigned:
             self.consumer.pause(*assigned)  # partitions assigned by a rebalance meanwhile
 
-    def _fresh_consumer(self) -> None:
+    def _fresh_consumer(self, reason: str) -> None:
         """Replace a stalled consumer with a fresh one that rejoins the group.
 
         Seen with kafka-python 3.0.12 after a network cut: a fetch in flight when the
@@ -294,7 +295,7 @@ class KafkaRunner:
         self._last_progress = time.monotonic()
         if not self._own_consumer:
             return
-        log.warning("consumer_stalled", lag=self.lag, stalled_s=self._stall_s,
+        log.warning("consumer_stalled", reason=reason, stalled_s=self._stall_s,
                     action="replacing the consumer")
         self.commit(final=True)
         with self.lock:
@@ -462,8 +463,9 @@ class KafkaRunner:
         tmp.write_text(json.dumps(self._topic_ids))
         tmp.replace(self._topic_ids_path)
 
-    def _records_waiting(self, assigned: Any) -> bool:
-        """Does any assigned partition have records the consumer is not fetching?
+    def _records_waiting(self, assigned: Any) -> str | None:
+        """Does any assigned partition have records the consumer is not fetching? Returns
+        why it is stuck, or None.
 
         Asks the partition leaders for their log ends (ListOffsets): the client's high
         watermarks come from the fetches that may have stopped. No answer while the group
@@ -477,14 +479,13 @@ class KafkaRunner:
         try:
             ends = self.consumer.end_offsets(list(assigned), timeout_ms=self._probe_ms)
         except KafkaError as exc:
-            log.warning("partition_leaders_silent", error=repr(exc)[:300])
-            return True
-        waiting = False
+            return f"the partition leaders do not answer: {exc!r}"[:300]
+        waiting = 0
         for tp in assigned:
             try:
                 position = self.consumer.position(tp, timeout_ms=self._probe_ms)
-            except KafkaError:
-                return True
+            except KafkaError as exc:
+                return f"no position for {tp.topic}/{tp.partition}: {exc!r}"[:300]
             high = self.consumer.highwater(tp)
             if position is None:
                 continue
@@ -496,9 +497,9 @@ class KafkaRunner:
                     self.pipeline.drop_partitions([key])
                     self.pipeline.forget_offsets(key)
                 self._reposition(tp, None)
-            elif position < max(ends.get(tp, 0), high or 0):
-                waiting = True
-        return waiting
+            else:
+                waiting += max(0, max(ends.get(tp, 0), high or 0) - position)
+        return f"{waiting} records waiting, none fetched" if waiting else None
 
     def _broker_reachable(self) -> bool:
         """Is the group coordinator connected? kafka-python has no public call for it and
