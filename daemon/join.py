@@ -6,6 +6,29 @@ reply), so the joiner keeps, per session, the latest action still waiting for it
 It closes that action when the next state arrives, or with no next state after an idle timeout,
 at a ``session_end`` or at the end of the input.
 
+A request that does not continue the known history (its message at the pending action's
+position is not that action) is one of three things:
+
+- a **duplicate**: the same request history and the same response as the pending exchange,
+  or as the one closed last (a record delivered twice, or again after the next one). It is
+  ignored: nothing closes, nothing changes, it is counted in ``SessionJoiner.duplicates``.
+- a **branch**: a full history of the session that does not echo the pending action: the
+  same request resent (a retry after a discarded response, a regenerated response) or an
+  earlier turn edited or trimmed. The pending action closes as ``superseded`` with no next
+  state (a discarded response is evidence of nothing; the extractors emit nothing for it,
+  feedback attached to it aside), and the new action's context is the request's messages.
+- a **delta**: the messages after the pending action, from a client that sends only new
+  messages. The action's next state is what they hold up to an assistant message, and the
+  new context is the held context, the action and these messages.
+
+Branch or delta (:func:`_resends_history`): a full history starts with the context's first
+message, a delta with what followed the action (tool results, or a user message). So the
+request is a branch when its first message equals the context's first message and that message
+could not start a delta: it is not a user message (a system prompt), or the action called
+tools, or the request also repeats the context's second message, or the context is that one
+message. A delta client whose user repeats their first message, more having been said since,
+stays a delta; a full-history client whose first message was edited is taken for a delta.
+
 The joiner also answers the question the offset committer asks: which is the oldest record
 whose action is still pending? (:meth:`SessionJoiner.low_watermarks`). Committing only up to
 there means a crash or a rebalance re-reads every record a pending join still needs.
@@ -67,7 +90,7 @@ class _Session:
     last_closed: Interaction | None = None
     last_seen: float = 0.0
     partition: tuple[str, int] | None = None
-    size: int = 0                   # bytes of the latest record: what its pending state holds
+    size: int = 0                   # bytes counted for it: its latest record, known_bytes
     # The latest request's message array as bytes, without its closing bracket, and how many
     # messages it holds, all type-checked by then: the next request's messages within the
     # same leading bytes need no new decode.
@@ -84,12 +107,14 @@ class SessionJoiner:
         max_sessions: bound on sessions held; beyond it the least recently seen session is
             closed and forgotten (counted in :attr:`evicted`).
         max_pending_bytes: bound on the bytes held for pending joins (the size of each
-            session's latest record, which its pending context repeats); beyond it the least
-            recently seen sessions are forgotten, counted like ``max_sessions``.
+            session's latest record, which its pending context repeats, plus the request
+            bytes kept to decode the next request lazily); beyond it the least recently seen
+            sessions are forgotten, counted like ``max_sessions``.
         max_feedback_per_action: feedback records kept on one pending action; beyond it the
             oldest is dropped (counted in ``evictions["feedback"]``).
 
-    Each ``feed`` returns the interactions closed by that record. With ``replay=True`` the
+    Each ``feed`` returns the interactions closed by that record (none for a duplicate,
+    counted in :attr:`duplicates`). With ``replay=True`` the
     record only rebuilds state (its closed interactions are already durable downstream).
     """
 
@@ -102,6 +127,7 @@ class SessionJoiner:
         self.sessions: dict[str, _Session] = {}
         self.pending_bytes = 0
         self.evicted = 0
+        self.duplicates = 0  # exchanges received again, ignored (see _duplicate)
         self.evictions: dict[str, int] = {}  # why: max_sessions | max_pending_bytes | feedback
 
     # -- records ----------------------------------------------------------------------------
@@ -110,7 +136,7 @@ class SessionJoiner:
         """Apply one decoded record of the given shape (see :func:`wire.classify`).
 
         ``size`` is the record's encoded size: what the session's pending state now holds,
-        counted against ``max_pending_bytes``.
+        counted against ``max_pending_bytes`` with the request bytes kept for lazy decoding.
         """
         session_id = record.session_id
         assert session_id is not None
@@ -123,6 +149,8 @@ class SessionJoiner:
         else:
             return self._other(session_id, record, shape, now)
         session = self.sessions[session_id]
+        if session.known_bytes is not None:  # held beside the pending state (lazy decode)
+            size += len(session.known_bytes)
         self.pending_bytes += size - session.size
         session.size = size
         self._bound()
@@ -177,6 +205,15 @@ class SessionJoiner:
                               session := self._session(session_id, now, position)):
             new = messages[session.history_len:]
             context = tuple(messages)
+        elif _duplicate(messages, action, session):
+            # The same exchange again (an at-least-once producer): nothing new to join.
+            self.duplicates += 1
+            return closed
+        elif session.pending is not None and _resends_history(messages, session.pending):
+            # A full history that does not echo the pending action (a retry, a regenerated
+            # response, an edited earlier turn): a branch. The pending action was discarded.
+            new = None
+            context = tuple(messages)
         else:
             # A client that sends only the new messages (or the first record seen of a
             # session): the request is the delta after what we know.
@@ -185,8 +222,11 @@ class SessionJoiner:
             known = (*pending.context, pending.action) if pending is not None else ()
             context = (*known, *messages)
         if session.pending is not None:
-            next_state = _with_reported(_until_assistant(new), session.pending.partial_next)
-            interaction = session.pending.close(session_id, next_state, "next_state")
+            if new is None:
+                interaction = session.pending.close(session_id, (), "superseded")
+            else:
+                next_state = _with_reported(_until_assistant(new), session.pending.partial_next)
+                interaction = session.pending.close(session_id, next_state, "next_state")
             closed.append(interaction)
             session.last_closed = interaction
         index = len(context)
@@ -453,3 +493,37 @@ def _repeats_history(messages: list[Message], session: _Session) -> bool:
     return echoed.role == "assistant" and (
         [c.id for c in echoed.tool_calls] == [c.id for c in last.tool_calls]
         and (echoed.content == last.content or bool(last.tool_calls)))
+
+
+def _duplicate(messages: list[Message], action: Message, session: _Session) -> bool:
+    """Is this exchange one the session already joined: the pending one, or the one it closed
+    last (a record delivered twice, or again after the next one)? Same request, same action.
+    """
+    for held in (session.pending, session.last_closed):
+        if held is not None and held.action == action and len(held.context) == len(messages) \
+                and held.context == tuple(messages):
+            return True
+    return False
+
+
+def _resends_history(messages: list[Message], pending: _Pending) -> bool:
+    """Is a request that does not echo the pending action a full history (a branch) rather
+    than the messages after the action (a delta client)?
+
+    A full history starts with the context's first message; a delta starts with what
+    followed the action: the results of its tool calls, or a user message. So the request is
+    a branch when its first message equals the context's first message and that message
+    could not start a delta: it is not a user message (a system or developer prompt), or the
+    action called tools (a delta would start with their results), or the request also
+    repeats the context's second message, or it is the whole one-message context resent.
+    Left for a delta: a request that only repeats a lone first user message while more was
+    said since (a user saying the same thing again).
+    """
+    context = pending.context
+    if not messages or not context or messages[0] != context[0]:
+        return False
+    if messages[0].role != "user" or pending.action.tool_calls:
+        return True
+    if len(context) == 1:
+        return len(messages) == 1
+    return len(messages) > 1 and messages[1] == context[1]

@@ -86,6 +86,7 @@ class Pipeline:
                                     config.join.max_feedback_per_action)
         self._evicted_seen = 0
         self._evictions_seen: dict[str, int] = {}
+        self._duplicates_seen = 0
         self.extractors = build_extractors(config.extractors, config.extractor_options)
         # A judge runs cascaded: it sees the cheap extractors' tuples and only fills the gaps.
         self._cascaded = [(name, ex) for name, ex in self.extractors
@@ -160,6 +161,9 @@ class Pipeline:
             return
         if self.joiner.evicted != self._evicted_seen:
             self._count_evictions()
+        if self.joiner.duplicates != self._duplicates_seen:
+            self.stats.inc("join_duplicates", (), self.joiner.duplicates - self._duplicates_seen)
+            self._duplicates_seen = self.joiner.duplicates
         if replay:
             return
         for record, shape in decoded:

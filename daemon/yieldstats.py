@@ -72,6 +72,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "redactions": ("Sensitive spans replaced by placeholders, by type.", ("type",)),
     "join_evictions": ("Pending join state dropped to stay within the join's bounds, by reason "
                        "(max_sessions, max_pending_bytes, feedback).", ("reason",)),
+    "join_duplicates": ("Exchanges received again (same request, same response) and ignored "
+                        "by the join.", ()),
 }
 
 

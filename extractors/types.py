@@ -20,7 +20,8 @@ import msgspec
 Role = Literal["system", "user", "assistant", "tool"]
 Kind = Literal["evaluative", "directive", "preference"]
 Source = Literal["user", "tool", "terminal", "gui", "judge", "feedback"]
-ClosedBy = Literal["next_state", "idle_timeout", "session_end", "end_of_input", "feedback"]
+ClosedBy = Literal["next_state", "idle_timeout", "session_end", "end_of_input", "feedback",
+                   "superseded"]
 
 KINDS: tuple[Kind, ...] = ("evaluative", "directive", "preference")
 SOURCES: tuple[Source, ...] = ("user", "tool", "terminal", "gui", "judge", "feedback")

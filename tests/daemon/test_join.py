@@ -294,3 +294,133 @@ def test_closed_interaction_carries_every_field_of_its_action():
         feedback=(Feedback(1.0),), outcome=1.0, model="m", policy_version="3",
         behaviour_logprobs=(-0.25,), usage=Usage(5, 2, 0), ts=1_700_000_000.0,
         shape="openai_exchange")
+
+
+# -- retries, regenerations, edits: duplicates and branches ---------------------------------
+SYSTEM = {"role": "system", "content": "sys"}
+CALL = assistant(calls=[("c1", "search", {"q": "x"})])
+
+
+def contents(messages) -> list:
+    return [m.content or m.role for m in messages]
+
+
+def test_exact_duplicate_of_the_pending_exchange_is_ignored_and_counted():
+    """The same record delivered twice closes nothing, and the next one joins as usual."""
+    first = exchange("s", [SYSTEM, user("hi")], CALL)
+    joiner = SessionJoiner()
+    assert feed(joiner, first) == []
+    assert feed(joiner, first) == []
+    assert joiner.duplicates == 1
+    (closed,) = feed(joiner, exchange("s", [SYSTEM, user("hi"), CALL, tool("c1", "r")],
+                                      assistant("done")))
+    assert closed.closed_by == "next_state" and contents(closed.next_state) == ["r"]
+    (last,) = joiner.close_all()
+    assert contents(last.context) == ["sys", "hi", "assistant", "r"]
+
+
+def test_duplicate_of_the_exchange_closed_last_is_ignored():
+    """A record delivered again after the next one does not disturb the pending action."""
+    first = exchange("s", [SYSTEM, user("hi")], assistant("hello"))
+    joiner = SessionJoiner()
+    feed(joiner, first)
+    feed(joiner, exchange("s", [SYSTEM, user("hi"), assistant("hello"), user("more")],
+                          assistant("sure")))
+    assert feed(joiner, first) == []
+    assert joiner.duplicates == 1
+    (last,) = joiner.close_all()
+    assert last.action.content == "sure" and last.interaction_id == "s#4"
+
+
+def test_regenerated_response_supersedes_the_pending_action():
+    """The same request with another response (a retry after a discarded answer) closes the
+    pending action as superseded with no next state; the context is the request, not grown."""
+    history = [SYSTEM, user("hi")]
+    joiner = SessionJoiner()
+    feed(joiner, exchange("s", history, assistant("first try")))
+    (superseded,) = feed(joiner, exchange("s", history, assistant("second try")))
+    assert superseded.closed_by == "superseded" and superseded.next_state == ()
+    assert superseded.action.content == "first try" and superseded.interaction_id == "s#2"
+    assert joiner.duplicates == 0
+    # The first record delivered again after the regeneration is a duplicate; another
+    # response to the same request supersedes the second try.
+    assert feed(joiner, exchange("s", history, assistant("first try"))) == []
+    assert joiner.duplicates == 1
+    (again,) = feed(joiner, exchange("s", history, assistant("third try")))
+    assert again.closed_by == "superseded" and again.action.content == "second try"
+    (closed,) = feed(joiner, exchange("s", [*history, assistant("third try"), user("ok")],
+                                      assistant("bye")))
+    assert closed.closed_by == "next_state" and contents(closed.next_state) == ["ok"]
+    assert contents(closed.context) == ["sys", "hi"]
+
+
+def test_edited_earlier_turn_is_a_branch_with_the_request_as_context():
+    """A history that keeps the first messages and changes a later one starts a new branch."""
+    joiner = SessionJoiner()
+    feed(joiner, exchange("s", [SYSTEM, user("hi")], CALL))
+    feed(joiner, exchange("s", [SYSTEM, user("hi"), CALL, tool("c1", "r")],
+                          assistant("found r")))
+    (superseded,) = feed(joiner, exchange("s", [SYSTEM, user("hi, in French")],
+                                          assistant("bonjour")))
+    assert superseded.closed_by == "superseded" and superseded.next_state == ()
+    assert superseded.action.content == "found r"
+    (last,) = joiner.close_all()
+    assert contents(last.context) == ["sys", "hi, in French"]
+    assert last.interaction_id == "s#2"
+
+
+@pytest.mark.parametrize(("history", "action", "request_", "branch"), [
+    # No system prompt: the first user message resent alone is the same request again.
+    ([user("hi")], assistant("a"), [user("hi")], True),
+    # The first two messages repeated: an edit of a later turn.
+    ([user("hi"), assistant("a"), user("more")], assistant("b"),
+     [user("hi"), assistant("a"), user("less")], True),
+    # After tool calls a delta starts with their results, never with the first message.
+    ([user("hi"), assistant("a"), user("more")], CALL, [user("hi")], True),
+    # A delta client's user saying their first message again, more having been said since.
+    ([user("hi"), assistant("a"), user("more")], assistant("b"), [user("hi")], False),
+    # A delta client's tool results, or a new user message.
+    ([SYSTEM, user("hi")], CALL, [tool("c1", "r")], False),
+    ([SYSTEM, user("hi")], assistant("a"), [user("thanks")], False),
+])
+def test_full_history_or_delta(history, action, request_, branch):
+    """A request that does not echo the pending action is a branch when it starts with the
+    context's first message and that message could not start a delta; else a delta."""
+    joiner = SessionJoiner()
+    feed(joiner, exchange("s", history, action))
+    (closed,) = feed(joiner, exchange("s", request_, assistant("next")))
+    (last,) = joiner.close_all()
+    if branch:
+        assert closed.closed_by == "superseded" and closed.next_state == ()
+        assert contents(last.context) == contents(wire.normalize_messages(
+            wire.decode(json.dumps({"session_id": "s", "messages": request_})).messages))
+    else:
+        assert closed.closed_by == "next_state"
+        assert contents(closed.next_state) == contents(wire.normalize_messages(
+            wire.decode(json.dumps({"session_id": "s", "messages": request_})).messages))
+        assert len(last.context) == len(history) + 1 + len(request_)
+
+
+def test_retries_do_not_grow_the_context():
+    """A client retrying the same request over and over holds one history, not one per try."""
+    history = [SYSTEM, user("hi")]
+    joiner = SessionJoiner()
+    for n in range(20):
+        feed(joiner, exchange("s", history, assistant(f"try {n}")))
+    (last,) = joiner.close_all()
+    assert contents(last.context) == ["sys", "hi"]
+
+
+def test_known_bytes_count_toward_the_pending_bytes():
+    """The request bytes kept for lazy decoding are counted and bounded by max_pending_bytes."""
+    value = line(exchange("s", [SYSTEM, user("hi " * 100)], assistant("hello")))
+    joiner = SessionJoiner()
+    for record, shape in ingest.decode_records(value, None):
+        joiner.feed(record, shape, 0.0, ("t", 0, 0), len(value))
+    known = joiner.sessions["s"].known_bytes
+    assert known is not None and joiner.pending_bytes == len(value) + len(known)
+    bounded = SessionJoiner(max_pending_bytes=len(value) + 10)
+    for record, shape in ingest.decode_records(value, None):
+        bounded.feed(record, shape, 0.0, ("t", 0, 0), len(value))
+    assert bounded.sessions == {} and bounded.evictions == {"max_pending_bytes": 1}
+    assert bounded.pending_bytes == 0

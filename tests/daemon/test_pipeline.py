@@ -225,3 +225,27 @@ def test_tuples_reach_the_buffers_by_the_next_tick(tmp_path):
         assert stored_now == pipeline.stats.total("tuples")
     finally:
         pipeline.close()
+
+
+def test_retries_and_regenerations_change_nothing_but_their_counters(tmp_path):
+    """A regenerated response superseded by the original, then the original delivered twice,
+    store the same tuples as the clean session: the superseded action yields nothing, the
+    duplicate is ignored, and both are counted."""
+    clean = weather_session("s", '{"error": "timeout"}')
+    regenerated = json.loads(json.dumps(clean[0]))
+    regenerated["response"]["choices"][0]["message"] = assistant("Let me try again.")
+    extractors = ["feedback", "user", "tool", "terminal", "gui"]
+    runs = {}
+    for name, records in (("clean", clean),
+                          ("messy", [regenerated, clean[0], clean[0], *clean[1:]])):
+        write_lines(tmp_path / f"{name}.jsonl", records)
+        config = load_config(None, state_dir=str(tmp_path / name), extractors=extractors)
+        runs[name] = (run(config, tmp_path / f"{name}.jsonl"), stored(tmp_path / name))
+    (clean_run, clean_tuples), (messy_run, messy_tuples) = runs["clean"], runs["messy"]
+    assert clean_tuples and sorted(msgspec.json.encode(t) for t in messy_tuples) == \
+        sorted(msgspec.json.encode(t) for t in clean_tuples)
+    assert messy_run.stats.total("interactions_closed", closed_by="superseded") == 1
+    assert messy_run.stats.total("join_duplicates") == 1
+    assert messy_run.stats.total("interactions") == clean_run.stats.total("interactions") + 1
+    assert messy_run.stats.total("interactions_with_signal") == \
+        clean_run.stats.total("interactions_with_signal")
