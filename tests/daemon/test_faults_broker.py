@@ -213,6 +213,7 @@ def test_sigterm_during_an_outage_exits_promptly_and_a_restart_resumes(tmp_path)
             assert "commit_deferred" in log.read_text()
             proxy.restore()
             daemon = DaemonProcess(config, state, log).start()
+            assert wait_for(lambda: daemon.http("/readyz")[0] == 200, 60)  # handlers set
             assert wait_for(lambda: checkpoint_counter(state, "records") == len(records), 120)
             assert daemon.stop() == 0
         finally:
