@@ -234,6 +234,13 @@ def tool_results_for(interaction: Interaction) -> list[tuple[ToolCall, Message]]
             if message.tool_call_id and message.tool_call_id == call.id:
                 answer = message
         return [(call, answer)]
+    return pair_by_id_then_position(calls, results)
+
+
+def pair_by_id_then_position(calls: tuple[ToolCall, ...], results: list[Message]
+                             ) -> list[tuple[ToolCall, Message]]:
+    """The general pairing of :func:`tool_results_for`: by ``tool_call_id``, then the
+    results with no (or an unknown) id in order."""
     by_id = {m.tool_call_id: m for m in results if m.tool_call_id}
     pairs: list[tuple[ToolCall, Message]] = []
     unmatched = [m for m in results if not m.tool_call_id or m.tool_call_id not in

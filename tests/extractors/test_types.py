@@ -14,6 +14,7 @@ from nextstate.extractors.types import (
     ScoredTuple,
     ToolCall,
     Usage,
+    pair_by_id_then_position,
     tool_results_for,
     tuple_from,
 )
@@ -68,22 +69,9 @@ def test_clamped_bounds_encode_like_defaults():
 
 
 def _pairs_reference(interaction: Interaction) -> list:
-    """tool_results_for as first written (no fast paths)."""
-    calls = interaction.action.tool_calls
-    if not calls:
-        return []
+    """tool_results_for without its fast paths: the general rule on every action."""
     results = [m for m in interaction.next_state if m.role == "tool"]
-    by_id = {m.tool_call_id: m for m in results if m.tool_call_id}
-    pairs = []
-    unmatched = [m for m in results if not m.tool_call_id or m.tool_call_id not in
-                 {c.id for c in calls}]
-    for call in calls:
-        answer = by_id.get(call.id)
-        if answer is None and unmatched:
-            answer = unmatched.pop(0)
-        if answer is not None:
-            pairs.append((call, answer))
-    return pairs
+    return pair_by_id_then_position(interaction.action.tool_calls, results)
 
 
 _IDS = st.sampled_from(["a", "b", "", None])
