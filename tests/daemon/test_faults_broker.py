@@ -32,16 +32,25 @@ from tests.tcp_proxy import free_port, start_tansu, stop_tansu, tansu_behind_pro
 pytestmark = pytest.mark.kafka
 
 
+def daemon_on_new_topic(broker, tmp_path, name: str, records: list[tuple[bytes, bytes]],
+                        **config: float) -> tuple[str, DaemonProcess]:
+    """A new topic (3 partitions and its DLQ) holding ``records``, and a daemon subprocess
+    consuming it as group "g" (state in ``tmp_path/state``, output in ``tmp_path/daemon.log``)."""
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic, 3)
+    broker.create_topic(f"{topic}.dlq", 1)
+    broker.produce(topic, records)
+    state = tmp_path / "state"
+    path = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g",
+                        **config)
+    return topic, DaemonProcess(path, state, tmp_path / "daemon.log").start()
+
+
 def outage_run(tmp_path, outage_s: float, sessions: int) -> dict:
     records = stream_records(sessions, 5, seed=3)
     with tansu_behind_proxy() as (broker, proxy):
-        topic = f"outage-{uuid.uuid4().hex[:8]}"
-        broker.create_topic(topic, 3)
-        broker.create_topic(f"{topic}.dlq", 1)
-        broker.produce(topic, records)
-        state = tmp_path / "state"
-        config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g")
-        daemon = DaemonProcess(config, state, tmp_path / "daemon.log").start()
+        _, daemon = daemon_on_new_topic(broker, tmp_path, "outage", records)
+        state = daemon.state_dir
         try:
             assert wait_for(lambda: daemon.metric("nextstate_records_total")
                             >= len(records) * 0.3, 120), "daemon never consumed"
@@ -117,15 +126,10 @@ def test_broker_that_comes_back_empty_is_read_from_the_reset_position(tmp_path, 
     second = [(b"new-" + k, v.replace(b'"session_id": "', b'"session_id": "new-'))
               for k, v in second]  # a longer log than the first: offsets alone cannot tell
     with tansu_behind_proxy() as (broker, proxy):
-        topic = f"empty-{uuid.uuid4().hex[:8]}"
-        broker.create_topic(topic, 3)
-        broker.create_topic(f"{topic}.dlq", 1)
-        broker.produce(topic, first)
-        state = tmp_path / "state"
-        config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g",
-                              commit_interval_s=0.5 if committed else 3600,
-                              commit_every_records=200 if committed else 10**9)
-        daemon = DaemonProcess(config, state, tmp_path / "daemon.log").start()
+        topic, daemon = daemon_on_new_topic(
+            broker, tmp_path, "empty", first, commit_interval_s=0.5 if committed else 3600,
+            commit_every_records=200 if committed else 10**9)
+        state = daemon.state_dir
         replacement = None
         try:
             assert wait_for(lambda: daemon.metric("nextstate_records_total") == len(first), 120)
@@ -165,14 +169,8 @@ def test_stalled_consumer_is_replaced(tmp_path):
     second = [(b"more-" + k, v.replace(b'"session_id": "', b'"session_id": "more-'))
               for k, v in second]
     with tansu_behind_proxy() as (broker, proxy):
-        topic = f"stall-{uuid.uuid4().hex[:8]}"
-        broker.create_topic(topic, 3)
-        broker.create_topic(f"{topic}.dlq", 1)
-        broker.produce(topic, first)
-        state = tmp_path / "state"
-        config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g")
-        log = tmp_path / "daemon.log"
-        daemon = DaemonProcess(config, state, log).start()
+        topic, daemon = daemon_on_new_topic(broker, tmp_path, "stall", first)
+        state, log = daemon.state_dir, daemon.log
         try:
             assert wait_for(lambda: daemon.metric("nextstate_records_total") == len(first), 120)
             proxy.freeze_next_fetch()  # the consumer polls on: its next fetch is the one
@@ -194,14 +192,8 @@ def test_sigterm_during_an_outage_exits_promptly_and_a_restart_resumes(tmp_path)
     the rest from the group's offsets with no loss and no duplicate."""
     records = stream_records(60, 5, seed=9)
     with tansu_behind_proxy() as (broker, proxy):
-        topic = f"term-{uuid.uuid4().hex[:8]}"
-        broker.create_topic(topic, 3)
-        broker.create_topic(f"{topic}.dlq", 1)
-        broker.produce(topic, records)
-        state = tmp_path / "state"
-        config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, "g")
-        log = tmp_path / "daemon.log"
-        daemon = DaemonProcess(config, state, log).start()
+        _, daemon = daemon_on_new_topic(broker, tmp_path, "term", records)
+        state, log = daemon.state_dir, daemon.log
         try:
             assert wait_for(lambda: daemon.metric("nextstate_records_total") >= 60, 120)
             proxy.cut()
@@ -212,7 +204,7 @@ def test_sigterm_during_an_outage_exits_promptly_and_a_restart_resumes(tmp_path)
             assert time.monotonic() - started < 15
             assert "commit_deferred" in log.read_text()
             proxy.restore()
-            daemon = DaemonProcess(config, state, log).start()
+            daemon = DaemonProcess(daemon.config, state, log).start()
             assert wait_for(lambda: daemon.http("/readyz")[0] == 200, 60)  # handlers set
             assert wait_for(lambda: checkpoint_counter(state, "records") == len(records), 120)
             assert daemon.stop() == 0
