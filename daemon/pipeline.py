@@ -92,9 +92,9 @@ class Pipeline:
         self._cascaded = [(name, ex) for name, ex in self.extractors
                           if hasattr(ex, "judge_if_uncertain")]
         self._cascaded_names = {name for name, _ in self._cascaded}
-        self._chain = [(name, ex, name in self._cascaded_names) for name, ex in self.extractors]
         # Each interaction meets only the extractors that read its kinds of next state.
-        self._dispatch = Dispatch(self._chain)
+        self._dispatch = Dispatch([(name, ex, name in self._cascaded_names)
+                                   for name, ex in self.extractors])
         self.redactor = Redactor(enabled=config.redact, patterns=config.redact_patterns)
         specs = [msgspec.convert(spec, BufferSpec) for spec in config.buffers]
         self.buffers = BufferSet.open(self.state_dir / "buffers", specs)
