@@ -9,8 +9,9 @@
   the same topic on the same broker; records/s from first to last record, and the ratio; also
   each side's process CPU per record (the ratio of those is steadier on a shared machine).
   ``--profile`` prints a pyinstrument profile of the daemon's consume thread.
-- ``latency``: records produced at a fixed rate (interactions/s: each exchange closes one);
-  p50/p99 from a record's produce to the checkpoint that made its tuples durable.
+- ``latency``: records produced at a fixed rate (interactions/s: each exchange closes one) by
+  a producer in its own process; p50/p99 from a record's produce to the checkpoint that made
+  its tuples durable.
 - ``rss``: a file stream producing ``factor`` x the buffer capacity in tuples; the process RSS
   sampled along the way (flat = the last sample within 10% of the first after warm-up).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -26,6 +28,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
@@ -183,18 +186,47 @@ def throughput(args: argparse.Namespace) -> None:
         print(profiler.output_text(unicode=False, color=False, show_all=False))
 
 
+def latency_records(sessions: int, total: int) -> list[dict]:
+    """The exchanges the latency run produces (each closes one interaction)."""
+    return [r for r in stream(sessions, 10) if "request" in r][:total]
+
+
+def produce_paced(bootstrap: str, topic: str, sessions: int, total: int, rate: int,
+                  conn: Any) -> None:
+    """Produce ``total`` exchanges at ``rate``/s; send back (sent time by (partition,
+    offset), the rate achieved) through ``conn``."""
+    records = latency_records(sessions, total)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    sent_at: dict[tuple[int, int], float] = {}
+    lock = threading.Lock()
+    start = time.time()
+    for n, record in enumerate(records):
+        due = start + n / rate
+        while (wait := due - time.time()) > 0:  # pacing the producer, not a sync
+            time.sleep(min(0.001, wait))
+        sent = time.time()
+
+        def stamp(meta, sent=sent) -> None:
+            with lock:
+                sent_at[(meta.partition, meta.offset)] = sent
+
+        producer.send(topic, key=record["session_id"].encode(),
+                      value=json.dumps(record).encode()).add_callback(stamp)
+    producer.flush()
+    produced_rate = len(records) / (time.time() - start)
+    producer.close()
+    with lock:
+        conn.send((dict(sent_at), produced_rate))
+
+
 def latency(args: argparse.Namespace) -> None:
-    records = [r for r in stream(args.sessions, 10) if "request" in r]
-    total = min(len(records), int(args.rate * args.seconds))
-    records = records[:total]
+    total = len(latency_records(args.sessions, int(args.rate * args.seconds)))
     with tansu_broker() as broker, tempfile.TemporaryDirectory() as state:
         topic = f"lat-{uuid.uuid4().hex[:6]}"
         broker.create_topic(topic, PARTITIONS)
         broker.create_topic(f"{topic}.dlq", 1)
         config = daemon_config(state, broker.bootstrap, topic, commit_interval_s=0.2,
                                commit_every_records=1_000_000)
-        sent_at: dict[tuple[int, int], float] = {}
-        lock = threading.Lock()
         holder: dict[str, Timed] = {}
         ready = threading.Event()
 
@@ -217,32 +249,24 @@ def latency(args: argparse.Namespace) -> None:
         runner = holder["runner"]
         while not runner.consumer.assignment():  # the group is formed before the clock starts
             time.sleep(0.05)
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=1, linger_ms=0)
-        start = time.time()
-        for n, record in enumerate(records):
-            due = start + n / args.rate
-            while (wait := due - time.time()) > 0:  # pacing the producer, not a sync
-                time.sleep(min(0.001, wait))
-            sent = time.time()
-
-            def stamp(meta, sent=sent) -> None:
-                with lock:
-                    sent_at[(meta.partition, meta.offset)] = sent
-
-            producer.send(topic, key=record["session_id"].encode(),
-                          value=json.dumps(record).encode()).add_callback(stamp)
-        producer.flush()
-        produced_rate = len(records) / (time.time() - start)
+        # The producer runs in its own process, as the agents it stands for do: in this one
+        # it would share the daemon's GIL, and its sends would count as the daemon's delay.
+        parent, child = multiprocessing.get_context("spawn").Pipe()
+        producer = multiprocessing.get_context("spawn").Process(
+            target=produce_paced, args=(broker.bootstrap, topic, args.sessions, total,
+                                        args.rate, child))
+        producer.start()
+        sent_at, produced_rate = parent.recv()
+        producer.join()
         timed = holder["timed"]
         deadline = time.monotonic() + 300
-        while len(timed.durable_at) < len(records) and time.monotonic() < deadline:
+        while len(timed.durable_at) < total and time.monotonic() < deadline:
             time.sleep(0.1)
         holder["stop"].set()  # type: ignore[attr-defined]
         thread.join()
-        producer.close()
     lat = sorted(timed.durable_at[p] - sent_at[p] for p in sent_at if p in timed.durable_at)
     q = statistics.quantiles(lat, n=100)
-    print(f"{len(records):,} exchanges produced at {produced_rate:,.0f}/s "
+    print(f"{total:,} exchanges produced at {produced_rate:,.0f}/s "
           f"(target rate {args.rate:,}/s), {len(lat):,} made durable")
     print(f"produce -> durable tuple: p50 {q[49] * 1000:,.0f} ms, p99 {q[98] * 1000:,.0f} ms, "
           f"max {lat[-1] * 1000:,.0f} ms")

@@ -77,6 +77,11 @@ class KafkaConfig:
     """How long one poll waits for records."""
     max_poll_records: int = 500
     """Records per poll at most."""
+    fetch_max_wait_ms: int = 100
+    """How long the broker may hold a fetch that has no new records. Kafka's default is 500;
+    a broker that answers only when this wait ends (Tansu does: measured p50 126 ms from
+    produce to consume at 500, 27 ms at 100) adds up to this much to every record's latency.
+    100 bounds that at 10 idle fetches/s per broker."""
     session_timeout_ms: int = 10_000
     """Group session timeout: a member silent this long is considered dead."""
     heartbeat_interval_ms: int = 3_000
@@ -94,6 +99,7 @@ class KafkaConfig:
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "max_poll_records": self.max_poll_records,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
         }
         kwargs.update(self.security_kwargs())
         return kwargs

@@ -113,3 +113,18 @@ def _metric(daemon: Daemon, name: str) -> float:
 def _records_total(tmp_path: Path) -> float:
     state = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
     return sum(value for name, _, value in state["stats"]["counters"] if name == "records")
+
+
+def test_consumer_fetch_wait_comes_from_config(broker, tmp_path):
+    """The broker may hold an empty fetch only as long as ``kafka.fetch_max_wait_ms`` (100 ms
+    unless configured: Tansu answers a held fetch only when the wait ends)."""
+    default = kafka_config(broker, tmp_path, "t", "g")
+    assert default.kafka.fetch_max_wait_ms == 100
+    config = load_config(None, source="kafka", state_dir=str(tmp_path / "s"),
+                         **{"kafka.bootstrap_servers": [broker.bootstrap],
+                            "kafka.topic": "t", "kafka.fetch_max_wait_ms": 37})
+    consumer = KafkaConsumer(**config.kafka.consumer_kwargs())
+    try:
+        assert consumer.config["fetch_max_wait_ms"] == 37
+    finally:
+        consumer.close()
