@@ -133,7 +133,9 @@ class Pipeline:
         """Process one record; bad ones go to the dead-letter sink with their reason."""
         tp = (topic, partition)
         replay = offset < self.processed.get(tp, 0)
-        self.seen[tp] = max(self.seen.get(tp, 0), offset + 1)
+        seen = self.seen
+        if offset >= seen.get(tp, 0):
+            seen[tp] = offset + 1
         self.records_since_checkpoint += 1
         try:
             if len(value) > self.config.join.max_record_bytes:
@@ -145,11 +147,15 @@ class Pipeline:
                     if record.ts is not None:
                         self.event_time = max(self.event_time, wire.parse_ts(record.ts))
             now = self.now()
-            closed: list[Interaction] = []
-            for record, shape in decoded:
-                closed += self.joiner.feed(record, shape, now,
-                                           (topic, partition, offset),
-                                           len(value) // len(decoded))
+            position = (topic, partition, offset)
+            if len(decoded) == 1:  # the usual case: one wire record per Kafka record
+                record, shape = decoded[0]
+                closed = self.joiner.feed(record, shape, now, position, len(value))
+            else:
+                closed = []
+                share = len(value) // max(1, len(decoded))
+                for record, shape in decoded:
+                    closed += self.joiner.feed(record, shape, now, position, share)
         except (BadRecord, RecursionError) as error:
             # RecursionError: msgspec's guard against absurdly deep nesting (hostile input).
             exc = error if isinstance(error, BadRecord) else BadRecord(
@@ -166,12 +172,13 @@ class Pipeline:
             self._duplicates_seen = self.joiner.duplicates
         if replay:
             return
+        stats = self.stats
         for record, shape in decoded:
-            self.stats.observe_record(shape)
+            stats.observe_record(shape)
             if shape == "session_end":
-                self.stats.observe_session_end(wire.score_value(record.outcome))
+                stats.observe_session_end(wire.score_value(record.outcome))
             elif shape == "transcript" and record.reward is not None:
-                self.stats.observe_session_end(record.reward)
+                stats.observe_session_end(record.reward)
         if closed:
             self.emit(closed)
         if self.use_event_time and \
