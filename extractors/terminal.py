@@ -23,7 +23,14 @@ from typing import NamedTuple
 from nextstate.extractors.lru import LruCache
 from nextstate.extractors.names import TERMINAL_TOOLS, json_object, tool_name
 from nextstate.extractors.registry import register
-from nextstate.extractors.types import Interaction, ScoredTuple, tool_results_for, tuple_from
+from nextstate.extractors.types import (
+    Interaction,
+    ScoredTuple,
+    answer_to,
+    directive,
+    evaluative,
+    tool_results_for,
+)
 
 
 class RunSummary(NamedTuple):
@@ -72,7 +79,6 @@ _EXIT_CODE = re.compile(
     r"\s*[:=]?\s*\[?(-?\d+)\b", re.I)
 _BENIGN_NONZERO = re.compile(r"^\s*(?:grep|egrep|rg|diff|cmp|test|\[|git diff|find)\b")
 _HEAD, _TAIL = 4000, 12000
-_UNKNOWN = object()
 
 
 def _window(text: str) -> str:
@@ -185,56 +191,110 @@ def _first_failure(text: str) -> str | None:
     return next(g for g in match.groups() if g).strip()
 
 
-def read_terminal(content: str, command: str = "",
-                  previous: RunSummary | None = None) -> TerminalReading | None:
-    """Read one terminal result; ``previous`` is the session's last test summary, if any."""
+class _Facts(NamedTuple):
+    """What one terminal result says by itself, before the command and the previous summary.
+
+    ``scored``: ``summary`` counts tests, and the reading is decided by it (``failing`` is
+    the first failing test, ``environmental`` whether the failures look environmental);
+    otherwise ``reading`` is the reading, unless ``exit_one`` (exit code 1) and the command
+    is one whose 1 is an answer.
+    """
+
+    summary: RunSummary | None
+    scored: bool
+    failing: str | None
+    environmental: bool
+    reading: TerminalReading | None
+    exit_one: bool
+
+
+# Necessary lower-case substrings of ``_NOT_FOUND`` (one per alternative).
+_NOT_FOUND_NEEDLES = ("command not found", "is not recognized as an internal or external",
+                      "no such file or directory", "permission denied", "segmentation fault")
+_TRACEBACK_HEADER = "Traceback (most recent call last):"
+
+
+def _facts(content: str) -> _Facts:
+    """Every rule of :func:`read_terminal` that reads only ``content``."""
     output, code = _split_output(content)
     text = _window(output)
     summary = parse_test_summary(text)
     if summary is not None and summary.passed + summary.failed > 0:
-        failing = _first_failure(text)
-        hint = f"Make the failing test pass: {failing}" if failing else None
-        if summary.failed == 0:
-            progressed = previous is not None and previous.failed > 0
-            return TerminalReading("tests_pass", 0.9 if progressed else 0.7,
-                                   0.9 if progressed else 0.85, None)
-        if _looks_environmental(text):
-            return None  # the network failed, not the action: no signal about it
-        if previous is not None and previous.failed > 0:
-            if summary.failed < previous.failed:
-                return TerminalReading("tests_progress", 0.6, 0.85, hint)
-            if summary.failed > previous.failed:
-                return TerminalReading("tests_regress", -0.8, 0.9, hint)
-            return TerminalReading("tests_unchanged", -0.2, 0.5, hint)
-        if previous is not None and summary.failed > 0:
-            return TerminalReading("tests_regress", -0.8, 0.9, hint)
-        return TerminalReading("tests_fail", -0.6, 0.75, hint)
-    compiler = _COMPILER.search(text)
+        return _Facts(summary, True, _first_failure(text),
+                      summary.failed > 0 and _looks_environmental(text), None, False)
+    # Every _COMPILER alternative holds "error" or ".go:" (case-sensitive: no re.I).
+    compiler = _COMPILER.search(text) if "error" in text or ".go:" in text else None
     if compiler:
-        return TerminalReading("compile_error", -0.8, 0.9,
-                               f"Fix the compiler error: {compiler.group(0).strip()[:200]}")
-    traceback = _TRACEBACK.search(text)
+        return _Facts(summary, False, None, False, TerminalReading(
+            "compile_error", -0.8, 0.9,
+            f"Fix the compiler error: {compiler.group(0).strip()[:200]}"), False)
+    traceback = _TRACEBACK.search(text) if _TRACEBACK_HEADER in text else None
     if traceback:
         # The exception is the last unindented line after the traceback header.
         lines = [ln for ln in text[traceback.end():].splitlines()
                  if ln.strip() and not ln[0].isspace()]
         last = lines[-1].strip()[:200] if lines else None
-        return TerminalReading("traceback", -0.7, 0.85, f"Fix the error: {last}" if last else None)
-    missing = _NOT_FOUND.search(text)
-    if missing and code != 0:
-        return TerminalReading("command_failed", -0.8, 0.9,
-                               f"The command failed: {missing.group(0).strip()[:200]}",
-                               "tool_args")
+        return _Facts(summary, False, None, False, TerminalReading(
+            "traceback", -0.7, 0.85, f"Fix the error: {last}" if last else None), False)
+    # Only a failed command's "not found" counts, so exit code 0 skips the scan.
+    missing = _not_found(text) if code != 0 else None
+    if missing:
+        return _Facts(summary, False, None, False, TerminalReading(
+            "command_failed", -0.8, 0.9,
+            f"The command failed: {missing.group(0).strip()[:200]}", "tool_args"), False)
     if code is not None:
         if code == 0:
-            return TerminalReading("exit_ok", 0.3, 0.6, None)
-        if code == 1 and _BENIGN_NONZERO.match(command):
-            return None  # no match / files differ: an answer, not a failure
+            return _Facts(summary, False, None, False,
+                          TerminalReading("exit_ok", 0.3, 0.6, None), False)
         last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()
                      and not _EXIT_CODE.search(ln)), "")
-        return TerminalReading("exit_nonzero", -0.5, 0.7,
-                               f"The command exited with {code}: {last[:200]}" if last else None)
-    return None
+        return _Facts(summary, False, None, False, TerminalReading(
+            "exit_nonzero", -0.5, 0.7,
+            f"The command exited with {code}: {last[:200]}" if last else None), code == 1)
+    return _Facts(summary, False, None, False, None, False)
+
+
+def _not_found(text: str) -> re.Match[str] | None:
+    """``_NOT_FOUND.search(text)``; substring checks skip most scans."""
+    if text.isascii():  # re.I folds a few non-ASCII letters that lower() keeps
+        low = text.lower()
+        if not any(needle in low for needle in _NOT_FOUND_NEEDLES):
+            return None
+    return _NOT_FOUND.search(text)
+
+
+def _reading(facts: _Facts, command: str, previous: RunSummary | None
+             ) -> TerminalReading | None:
+    """Finish a reading from its :class:`_Facts`, the command and the previous summary."""
+    if not facts.scored:
+        if facts.exit_one and _BENIGN_NONZERO.match(command):
+            return None  # no match / files differ: an answer, not a failure
+        return facts.reading
+    summary = facts.summary
+    assert summary is not None
+    failing = facts.failing
+    hint = f"Make the failing test pass: {failing}" if failing else None
+    if summary.failed == 0:
+        progressed = previous is not None and previous.failed > 0
+        return TerminalReading("tests_pass", 0.9 if progressed else 0.7,
+                               0.9 if progressed else 0.85, None)
+    if facts.environmental:
+        return None  # the network failed, not the action: no signal about it
+    if previous is not None and previous.failed > 0:
+        if summary.failed < previous.failed:
+            return TerminalReading("tests_progress", 0.6, 0.85, hint)
+        if summary.failed > previous.failed:
+            return TerminalReading("tests_regress", -0.8, 0.9, hint)
+        return TerminalReading("tests_unchanged", -0.2, 0.5, hint)
+    if previous is not None and summary.failed > 0:
+        return TerminalReading("tests_regress", -0.8, 0.9, hint)
+    return TerminalReading("tests_fail", -0.6, 0.75, hint)
+
+
+def read_terminal(content: str, command: str = "",
+                  previous: RunSummary | None = None) -> TerminalReading | None:
+    """Read one terminal result; ``previous`` is the session's last test summary, if any."""
+    return _reading(_facts(content), command, previous)
 
 
 @register("terminal")
@@ -248,60 +308,81 @@ class TerminalExtractor:
     """
 
     reads = frozenset({"tool"})  # see registry.Dispatch
-    __slots__ = ("_summaries", "excerpt_chars", "history", "tools")
+    __slots__ = ("_facts", "excerpt_chars", "history", "tools")
 
     def __init__(self, tools: tuple[str, ...] | list[str] | None = None, history: int = 40,
                  excerpt_chars: int = 400, cache_entries: int = 4096) -> None:
         self.tools = frozenset(tools) if tools is not None else TERMINAL_TOOLS
         self.history = history
         self.excerpt_chars = excerpt_chars
-        # Output text -> its test summary: every later step of a session looks back at the
-        # same earlier results, which would otherwise be decoded and scanned again each time.
-        self._summaries: LruCache[RunSummary | None] = LruCache(cache_entries,
-                                                                 cache_entries * 4096)
+        # Output text -> what it says (its test summary, its reading): a result is read when
+        # it answers an action, then every later step of its session looks back at it for
+        # the previous summary; recurring outputs (a re-run, a repeated error) are read once.
+        self._facts: LruCache[_Facts] = LruCache(cache_entries, cache_entries * 4096)
+
+    def _facts_of(self, content: str) -> _Facts:
+        facts = self._facts.get(content)
+        if facts is None:
+            facts = _facts(content)
+            self._facts.put(content, facts, len(content))
+        return facts
 
     def _summary_of(self, content: str) -> RunSummary | None:
-        summary = self._summaries.get(content, _UNKNOWN)
-        if summary is _UNKNOWN:
-            summary = parse_test_summary(_window(_split_output(content)[0]))
-            self._summaries.put(content, summary, len(content))
-        return summary  # type: ignore[return-value]
+        return self._facts_of(content).summary
 
     def _previous_summary(self, interaction: Interaction) -> RunSummary | None:
         context = interaction.context
+        tools = self.tools
         stop = max(0, len(context) - self.history)
         for index in range(len(context) - 1, stop - 1, -1):
             message = context[index]
-            if message.role == "tool" and tool_name(message, context, index) in self.tools:
-                summary = self._summary_of(message.content)
+            if message.role == "tool" and (
+                    message.name or tool_name(message, context, index)) in tools:
+                summary = self._facts_of(message.content).summary
                 if summary is not None:
                     return summary
         return None
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
         calls = interaction.action.tool_calls
-        if not calls or self.tools.isdisjoint([c.name for c in calls]):
-            return []  # most actions call no terminal tool: skip pairing their results
-        pairs = [(c, a) for c, a in tool_results_for(interaction) if c.name in self.tools]
-        if not pairs:
+        if not calls:
             return []
-        previous = self._previous_summary(interaction)
-        readings = []
-        for call, answer in pairs:
-            reading = read_terminal(answer.content, _command_of(call.arguments), previous)
-            if reading is not None:
-                readings.append((call, answer, reading))
-        if not readings:
-            return []
-        call, answer, reading = min(readings, key=lambda r: r[2].reward)
+        tools = self.tools
+        if len(calls) == 1:  # the usual action: no lists to build
+            call = calls[0]
+            if call.name not in tools:
+                return []  # most actions call no terminal tool
+            answer = answer_to(call, interaction.next_state)
+            if answer is None:
+                return []
+            previous = self._previous_summary(interaction)
+            reading = _reading(self._facts_of(answer.content), _command_of(call.arguments),
+                               previous)
+            if reading is None:
+                return []
+        else:
+            if tools.isdisjoint([c.name for c in calls]):
+                return []
+            pairs = [(c, a) for c, a in tool_results_for(interaction) if c.name in tools]
+            if not pairs:
+                return []
+            previous = self._previous_summary(interaction)
+            readings = []
+            for call, answer in pairs:
+                reading = _reading(self._facts_of(answer.content), _command_of(call.arguments),
+                                   previous)
+                if reading is not None:
+                    readings.append((call, answer, reading))
+            if not readings:
+                return []
+            call, answer, reading = min(readings, key=lambda r: r[2].reward)
         tail = answer.content[-self.excerpt_chars:]
         excerpt = f"[{call.name}] {reading.label}: {tail}"
         credit = "tool_args" if reading.credit == "tool_args" else "action"
-        tuples = [tuple_from(interaction, extractor="terminal", kind="evaluative",
-                             source="terminal", excerpt=excerpt, reward=reading.reward,
-                             confidence=reading.confidence, credit=credit)]
-        if reading.hint and reading.reward < 0:
-            tuples.append(tuple_from(interaction, extractor="terminal", kind="directive",
-                                     source="terminal", excerpt=excerpt, hint=reading.hint,
-                                     confidence=min(reading.confidence, 0.8), credit=credit))
+        reward = reading.reward
+        tuples = [evaluative(interaction, "terminal", "terminal", excerpt, reward,
+                             reading.confidence, credit)]
+        if reading.hint and reward < 0:
+            tuples.append(directive(interaction, "terminal", "terminal", excerpt, reading.hint,
+                                    min(reading.confidence, 0.8), credit))
         return tuples

@@ -14,13 +14,21 @@ Terminal and GUI tools are skipped by default: their own extractors read them be
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
+from nextstate.extractors.lru import LruCache
 from nextstate.extractors.names import GUI_TOOLS, TERMINAL_TOOLS
 from nextstate.extractors.registry import register
-from nextstate.extractors.types import Interaction, ScoredTuple, tool_results_for, tuple_from
+from nextstate.extractors.types import (
+    Interaction,
+    ScoredTuple,
+    answer_to,
+    directive,
+    evaluative,
+    tool_results_for,
+)
 
 # Severity -> (reward, confidence). Ordered from the most to the least certain reading.
 _ERROR_PATTERNS: tuple[tuple[str, re.Pattern[str], float, float], ...] = (
@@ -63,6 +71,9 @@ _ERROR_KEYS = ("error", "errors", "exception", "error_message", "err")
 _EMPTY_KEYS = ("results", "items", "data", "hits", "rows", "records", "matches")
 _TRACEBACK_END = re.compile(r"^(\w+\.)*\w*(Error|Exception)(: .*)?$")
 _ERROR_STATUSES = frozenset({"error", "failed", "failure", "fail", "fatal"})
+_STATUS_KEYS = ("status", "status_code", "statusCode", "code")
+# Every key _classify_json reads: a JSON object with none of them is a plain success.
+_READ_KEYS = frozenset((*_ERROR_KEYS, *_STATUS_KEYS, "ok", "success", *_EMPTY_KEYS))
 _HEAD_CHARS = 300
 
 
@@ -124,6 +135,8 @@ def _expected_hint(text: str) -> re.Match[str] | None:
 
 def _classify_json(data: Any) -> tuple[str, float, float] | None:
     """Judge a decoded JSON result by its structure; ``None`` when it says nothing either way."""
+    if type(data) is dict and data and _READ_KEYS.isdisjoint(data):
+        return "success", 0.5, 0.7  # no key below is present: what the checks below conclude
     if data is None or data == "" or data == [] or data == {}:
         return "empty", -0.3, 0.6
     if not isinstance(data, dict):
@@ -133,7 +146,7 @@ def _classify_json(data: Any) -> tuple[str, float, float] | None:
         if value:
             detail = value if isinstance(value, str) else msgspec.json.encode(value).decode()
             return _classify_text(detail[:_HEAD_CHARS]) or ("error_payload", -0.8, 0.85)
-    for key in ("status", "status_code", "statusCode", "code"):
+    for key in _STATUS_KEYS:
         value = data.get(key)
         if isinstance(value, int) and 400 <= value < 600:
             return "http_error", -0.7, 0.85
@@ -179,6 +192,28 @@ def classify_tool_result(text: str) -> tuple[str, float, float]:
     return "success", 0.5, 0.6
 
 
+class ToolReading(NamedTuple):
+    """How one tool result reads: :func:`classify_tool_result` and the expected-value hint."""
+
+    label: str
+    reward: float
+    confidence: float
+    hint: str | None
+    """The stripped text of :func:`_expected_hint` for an error (``None``: none, or not an
+    error: a negative reading other than ``empty``)."""
+
+
+def read_tool_result(content: str) -> ToolReading:
+    """Everything the tool extractor reads from one result's text."""
+    label, reward, confidence = classify_tool_result(content)
+    hint = None
+    if reward < 0 and label != "empty":
+        match = _expected_hint(content[:4000])
+        if match:
+            hint = match.group(0).strip()
+    return ToolReading(label, reward, confidence, hint)
+
+
 @register("tool")
 class ToolResultExtractor:
     """Scores each answered tool call of an action; directive hints from error messages.
@@ -187,37 +222,60 @@ class ToolResultExtractor:
         ignore_tools: tool names to skip; by default the terminal and GUI tools, which the
             ``terminal`` and ``gui`` extractors own.
         excerpt_chars: how much of the tool result to keep as the next-state excerpt.
+        memo_entries: how many readings of short results to keep.
+        memo_chars: results up to this long are memoized.
     """
 
     reads = frozenset({"tool"})  # see registry.Dispatch
-    __slots__ = ("excerpt_chars", "ignore_tools")
+    __slots__ = ("_readings", "excerpt_chars", "ignore_tools", "memo_chars")
 
     def __init__(self, ignore_tools: tuple[str, ...] | list[str] | None = None,
-                 excerpt_chars: int = 300) -> None:
+                 excerpt_chars: int = 300, memo_entries: int = 4096,
+                 memo_chars: int = 1000) -> None:
         self.ignore_tools = (frozenset(ignore_tools) if ignore_tools is not None
                              else TERMINAL_TOOLS | GUI_TOOLS)
         self.excerpt_chars = excerpt_chars
+        # Tool errors are templated ("Error: missing required argument 'day'", "[]",
+        # "Unknown tool: x") and recur across sessions: read each short result once.
+        # Bounded; long results are rarely repeated and skip it.
+        self.memo_chars = memo_chars
+        self._readings: LruCache[ToolReading] = LruCache(memo_entries,
+                                                        memo_entries * max(memo_chars, 1))
+
+    def _read(self, content: str) -> ToolReading:
+        if len(content) > self.memo_chars:
+            return read_tool_result(content)
+        reading = self._readings.get(content)
+        if reading is None:
+            reading = read_tool_result(content)
+            self._readings.put(content, reading, len(content))
+        return reading
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
-        scored = [
-            (call, answer, *classify_tool_result(answer.content))
-            for call, answer in tool_results_for(interaction)
-            if call.name not in self.ignore_tools
-        ]
-        if not scored:
-            return []
-        # One evaluative tuple per action: the worst call decides (one bad call spoils the turn).
-        call, answer, label, reward, confidence = min(scored, key=lambda s: s[3])
+        calls = interaction.action.tool_calls
+        if len(calls) == 1:  # the usual action: no pairing lists, no min
+            call = calls[0]
+            if call.name in self.ignore_tools:
+                return []
+            answer = answer_to(call, interaction.next_state)
+            if answer is None:
+                return []
+            reading = self._read(answer.content)
+        else:
+            scored = [(call, answer, self._read(answer.content))
+                      for call, answer in tool_results_for(interaction)
+                      if call.name not in self.ignore_tools]
+            if not scored:
+                return []
+            # One evaluative tuple per action: the worst call decides (one bad call spoils
+            # the turn).
+            call, answer, reading = min(scored, key=lambda s: s[2].reward)
+        label = reading.label
         excerpt = f"[{call.name}] {label}: {answer.content[: self.excerpt_chars]}"
-        tuples = [tuple_from(interaction, extractor="tool", kind="evaluative", source="tool",
-                             excerpt=excerpt, reward=reward, confidence=confidence,
-                             credit="tool_args")]
-        if reward < 0 and label != "empty":
-            text = answer.content[:4000]
-            match = _expected_hint(text)
-            if match:
-                hint = f"The call to {call.name} failed: {match.group(0).strip()}."
-                tuples.append(tuple_from(interaction, extractor="tool", kind="directive",
-                                         source="tool", excerpt=excerpt, hint=hint,
-                                         confidence=0.7, credit="tool_args"))
+        tuples = [evaluative(interaction, "tool", "tool", excerpt, reading.reward,
+                             reading.confidence, "tool_args")]
+        if reading.hint is not None:
+            tuples.append(directive(interaction, "tool", "tool", excerpt,
+                                    f"The call to {call.name} failed: {reading.hint}.", 0.7,
+                                    "tool_args"))
         return tuples

@@ -213,6 +213,47 @@ def tuple_from(
         interaction.ts, created_ts, label)
 
 
+def evaluative(interaction: Interaction, extractor: str, source: Source, excerpt: str,
+               reward: float, confidence: float, credit: Literal["action", "tool_args"] = "action",
+               label: str = "") -> ScoredTuple:
+    """``tuple_from(interaction, kind="evaluative", ...)`` with positional arguments.
+
+    The extractors build one or two tuples per interaction; keywords cost more than the
+    tuple itself. Same clamping and the same float objects as :func:`tuple_from`.
+    """
+    reward = float(reward)
+    reward = reward if reward > -1.0 else -1.0
+    reward = reward if reward < 1.0 else 1.0
+    confidence = float(confidence)
+    confidence = confidence if confidence > 0.0 else 0.0
+    confidence = confidence if confidence < 1.0 else 1.0
+    usage = interaction.usage
+    return ScoredTuple(
+        interaction.interaction_id, interaction.session_id, extractor, "evaluative", source,
+        interaction.context, interaction.action, excerpt, reward, confidence, None, None,
+        None, credit, interaction.model, interaction.policy_version,
+        interaction.behaviour_logprobs, usage.prompt_tokens, usage.completion_tokens,
+        interaction.ts, 0.0, label)
+
+
+def directive(interaction: Interaction, extractor: str, source: Source, excerpt: str,
+              hint: str, confidence: float, credit: Literal["action", "tool_args"] = "action",
+              label: str = "") -> ScoredTuple:
+    """``tuple_from(interaction, kind="directive", hint=hint, ...)`` with positional arguments.
+
+    The reward is left at its default (the field's own ``0.0`` object: omitted when encoded).
+    """
+    confidence = float(confidence)
+    confidence = confidence if confidence > 0.0 else 0.0
+    confidence = confidence if confidence < 1.0 else 1.0
+    usage = interaction.usage
+    return ScoredTuple(
+        interaction.interaction_id, interaction.session_id, extractor, "directive", source,
+        interaction.context, interaction.action, excerpt, 0.0, confidence, hint, None, None,
+        credit, interaction.model, interaction.policy_version, interaction.behaviour_logprobs,
+        usage.prompt_tokens, usage.completion_tokens, interaction.ts, 0.0, label)
+
+
 def tool_results_for(interaction: Interaction) -> list[tuple[ToolCall, Message]]:
     """Pair each tool call of the action with the tool message that answered it.
 
@@ -226,15 +267,28 @@ def tool_results_for(interaction: Interaction) -> list[tuple[ToolCall, Message]]
     if not results:
         return []
     if len(calls) == 1:
-        # The usual action, one call: its answer is the last result with its id, else the
-        # first result (which then has no id or another one), as the general case reads it.
-        call = calls[0]
-        answer = results[0]
-        for message in results:
-            if message.tool_call_id and message.tool_call_id == call.id:
-                answer = message
-        return [(call, answer)]
+        answer = answer_to(calls[0], interaction.next_state)
+        return [(calls[0], answer)] if answer is not None else []
     return pair_by_id_then_position(calls, results)
+
+
+def answer_to(call: ToolCall, next_state: tuple[Message, ...]) -> Message | None:
+    """The tool message answering ``call`` when it is the action's only call.
+
+    That is what :func:`tool_results_for` pairs it with: the last tool message with its id,
+    else the first tool message (which then has no id or another one), as the general case
+    reads it; ``None`` when the next state holds no tool message.
+    """
+    first = matched = None
+    call_id = call.id
+    for message in next_state:
+        if message.role == "tool":
+            if first is None:
+                first = message
+            answered = message.tool_call_id
+            if answered and answered == call_id:
+                matched = message
+    return matched if matched is not None else first
 
 
 def pair_by_id_then_position(calls: tuple[ToolCall, ...], results: list[Message]

@@ -24,7 +24,13 @@ from typing import NamedTuple
 from nextstate.extractors.lru import LruCache
 from nextstate.extractors.names import previous_user_request
 from nextstate.extractors.registry import register
-from nextstate.extractors.types import Interaction, ScoredTuple, next_user_message, tuple_from
+from nextstate.extractors.types import (
+    Interaction,
+    ScoredTuple,
+    directive,
+    evaluative,
+    next_user_message,
+)
 
 
 class ReplyReading(NamedTuple):
@@ -127,7 +133,6 @@ _LEADING_FILLER = re.compile(
     r"not quite|close|almost)\b[,.!:;\s-]*)+", re.I)
 _WORD = re.compile(r"[a-z0-9']+")
 _RUN = re.compile(r"\w+")
-_UNREAD = object()
 # Word gates. Each regex family above can only match a text whose ``\w+`` runs include one of
 # its trigger words (the first or a required word of every alternative), so one tokenisation
 # per reply and a set intersection (C speed) skip the scans that cannot match; the regexes
@@ -192,15 +197,20 @@ def _similar(reply: str, request: str) -> bool:
     """Whether the reply repeats or rephrases the request (token overlap, then difflib)."""
     a = reply.lower()
     b, words_b = _request_words(request)
+    return _similar_words(a, frozenset(_WORD.findall(a)), b, words_b)
+
+
+def _similar_words(a: str, words_a: frozenset[str], b: str, words_b: frozenset[str]) -> bool:
+    """:func:`_similar` of the lowered reply ``a`` and request ``b`` and their words."""
     if len(a) < 12 or len(b) < 12:
         return False
-    words_a = set(_WORD.findall(a))
     if not words_a or not words_b:
         return False
-    overlap = len(words_a & words_b) / min(len(words_a), len(words_b))
+    common = len(words_a & words_b)
+    overlap = common / min(len(words_a), len(words_b))
     if overlap < 0.6:
         return False
-    jaccard = len(words_a & words_b) / len(words_a | words_b)
+    jaccard = common / len(words_a | words_b)
     return jaccard >= 0.6 or SequenceMatcher(None, a, b).ratio() >= 0.7
 
 
@@ -280,10 +290,13 @@ def read_reply(reply: str) -> ReplyParts:
     return ReplyParts(False, None, text)
 
 
+_REPHRASE = ReplyReading("rephrase", -0.6, 0.75, None)
+
+
 def with_request(parts: ReplyParts, previous_request: str | None) -> ReplyReading | None:
     """The reading of a reply (its :func:`read_reply` parts) given the request it answers."""
     if not parts.final and previous_request and _similar(parts.text, previous_request):
-        return ReplyReading("rephrase", -0.6, 0.75, None)
+        return _REPHRASE
     return parts.reading
 
 
@@ -344,26 +357,48 @@ class UserReplyExtractor:
     """
 
     reads = frozenset({"user"})  # see registry.Dispatch
-    __slots__ = ("_readings", "excerpt_chars", "memo_chars", "min_confidence")
+    __slots__ = ("_readings", "_requests", "excerpt_chars", "memo_chars", "min_confidence")
 
     def __init__(self, excerpt_chars: int = 300, min_confidence: float = 0.0,
                  memo_entries: int = 4096, memo_chars: int = 80) -> None:
         self.excerpt_chars = excerpt_chars
         self.min_confidence = min_confidence
-        # Short replies ("thanks!", "no", "ok, next") recur across sessions: read each once
-        # (all but the rephrase rule, which needs the request). Bounded; long replies are
-        # rarely repeated and skip it.
+        # Short replies ("thanks!", "no, ok, next") recur across sessions: read each once
+        # (all but the rephrase rule, which needs the request; the memo keeps the lowered
+        # text and words it compares). Bounded; long replies are rarely repeated and skip it.
         self.memo_chars = memo_chars
-        self._readings: LruCache[ReplyParts] = LruCache(memo_entries, memo_entries * 512)
+        self._readings: LruCache[tuple[ReplyParts, str, frozenset[str]]] = LruCache(
+            memo_entries, memo_entries * 512)
+        # Request text -> its lowered text and words, for the rephrase rule: a request is
+        # the previous request of every reply until the next one, and the sessions that
+        # interleave in a stream each have their own.
+        self._requests: LruCache[tuple[str, frozenset[str]]] = LruCache(
+            memo_entries, memo_entries * 4096)
+
+    def _request(self, request: str) -> tuple[str, frozenset[str]]:
+        words = self._requests.get(request)
+        if words is None:
+            low = request.lower()
+            words = (low, frozenset(_WORD.findall(low)))
+            self._requests.put(request, words, len(request))
+        return words
 
     def _read(self, reply: str, request: str | None) -> ReplyReading | None:
         if len(reply) > self.memo_chars:
             return classify_reply(reply, request)
-        parts = self._readings.get(reply, _UNREAD)
-        if parts is _UNREAD:
+        entry = self._readings.get(reply)
+        if entry is None:
             parts = read_reply(reply)
-            self._readings.put(reply, parts, len(reply))
-        return with_request(parts, request)  # type: ignore[arg-type]
+            low = "" if parts.final else parts.text.lower()
+            entry = (parts, low, frozenset(_WORD.findall(low)) if len(low) >= 12 else
+                     frozenset())
+            self._readings.put(reply, entry, len(reply))
+        parts, low, words = entry
+        # with_request(parts, request), with the reply's words read once: a reply shorter
+        # than 12 characters (or with no words) is no rephrase whatever the request.
+        if words and request and _similar_words(low, words, *self._request(request)):
+            return _REPHRASE
+        return parts.reading
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
         reply = next_user_message(interaction)
@@ -374,11 +409,9 @@ class UserReplyExtractor:
         if reading is None or reading.confidence < self.min_confidence:
             return []
         excerpt = reply.content[: self.excerpt_chars]
-        tuples = [tuple_from(interaction, extractor="user", kind="evaluative", source="user",
-                             excerpt=excerpt, reward=reading.reward,
-                             confidence=reading.confidence)]
+        tuples = [evaluative(interaction, "user", "user", excerpt, reading.reward,
+                             reading.confidence)]
         if reading.hint:
-            tuples.append(tuple_from(interaction, extractor="user", kind="directive",
-                                     source="user", excerpt=excerpt, hint=reading.hint,
-                                     confidence=min(reading.confidence, 0.8)))
+            tuples.append(directive(interaction, "user", "user", excerpt, reading.hint,
+                                    min(reading.confidence, 0.8)))
         return tuples

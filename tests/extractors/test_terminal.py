@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nextstate.extractors import terminal
@@ -108,7 +108,7 @@ def test_summary_memo_is_bounded_and_reads_like_a_fresh_parse(tool_step) -> None
         step = tool_step("bash", f"==== {11 - k} failed, {k + 1} passed in 0.1s ====",
                          earlier=earlier)
         assert [t.reward for t in extractor(step)] == [t.reward for t in fresh(step)]
-        assert len(extractor._summaries) <= 4
+        assert len(extractor._facts) <= 4
     assert extractor(step)[0].reward > 0  # fewer failures than the previous run: progress
 
 
@@ -131,3 +131,119 @@ def test_exit_code_search_from_first_needle_equals_full_search(text: str) -> Non
     """Starting the exit-code regex at the first "exit"/"return" finds the same match."""
     got, expected = terminal._exit_code(text), terminal._EXIT_CODE.search(text)
     assert (got and got.span()) == (expected and expected.span())
+
+
+def _reference_read(content: str, command: str = "",
+                    previous: RunSummary | None = None) -> terminal.TerminalReading | None:
+    """read_terminal as first written: every scan on every output, no substring gates."""
+    output, code = terminal._split_output(content)
+    text = terminal._window(output)
+    summary = parse_test_summary(text)
+    Reading = terminal.TerminalReading
+    if summary is not None and summary.passed + summary.failed > 0:
+        failing = terminal._first_failure(text)
+        hint = f"Make the failing test pass: {failing}" if failing else None
+        if summary.failed == 0:
+            progressed = previous is not None and previous.failed > 0
+            return Reading("tests_pass", 0.9 if progressed else 0.7,
+                           0.9 if progressed else 0.85, None)
+        if terminal._ENVIRONMENTAL.search(text):
+            return None
+        if previous is not None and previous.failed > 0:
+            if summary.failed < previous.failed:
+                return Reading("tests_progress", 0.6, 0.85, hint)
+            if summary.failed > previous.failed:
+                return Reading("tests_regress", -0.8, 0.9, hint)
+            return Reading("tests_unchanged", -0.2, 0.5, hint)
+        if previous is not None and summary.failed > 0:
+            return Reading("tests_regress", -0.8, 0.9, hint)
+        return Reading("tests_fail", -0.6, 0.75, hint)
+    compiler = terminal._COMPILER.search(text)
+    if compiler:
+        return Reading("compile_error", -0.8, 0.9,
+                       f"Fix the compiler error: {compiler.group(0).strip()[:200]}")
+    traceback = terminal._TRACEBACK.search(text)
+    if traceback:
+        lines = [ln for ln in text[traceback.end():].splitlines()
+                 if ln.strip() and not ln[0].isspace()]
+        last = lines[-1].strip()[:200] if lines else None
+        return Reading("traceback", -0.7, 0.85, f"Fix the error: {last}" if last else None)
+    missing = terminal._NOT_FOUND.search(text)
+    if missing and code != 0:
+        return Reading("command_failed", -0.8, 0.9,
+                       f"The command failed: {missing.group(0).strip()[:200]}", "tool_args")
+    if code is not None:
+        if code == 0:
+            return Reading("exit_ok", 0.3, 0.6, None)
+        if code == 1 and terminal._BENIGN_NONZERO.match(command):
+            return None
+        last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()
+                     and not terminal._EXIT_CODE.search(ln)), "")
+        return Reading("exit_nonzero", -0.5, 0.7,
+                       f"The command exited with {code}: {last[:200]}" if last else None)
+    return None
+
+
+_OUTPUT_PARTS = [
+    "$ pytest -q", "==== 2 failed, 10 passed in 0.3s ====", "=== 3 passed in 1s ===",
+    "FAILED tests/test_a.py::test_x - assert 1 == 2", "Traceback (most recent call last):",
+    '  File "a.py", line 3, in <module>', "NameError: name 'x' is not defined",
+    "src/main.rs:3:5: error[E0308]: mismatched types", "main.go:4:2: undefined: x",
+    "a.ts(3,4): error TS2304: Cannot find name 'x'", "Error: boom", "error: linker failed",
+    "bash: pyhton: command not found", "ls: cannot access 'x': No such file or directory",
+    "PERMISSION DENIED", "Segmentation fault (core dumped)", "[exit code: 0]",
+    "[exit code: 1]", "exit status 2", "returncode=127", "ConnectionError: refused",
+    "ſegmentation fault", "\u212aommand not found", "Ran 3 tests in 0.1s", "FAILED (errors=1)",
+    "ok", "", "  indented", "é",
+]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_OUTPUT_PARTS), max_size=6).map("\n".join),
+       st.sampled_from(["plain", "json", "json_no_code"]),
+       st.sampled_from(["", "grep -r x .", "make", "diff a b"]),
+       st.sampled_from([None, RunSummary(3, 0), RunSummary(10, 2), RunSummary(1, 5)]))
+def test_read_terminal_equals_the_ungated_reading(output, shape, command, previous) -> None:
+    """The substring gates (compiler, traceback, not-found) and the facts split never change a
+    reading: it equals the one with every scan run."""
+    content = output
+    if shape != "plain":
+        data: dict = {"stdout": output, "stderr": ""}
+        if shape == "json":
+            data["exit_code"] = len(output) % 3
+        content = json.dumps(data)
+    assert read_terminal(content, command, previous) == _reference_read(content, command,
+                                                                         previous)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_OUTPUT_PARTS[:12] + _OUTPUT_PARTS[16:19]),
+                          st.sampled_from(['{"cmd": "pytest"}', '{"cmd": "grep x"}', "ls"])),
+                min_size=1, max_size=10),
+       st.integers(1, 3))
+def test_extractor_equals_the_ungated_reading_with_a_tiny_memo(steps, entries) -> None:
+    """Through a memo small enough to evict, each step reads as the ungated reading of its
+    output against the session's previous summary."""
+    extractor = TerminalExtractor(cache_entries=entries)
+    earlier: list[Message] = []
+    previous = None
+    for k, (output, arguments) in enumerate(steps):
+        call = ToolCall(f"c{k}", "bash", arguments)
+        interaction = _step(earlier, call, output)
+        expected = _reference_read(output, terminal._command_of(arguments), previous)
+        got = extractor(interaction)
+        if expected is None:
+            assert got == []
+        else:
+            assert (got[0].reward, got[0].confidence) == (expected.reward, expected.confidence)
+        assert len(extractor._facts) <= entries
+        earlier += [interaction.action, interaction.next_state[0]]
+        previous = parse_test_summary(output) or previous
+
+
+def _step(earlier: list[Message], call: ToolCall, output: str):
+    from nextstate.extractors.types import Interaction
+
+    return Interaction(f"s#{len(earlier) + 1}", "s", (Message("user", "go"), *earlier),
+                       Message("assistant", tool_calls=(call,)),
+                       (Message("tool", output, tool_call_id=call.id),))

@@ -14,6 +14,9 @@ from nextstate.extractors.types import (
     ScoredTuple,
     ToolCall,
     Usage,
+    answer_to,
+    directive,
+    evaluative,
     pair_by_id_then_position,
     tool_results_for,
     tuple_from,
@@ -55,6 +58,38 @@ def test_tuple_from_clamps_scores(reward, confidence, expected):
     assert isinstance(built.reward, float) and isinstance(built.confidence, float)
 
 
+_SCORES = st.one_of(st.sampled_from([0.0, 1.0, -1.0, -0.0, 0.5, 0.8, 2.0, -3.0, math.nan]),
+                    st.floats(allow_nan=True), st.integers(-2, 2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_SCORES, _SCORES, st.sampled_from(["action", "tool_args"]), st.sampled_from(["", "l"]),
+       st.sampled_from([Usage(), Usage(11, 13, 5)]))
+def test_positional_builders_encode_like_tuple_from(reward, confidence, credit, label, usage):
+    """evaluative and directive build, down to the encoded bytes (omit_defaults compares
+    floats by identity), what tuple_from does."""
+    interaction = msgspec.structs.replace(_interaction(), usage=usage)
+    encode = msgspec.msgpack.encode
+    pairs = [
+        (tuple_from(interaction, extractor="x", kind="evaluative", source="tool", excerpt="e",
+                    reward=reward, confidence=confidence, credit=credit, label=label),
+         evaluative(interaction, "x", "tool", "e", reward, confidence, credit, label)),
+        (tuple_from(interaction, extractor="x", kind="directive", source="tool", excerpt="e",
+                    hint="h", confidence=confidence, credit=credit, label=label),
+         directive(interaction, "x", "tool", "e", "h", confidence, credit, label)),
+    ]
+    for expected, built in pairs:
+        assert encode(built) == encode(expected)
+
+
+def test_directive_leaves_the_reward_out_of_the_encoding():
+    """A directive tuple's reward is the field's default object: not encoded."""
+    built = directive(_interaction(), "x", "user", "e", "h", 0.7)
+    assert b'"reward"' not in msgspec.json.encode(built)
+    assert b'"reward"' in msgspec.json.encode(evaluative(_interaction(), "x", "user", "e",
+                                                         float("0.0"), 0.7))
+
+
 def test_tool_call_defaults():
     """A tool call's arguments default to empty JSON text."""
     assert ToolCall("c", "f").arguments == ""
@@ -88,6 +123,10 @@ def test_tool_results_for_pairs_as_the_general_rule(call_ids, messages):
     interaction = Interaction("s#1", "s", (), Message("assistant", tool_calls=calls),
                               next_state)
     assert tool_results_for(interaction) == _pairs_reference(interaction)
+    if len(calls) == 1:
+        answer = answer_to(calls[0], next_state)
+        paired = [(calls[0], answer)] if answer is not None else []
+        assert paired == _pairs_reference(interaction)
 
 
 def test_data_model_is_not_tracked_by_the_garbage_collector():

@@ -246,14 +246,22 @@ def test_memo_of_a_reply_still_reads_it_against_each_request() -> None:
     st.sampled_from(["thanks!", "No, use Celsius.", "ok, now Paris", "Paris on Friday?",
                      "Thanks, but I asked for Tuesday", "what's the weather in Paris?", " ",
                      "hmm, I think it should be Friday", "great, now nothing works"]),
-    st.sampled_from(["What's the weather in Paris on Friday?", "paris on friday?", "thanks!"])),
+    st.sampled_from(["What's the weather in Paris on Friday?", "paris on friday?", "thanks!",
+                     "", "Thanks, but I asked for Tuesday!", "WHAT'S THE WEATHER IN PARIS?"])),
     max_size=12))
 def test_memoized_readings_equal_fresh_ones(pairs) -> None:
-    """Whatever replies recur with whatever requests, the memo gives what a fresh read does."""
+    """Whatever replies recur with whatever requests (through memos small enough to evict),
+    the tuples encode as a fresh read's and read as classify_reply does."""
+    import msgspec
+
     from nextstate.extractors.types import Interaction, Message
 
-    memo, fresh = UserReplyExtractor(), UserReplyExtractor(memo_chars=-1)
+    memo, fresh = UserReplyExtractor(memo_entries=2), UserReplyExtractor(memo_chars=-1)
     for reply, request in pairs:
         interaction = Interaction("s#2", "s", (Message("user", request),),
                                   Message("assistant", "It is 12C."), (Message("user", reply),))
-        assert memo(interaction) == fresh(interaction)
+        got = memo(interaction)
+        assert msgspec.msgpack.encode(got) == msgspec.msgpack.encode(fresh(interaction))
+        reading = classify_reply(reply, request)
+        assert [t.reward for t in got[:1]] == ([reading.reward] if reading else [])
+        assert len(memo._readings) <= 2 and len(memo._requests) <= 2
