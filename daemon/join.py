@@ -54,9 +54,13 @@ EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_S
 Position = tuple[str, int, int]  # (topic, partition, offset) of a record
 
 
-@dataclass(slots=True)
-class _Pending:
-    """An action waiting for its next state."""
+class _Pending(msgspec.Struct, gc=False):
+    """An action waiting for its next state.
+
+    A Struct built positionally (one per exchange: a C ``__init__`` is several times cheaper
+    than a dataclass's), mutable, and out of the cyclic collector (it refers to nothing that
+    refers back to it).
+    """
 
     interaction_id: str
     context: tuple[Message, ...]
@@ -140,6 +144,10 @@ class SessionJoiner:
         """
         session_id = record.session_id
         assert session_id is not None
+        if shape == "openai_exchange":
+            continued = self._continued(session_id, record, now, position, size)
+            if continued is not None:
+                return continued
         if shape in EXCHANGE_SHAPES:
             closed = self._exchange(session_id, record, now, position)
             if shape != "openai_exchange":  # adapted shapes (OTel, Anthropic) keep their label
@@ -155,6 +163,83 @@ class SessionJoiner:
         session.size = size
         self._bound()
         return closed
+
+    def _continued(self, session_id: str, record: WireRecord, now: float,
+                   position: Position | None, size: int) -> list[Interaction] | None:
+        """The usual call-log record, joined on a short path; ``None`` (nothing changed) when
+        it is not one, and :meth:`_exchange` takes it from the start.
+
+        The usual record: a lazily decoded request whose array starts with the bytes of the
+        session's previous request, followed by the echo of the pending action. It is what
+        :meth:`_exchange` does for such a record (the known prefix, then closing the pending
+        action with the new messages as its next state), in the same order, so that a record
+        rejected here is rejected for the same reason there; without the placeholder list of
+        the held messages, the second pass over the new ones and the general path's calls.
+        """
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        pending, known = session.pending, session.known_bytes
+        if pending is None or known is None:
+            return None
+        messages: Any = record.request.messages  # type: ignore[union-attr]
+        kind = type(messages)
+        if kind is msgspec.Raw:
+            array = bytes(messages)
+        elif kind is bytes:  # ingest spliced the known prefix out before decoding
+            array = messages
+        else:
+            return None
+        k = pending.index
+        # _decode_after_known_bytes's test, then _known_prefix's: the same records take it.
+        if k == 0 or session.known_count != k or session.history_len != k + 1 \
+                or pending.shape not in EXCHANGE_SHAPES or not array.startswith(known):
+            return None
+        rest = array[len(known):].lstrip()
+        if rest[:1] != b",":
+            return None
+        tail = wire.decode_messages(b"[" + rest[1:])  # the echo of the action, then the new
+        action, logprobs, wire_action = wire.response_action(record)
+        if not tail:
+            return None
+        echoed = tail[0]
+        if echoed != pending.wire_action and \
+                not _same_action(wire.normalize_message(echoed), pending.action):
+            return None
+        new = [wire.normalize_message(m) for m in tail[1:]]
+        # Checked before anything changes: a bad timestamp rejects the record, state intact.
+        ts = wire.parse_ts(record.ts)
+
+        sessions = self.sessions
+        del sessions[session_id]  # re-insert: dict order = recency
+        sessions[session_id] = session
+        session.last_seen = now
+        if position is not None:
+            session.partition = position[:2]
+        next_state = _with_reported(_until_assistant(new), pending.partial_next)
+        closed = Interaction(
+            pending.interaction_id, session_id, pending.context, pending.action, next_state,
+            "next_state", pending.feedback, None, pending.model, pending.policy_version,
+            pending.behaviour_logprobs, pending.usage, pending.ts, pending.shape)
+        session.last_closed = closed
+        context = (*pending.context, pending.action, *new)
+        index = len(context)
+        request, response = record.request, record.response
+        session.pending = _Pending(
+            f"{session_id}#{index}", context, action, index, position,
+            record.model or request.model or (response.model if response else None),  # type: ignore[union-attr]
+            _version(record.policy_version), logprobs, wire.usage_of(record), ts,
+            "openai_exchange", (), (), wire_action)
+        session.history_len = index + 1
+        session.last_action = action
+        session.known_bytes = known = array[:-1].rstrip()
+        session.known_count = k + len(tail)
+        size += len(known)
+        self.pending_bytes += size - session.size
+        session.size = size
+        if self.pending_bytes > self.max_pending_bytes or len(sessions) > self.max_sessions:
+            self._bound()
+        return [closed]
 
     def _other(self, session_id: str, record: WireRecord, shape: str,
                now: float) -> list[Interaction]:
@@ -182,7 +267,7 @@ class SessionJoiner:
         messages: Any = record.request.messages
         held = self.sessions.get(session_id)
         array = partial = None
-        if type(messages) is msgspec.Raw:
+        if type(messages) is msgspec.Raw or type(messages) is bytes:
             # A lazily decoded request (ingest): the messages after the bytes it shares with
             # the session's previous request are decoded, the others are placeholders (a
             # session's records stay O(new) objects, not O(history)).
@@ -230,13 +315,13 @@ class SessionJoiner:
             closed.append(interaction)
             session.last_closed = interaction
         index = len(context)
+        # Positional, in _Pending's field order.
         session.pending = _Pending(
-            interaction_id=f"{session_id}#{index}", context=context, action=action, index=index,
-            position=position, model=record.model or (record.request.model)
+            f"{session_id}#{index}", context, action, index, position,
+            record.model or record.request.model
             or (record.response.model if record.response else None),
-            policy_version=_version(record.policy_version), behaviour_logprobs=logprobs,
-            usage=wire.usage_of(record), ts=wire.parse_ts(record.ts), shape="openai_exchange",
-            wire_action=wire_action)
+            _version(record.policy_version), logprobs, wire.usage_of(record),
+            wire.parse_ts(record.ts), "openai_exchange", (), (), wire_action)
         session.history_len = index + 1
         session.last_action = action
         # What the next request may repeat byte for byte: this one's array up to its last
