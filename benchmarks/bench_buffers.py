@@ -12,10 +12,17 @@ fast), with the same capacity (1M), batch size (256) and priorities.
 * **durable**: adds/s with a flush (an fsync'd commit) every N tuples; p99 flush latency.
 * **memory**: RSS after streaming 10x capacity tuples vs RSS at capacity, each storage
   measured in a fresh subprocess.
+
+``python benchmarks/bench_buffers.py --call-log [--sessions 400] [--repeat 5]`` instead
+measures the durable store on realistic data: the tuples the daemon's pipeline makes from
+``bench_daemon.py``'s call logs. It prints bytes of buffer file per stored tuple and CPU
+microseconds per stored tuple (process time, best of ``--repeat``) of the whole pipeline and of
+the storage alone (the pipeline's write batches replayed into fresh buffers).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -23,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 from cpprb import PrioritizedReplayBuffer
 
@@ -201,8 +209,91 @@ def memory_figures(durable: bool, capacity: int) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
+CALL_LOG_FLUSH_EVERY = 8
+"""Storage-alone replay: flush after this many write batches (the daemon checkpoints
+every few seconds, each a few ticks' worth of batches)."""
+
+
+def call_log_figures(sessions: int, turns: int, repeat: int) -> None:
+    """Bytes and CPU per stored tuple of the durable buffers fed by the call-log pipeline."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_daemon import EXTRACTORS, call_logs
+
+    from nextstate.buffers import BufferSet
+    from nextstate.daemon.config import load_config
+    from nextstate.daemon.pipeline import Pipeline
+
+    values = call_logs(sessions, turns)
+
+    def pipeline_run(spy: list[list[ScoredTuple]] | None) -> tuple[float, int, int]:
+        # As bench_daemon.full_pipeline, in CPU time; returns (seconds, stored, file bytes).
+        with tempfile.TemporaryDirectory() as state:
+            pipeline = Pipeline(load_config(None, state_dir=state, extractors=EXTRACTORS))
+            if spy is not None:
+                extend = pipeline.buffers.extend
+
+                def recording(tuples):
+                    spy.append(list(tuples))
+                    return extend(spy[-1])
+
+                pipeline.buffers.extend = recording  # type: ignore[method-assign]
+            start = time.process_time()
+            for offset, value in enumerate(values):
+                pipeline.process(value, None, "bench", 0, offset)
+                if offset % 500 == 499:
+                    pipeline.tick()
+            pipeline.finish()
+            pipeline.checkpoint()
+            seconds = time.process_time() - start
+            stored = sum(len(rb) for rb in pipeline.buffers.buffers.values())
+            pipeline.close()
+            size = sum(f.stat().st_size for f in Path(state).rglob("*.sqlite3*"))
+        return seconds, stored, size
+
+    batches: list[list[ScoredTuple]] = []
+    _, stored, size = pipeline_run(batches)
+    pipeline_cpu = min(pipeline_run(None)[0] for _ in range(repeat))
+    specs = [msgspec.convert(spec, BufferSpec)
+             for spec in load_config(None, extractors=EXTRACTORS).buffers]
+
+    def storage_run() -> tuple[float, int]:
+        with tempfile.TemporaryDirectory() as state:
+            start = time.process_time()
+            bufs = BufferSet.open(Path(state), specs)
+            for i, batch in enumerate(batches):
+                bufs.extend(batch)
+                if i % CALL_LOG_FLUSH_EVERY == CALL_LOG_FLUSH_EVERY - 1:
+                    bufs.flush()
+            bufs.close()
+            seconds = time.process_time() - start
+            return seconds, sum(f.stat().st_size for f in Path(state).rglob("*.sqlite3*"))
+
+    storage_cpu, storage_size = min(storage_run() for _ in range(repeat))
+    context = sum(len(t.context) for batch in batches for t in batch)
+    print(f"call_log: {len(values):,} records, {sum(map(len, batches)):,} tuples written in "
+          f"{len(batches)} batches ({context / max(1, sum(map(len, batches))):.1f} context "
+          f"messages per tuple), {stored:,} stored")
+    print(f"  buffer files after the pipeline:   {size / stored:>9,.0f} bytes/stored tuple "
+          f"({size / 1e6:.2f} MB)")
+    print(f"  buffer files, storage replay:      {storage_size / stored:>9,.0f} bytes/stored tuple")
+    print(f"  full pipeline CPU:                 {pipeline_cpu / stored * 1e6:>9,.1f} us/stored "
+          f"tuple (best of {repeat})")
+    print(f"  storage alone CPU (flush every {CALL_LOG_FLUSH_EVERY} batches): "
+          f"{storage_cpu / stored * 1e6:>6,.1f} us/stored tuple (best of {repeat})")
+
+
 def main() -> None:
     """Run everything and print one table of figures and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--call-log", action="store_true",
+                        help="only the durable store on the call-log pipeline's tuples")
+    parser.add_argument("--sessions", type=int, default=400)
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    if args.call_log:
+        call_log_figures(args.sessions, args.turns, args.repeat)
+        return
     started = time.perf_counter()
     rng = np.random.default_rng(0)
     priorities = rng.random(N_ADD) + 0.01

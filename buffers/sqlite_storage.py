@@ -12,9 +12,38 @@ Design note (why SQLite WAL rather than a hand-written segment log):
   flush also survives power loss, which is what lets the daemon commit Kafka offsets right
   after it; ``NORMAL`` survives process crashes only, for cheaper flushes.
 * **Variable-length payloads are never copied per sample.** A row is ``(seq, key, source,
-  version, priority, payload)`` with the msgpack-encoded tuple in ``payload``. Sampling,
-  eviction and staleness run on numpy metadata in memory (:class:`Storage`); a batch
-  fetches only its own rows by primary key.
+  version, priority, payload, chain, context_len)`` with the msgpack-encoded tuple in
+  ``payload``. Sampling, eviction and staleness run on numpy metadata in memory
+  (:class:`Storage`); a batch fetches only its own rows by primary key.
+* **Each context message is stored once per session, not once per tuple.** Tuple k of a
+  session carries every message before its action, so inline contexts made the file, the
+  encoding and the fsyncs grow with the square of the session length. A *chain* is a stored
+  message history of one session, in rows ``segments(chain, start, messages)``: each row
+  holds the messages a chain grew by within one written batch (one row, not one per message:
+  each row costs a statement execution and b-tree entries). A tuple whose context is a
+  chain's first ``context_len`` messages stores ``chain``/``context_len`` and a payload
+  without the context; a longer context that starts with the whole chain appends its new
+  messages to it. Any other context (a branch: an edited or regenerated history, or a
+  session's tuples written out of order) starts a new chain for the session, which later
+  turns then extend. The prefix test is a tuple comparison, which CPython does element by
+  element with an identity shortcut: a pointer compare per message when the daemon reuses
+  the previous context's objects, as it does. Testing only the identity of the last message
+  would not do: the redactor hands out one object for equal redacted messages, so two
+  histories can share their last object. NULL ``chain`` (every row written before chains
+  existed, and empty contexts) means the context is inline in the payload, as before. A
+  chained payload starts with the byte ``0xC1`` (never valid msgpack), so code older than
+  chains fails to decode it instead of reading an empty context.
+* **Segments are a rowid table with a (chain, start) index, not WITHOUT ROWID.** Rows are
+  1-5 KB and arrive interleaved across chains: keyed by (chain, start) the b-tree split its
+  pages half-way and left a third of them empty (measured on the call-log bench); appended
+  in rowid order the pages fill, and the index of three integers is small.
+* **Messages are freed with their last tuple.** Live tuples per chain are counted in memory
+  (rebuilt on open from the live rows); when a chain's count drops to zero its messages are
+  deleted, queued like any write, in the transaction that evicted the tuple. Chains no live
+  tuple references (after a capacity shrink on open) are deleted on open.
+* **Bounded memory.** The session -> newest-chain map holds live chains only (at most one per
+  live tuple); the chain histories used for the prefix test are an LRU bounded in sessions
+  and characters, read back from the file on a miss.
 * **Dedup survives restarts.** ``key`` is UNIQUE-indexed. Eviction sets ``payload`` to NULL
   but keeps the row, so re-delivered keys are still refused; rows of evicted tuples older
   than the last ``dedup_horizon`` inserts are deleted on flush, so the file stays bounded.
@@ -31,6 +60,7 @@ One connection, used by one thread at a time (the buffer is not thread-safe).
 from __future__ import annotations
 
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -39,12 +69,19 @@ import msgspec
 import numpy as np
 
 from nextstate.buffers.storage import FREE, Key, Storage, source_code
-from nextstate.extractors.types import ScoredTuple
+from nextstate.extractors.types import Message, ScoredTuple
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(ScoredTuple)
+_MESSAGES_DECODER = msgspec.msgpack.Decoder(tuple[Message, ...])
+_CHAINED = b"\xc1"  # first byte of a payload whose context is in a chain (never msgpack)
 PAGE_SIZE = 16384
 _CHUNK = 900  # bound on SQL parameters per statement (SQLite's limit is far higher)
+CONTEXT_CACHE_SESSIONS = 1024
+"""Sessions whose newest chain is kept decoded in memory for the prefix test."""
+CONTEXT_CACHE_CHARS = 1 << 25
+"""Content characters those cached chains may hold together (GUI trees can be 100 KB each)."""
+_ITER_CHAINS = 4096  # chains kept decoded while iter_tuples walks the file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tuples (
@@ -53,9 +90,28 @@ CREATE TABLE IF NOT EXISTS tuples (
     source TEXT NOT NULL,
     version INTEGER NOT NULL,   -- parsed policy version, -1 unknown
     priority REAL NOT NULL,
-    payload BLOB                -- msgpack ScoredTuple; NULL once evicted (key kept)
+    payload BLOB,               -- msgpack ScoredTuple; NULL once evicted (key kept)
+    chain INTEGER,              -- context = messages of chain [0, context_len); NULL: inline
+    context_len INTEGER
 );
+CREATE TABLE IF NOT EXISTS chains (
+    chain INTEGER PRIMARY KEY,  -- a stored message history; ids grow
+    session TEXT NOT NULL       -- whose (read on open to map sessions to their newest chain)
+);
+CREATE TABLE IF NOT EXISTS segments (
+    chain INTEGER NOT NULL,
+    start INTEGER NOT NULL,     -- position of its first message in the history, 0-based
+    messages BLOB NOT NULL      -- msgpack array of the Messages appended together
+);
+CREATE UNIQUE INDEX IF NOT EXISTS segments_by_chain ON segments (chain, start);
 """
+# Columns added since the first schema: a file made before them gets them with ALTER TABLE
+# (NULL in every old row: context inline).
+_ADDED_COLUMNS = (("tuples", "chain", "INTEGER"), ("tuples", "context_len", "INTEGER"))
+
+
+def _chars(messages: tuple[Message, ...]) -> int:
+    return sum([len(message.content) for message in messages])
 
 
 def encode_key(key: Key) -> str:
@@ -72,6 +128,8 @@ class SQLiteStorage(Storage):
             tuples beyond it are evicted.
         dedup_horizon: see :class:`~nextstate.buffers.spec.BufferSpec`.
         synchronous: ``FULL`` (flush survives power loss) or ``NORMAL``.
+        context_cache_sessions: sessions whose stored history stays decoded in memory.
+        context_cache_chars: content characters those histories may hold together.
 
     Example:
         >>> import tempfile, pathlib
@@ -93,6 +151,9 @@ class SQLiteStorage(Storage):
         capacity: int,
         dedup_horizon: int | None = None,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        *,
+        context_cache_sessions: int = CONTEXT_CACHE_SESSIONS,
+        context_cache_chars: int = CONTEXT_CACHE_CHARS,
     ) -> None:
         super().__init__(capacity, dedup_horizon)
         self.path = Path(path)
@@ -113,12 +174,29 @@ class SQLiteStorage(Storage):
         # memory for large buffers; measured +30% inserts/s, bounded RSS.
         self._db.execute("PRAGMA cache_size=-16384")
         self._db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:
+            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._in_transaction = False
         self._inserts: list[tuple[Any, ...]] = []  # rows written since the last statement
         self._pending: dict[int, int] = {}         # their seq -> position in _inserts
         self._drops: list[tuple[int]] = []         # seqs evicted since the last statement
+        self._new_chains: list[tuple[int, str]] = []           # (chain, session) to insert
+        # chain -> (start, context): its messages from start on are to be inserted.
+        self._new_segments: dict[int, tuple[int, tuple[Message, ...]]] = {}
+        self._dead_chains: list[tuple[int]] = []   # chains whose last live tuple went
         self._dirty = np.zeros(capacity, dtype=bool)
         self._pruned_below = 0
+        # Per slot, the chain its tuple's context is in (-1: inline or empty).
+        self._slot_chain = np.full(capacity, -1, dtype=np.int64)
+        self._chains: dict[int, list[Any]] = {}   # live chain -> [live tuples, session]
+        self._newest: dict[str, int] = {}          # session -> its newest live chain
+        self._next_chain = 0
+        # session -> (chain, its messages, their characters), least recently used first.
+        self._histories: OrderedDict[str, tuple[int, tuple[Message, ...], int]] = OrderedDict()
+        self._history_chars = 0
+        self._cache_sessions = context_cache_sessions
+        self._cache_chars = context_cache_chars
         self._rebuild(preferred=None)
         self._prune(full=True)
 
@@ -141,9 +219,12 @@ class SQLiteStorage(Storage):
     # -- layout ------------------------------------------------------------------------
 
     def _rebuild(self, preferred: dict[int, tuple[int, float]] | None) -> None:
-        """Lay the stored rows out in slots: ``preferred`` maps seq -> (slot, priority)."""
+        """Lay the stored rows out in slots: ``preferred`` maps seq -> (slot, priority).
+
+        Also recounts the live tuples of every chain and deletes chains none references.
+        """
         rows = self._db.execute(
-            "SELECT seq, source, version, priority FROM tuples"
+            "SELECT seq, source, version, priority, chain FROM tuples"
             " WHERE payload IS NOT NULL ORDER BY seq"
         ).fetchall()
         if len(rows) > self.capacity:
@@ -154,26 +235,156 @@ class SQLiteStorage(Storage):
                 "UPDATE tuples SET payload = NULL WHERE seq < ? AND payload IS NOT NULL",
                 (cutoff,),
             )
-            self._commit()
             rows = rows[-self.capacity :]
         self._reset_layout()
         self._dirty[:] = False
+        self._slot_chain[:] = -1
         max_seq = self._db.execute("SELECT max(seq) FROM tuples").fetchone()[0]
         self.next_seq = 0 if max_seq is None else max_seq + 1
         unplaced = []
-        for seq, source, version, priority in rows:
+        for seq, source, version, priority, chain in rows:
             slot_priority = preferred.get(seq) if preferred else None
             if slot_priority is not None and slot_priority[0] < self.capacity:
                 slot, wanted = slot_priority
                 self._place(slot, seq, source_code(source), version, wanted)
+                self._slot_chain[slot] = -1 if chain is None else chain
                 if wanted != priority:
                     self._dirty[slot] = True
             else:
-                unplaced.append((seq, source, version, priority))
+                unplaced.append((seq, source, version, priority, chain))
         empty = iter(np.flatnonzero(self.seq == FREE).tolist())
-        for seq, source, version, priority in unplaced:
-            self._place(next(empty), seq, source_code(source), version, priority)
+        for seq, source, version, priority, chain in unplaced:
+            slot = next(empty)
+            self._place(slot, seq, source_code(source), version, priority)
+            self._slot_chain[slot] = -1 if chain is None else chain
         self._finish_layout()
+        self._rebuild_chains(rows)
+        self._commit()
+
+    def _rebuild_chains(self, rows: list[tuple[Any, ...]]) -> None:
+        """Count the live tuples of each chain; delete the chains no live row references."""
+        counts: dict[int, int] = {}
+        for row in rows:
+            if row[4] is not None:
+                counts[row[4]] = counts.get(row[4], 0) + 1
+        self._chains, self._newest = {}, {}
+        self._histories.clear()
+        self._history_chars = 0
+        dead = []
+        for chain, session in self._db.execute("SELECT chain, session FROM chains ORDER BY chain"):
+            # After a restart the id of a deleted newest chain may come again: only evicted
+            # rows (never read) can still name it.
+            self._next_chain = max(self._next_chain, chain + 1)
+            if chain in counts:
+                self._chains[chain] = [counts[chain], session]
+                self._newest[session] = chain
+            else:
+                dead.append((chain,))
+        if dead:
+            self._begin()
+            self._db.executemany("DELETE FROM segments WHERE chain = ?", dead)
+            self._db.executemany("DELETE FROM chains WHERE chain = ?", dead)
+
+    # -- contexts ----------------------------------------------------------------------
+
+    def _chain_for(self, session: str, context: tuple[Message, ...]) -> int:
+        """The chain holding ``context`` as a prefix, extended or started as needed."""
+        histories = self._histories
+        entry = histories.get(session)
+        if entry is not None:
+            histories.move_to_end(session)
+        else:
+            entry = self._load_history(session)
+        if entry is not None:
+            chain, known, chars = entry
+            stored, wanted = len(known), len(context)
+            # Tuple comparison tests identity before equality, element by element: a
+            # pointer compare per message when the caller reused the stored objects.
+            if wanted <= stored:
+                if context == known[:wanted]:
+                    return chain
+            elif context[:stored] == known:
+                self._queue_segment(chain, context, stored)
+                self._remember(session, chain, context, chars + _chars(context[stored:]))
+                return chain
+        # A new session, or a branch: a history that does not extend the stored one.
+        chain = self._next_chain
+        self._next_chain += 1
+        self._chains[chain] = [0, session]
+        self._newest[session] = chain
+        self._new_chains.append((chain, session))
+        self._queue_segment(chain, context, 0)
+        self._remember(session, chain, context, _chars(context))
+        return chain
+
+    def _queue_segment(self, chain: int, context: tuple[Message, ...], start: int) -> None:
+        """Queue the messages of ``context`` from ``start`` on, as one row of ``segments``.
+
+        One row per chain per written batch, not per message or per append: each row costs
+        a statement execution and a b-tree entry, and a session often grows several times
+        within one batch. The row is encoded when written, from the newest context queued.
+        """
+        queued = self._new_segments.get(chain)
+        if queued is None:
+            self._new_segments[chain] = (start, context)
+        else:
+            self._new_segments[chain] = (queued[0], context)
+
+    def _remember(self, session: str, chain: int, known: tuple[Message, ...],
+                  chars: int) -> None:
+        """Cache a session's newest history, evicting the least recently used over bounds."""
+        histories = self._histories
+        old = histories.get(session)
+        if old is not None:
+            self._history_chars -= old[2]
+        histories[session] = (chain, known, chars)  # an existing key keeps its place
+        self._history_chars += chars
+        if old is None or self._history_chars > self._cache_chars:
+            while len(histories) > self._cache_sessions or self._history_chars > self._cache_chars:
+                self._history_chars -= histories.popitem(last=False)[1][2]
+
+    def _load_history(self, session: str) -> tuple[int, tuple[Message, ...], int] | None:
+        """A cache miss: read the session's newest live chain back from the file."""
+        chain = self._newest.get(session)
+        if chain is None:
+            return None
+        queued = self._new_segments.get(chain)
+        # A chain grown in this batch has its whole history queued (not yet in the file).
+        known = queued[1] if queued is not None else self._load_chains([chain])[chain]
+        return chain, known, _chars(known)
+
+    def _load_chains(self, chains: Iterable[int]) -> dict[int, tuple[Message, ...]]:
+        """The decoded messages of each chain (queued writes must have run)."""
+        wanted = list(chains)
+        found: dict[int, list[Message]] = {chain: [] for chain in wanted}
+        decode = _MESSAGES_DECODER.decode
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for chain, messages in self._db.execute(
+                f"SELECT chain, messages FROM segments WHERE chain IN ({marks})"
+                " ORDER BY chain, start", chunk
+            ):
+                found[chain] += decode(messages)
+        return {chain: tuple(messages) for chain, messages in found.items()}
+
+    def _chain_died(self, chain: int) -> None:
+        """Forget a chain whose last live tuple was evicted; queue deleting its rows."""
+        session = self._chains.pop(chain)[1]
+        if self._newest.get(session) == chain:
+            del self._newest[session]
+        cached = self._histories.get(session)
+        if cached is not None and cached[0] == chain:
+            self._history_chars -= self._histories.pop(session)[2]
+        self._new_segments.pop(chain, None)
+        self._dead_chains.append((chain,))
+
+    @staticmethod
+    def _decode(payload: bytes, context: tuple[Message, ...] | None) -> ScoredTuple:
+        if context is None:
+            return _DECODER.decode(payload)
+        item = _DECODER.decode(memoryview(payload)[1:])
+        return msgspec.structs.replace(item, context=context)
 
     # -- Storage hooks -------------------------------------------------------------------
 
@@ -181,9 +392,20 @@ class SQLiteStorage(Storage):
              version: int) -> None:
         # Queued, not executed: one executemany per batch (see _write_queued). Every read
         # and the flush run the queue first, so nothing can observe the difference.
+        context = item.context
+        if context:
+            chain = self._chain_for(item.session_id, context)
+            self._chains[chain][0] += 1
+            self._slot_chain[slot] = chain
+            payload = _CHAINED + _ENCODER.encode(msgspec.structs.replace(item, context=()))
+            row = (seq, encode_key(item.key), item.source, version, priority, payload,
+                   chain, len(context))
+        else:
+            self._slot_chain[slot] = -1
+            row = (seq, encode_key(item.key), item.source, version, priority,
+                   _ENCODER.encode(item), None, None)
         self._pending[seq] = len(self._inserts)
-        self._inserts.append((seq, encode_key(item.key), item.source, version, priority,
-                              _ENCODER.encode(item)))
+        self._inserts.append(row)
         self._dirty[slot] = False
 
     def _drop(self, slot: int, seq: int) -> None:
@@ -191,25 +413,47 @@ class SQLiteStorage(Storage):
         if queued is not None:
             # Evicted within the batch that added it: insert the row without its payload
             # (its key is still deduplicated, as for any evicted tuple).
-            self._inserts[queued] = (*self._inserts[queued][:5], None)
+            self._inserts[queued] = (*self._inserts[queued][:5], None, None, None)
         else:
             self._drops.append((seq,))
+        chain = int(self._slot_chain[slot])
+        if chain >= 0:
+            self._slot_chain[slot] = -1
+            live = self._chains[chain]
+            live[0] -= 1
+            if not live[0]:
+                self._chain_died(chain)
         self._dirty[slot] = False
 
     def _write_queued(self) -> None:
         """Run the queued inserts and evictions in the open transaction (one statement each)."""
-        if not (self._inserts or self._drops):
+        if not (self._inserts or self._drops or self._new_segments or self._dead_chains):
             return
         self._begin()
+        db = self._db
+        if self._new_chains:
+            rows, self._new_chains = self._new_chains, []
+            db.executemany("INSERT INTO chains (chain, session) VALUES (?, ?)", rows)
+        if self._new_segments:
+            segments, self._new_segments = self._new_segments, {}
+            encode = _ENCODER.encode
+            db.executemany(
+                "INSERT INTO segments (chain, start, messages) VALUES (?, ?, ?)",
+                [(chain, start, encode(context[start:]))
+                 for chain, (start, context) in segments.items()])
         if self._inserts:
             rows, self._inserts = self._inserts, []
             self._pending.clear()
-            self._db.executemany(
-                "INSERT INTO tuples (seq, key, source, version, priority, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO tuples (seq, key, source, version, priority, payload, chain,"
+                " context_len) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         if self._drops:
             drops, self._drops = self._drops, []
-            self._db.executemany("UPDATE tuples SET payload = NULL WHERE seq = ?", drops)
+            db.executemany("UPDATE tuples SET payload = NULL WHERE seq = ?", drops)
+        if self._dead_chains:
+            dead, self._dead_chains = self._dead_chains, []
+            db.executemany("DELETE FROM segments WHERE chain = ?", dead)
+            db.executemany("DELETE FROM chains WHERE chain = ?", dead)
 
     def _priorities_changed(self, slots: np.ndarray) -> None:
         self._dirty[slots] = True
@@ -217,14 +461,16 @@ class SQLiteStorage(Storage):
     def _fetch(self, slots: np.ndarray, seqs: np.ndarray) -> list[ScoredTuple]:
         self._write_queued()
         wanted = np.unique(seqs).tolist()
-        found: dict[int, ScoredTuple] = {}
+        rows: list[tuple[int, bytes, int | None, int | None]] = []
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for seq, payload in self._db.execute(
-                f"SELECT seq, payload FROM tuples WHERE seq IN ({marks})", chunk
-            ):
-                found[seq] = _DECODER.decode(payload)
+            rows += self._db.execute(
+                f"SELECT seq, payload, chain, context_len FROM tuples WHERE seq IN ({marks})",
+                chunk)
+        chains = self._load_chains({row[2] for row in rows if row[2] is not None})
+        found = {seq: self._decode(payload, None if chain is None else chains[chain][:length])
+                 for seq, payload, chain, length in rows}
         return [found[seq] for seq in seqs.tolist()]
 
     def __contains__(self, key: object) -> bool:
@@ -253,11 +499,21 @@ class SQLiteStorage(Storage):
     def iter_tuples(self) -> Iterator[ScoredTuple]:
         self._write_queued()
         cursor = self._db.execute(
-            "SELECT payload FROM tuples WHERE payload IS NOT NULL ORDER BY seq"
+            "SELECT payload, chain, context_len FROM tuples WHERE payload IS NOT NULL"
+            " ORDER BY seq"
         )
+        # The tuples of a session are spread over the file: keep recent chains decoded.
+        chains: dict[int, tuple[Message, ...]] = {}
         while rows := cursor.fetchmany(512):
-            for (payload,) in rows:
-                yield _DECODER.decode(payload)
+            needed = {chain for _, chain, _ in rows if chain is not None}
+            missing = needed - chains.keys()
+            if missing:
+                if len(chains) + len(missing) > _ITER_CHAINS:
+                    chains.clear()
+                    missing = needed
+                chains.update(self._load_chains(missing))
+            for payload, chain, length in rows:
+                yield self._decode(payload, None if chain is None else chains[chain][:length])
 
     # -- durability ------------------------------------------------------------------------
 
