@@ -301,7 +301,7 @@ class SQLiteStorage(Storage):
             # Tuple comparison tests identity before equality, element by element: a
             # pointer compare per message when the caller reused the stored objects.
             if wanted <= stored:
-                if context == known[:wanted]:
+                if context is known or context == known[:wanted]:
                     return chain
             elif context[:stored] == known:
                 self._queue_segment(chain, context, stored)

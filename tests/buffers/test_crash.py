@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from nextstate.buffers import BufferSet, BufferSpec
 
 # Shared by the writer subprocess and the test, so both build the very same tuples.
@@ -24,7 +26,29 @@ MAKE_TUPLE = textwrap.dedent('''
             policy_version=f"v{i // 100}", behaviour_logprobs=tuple(-k / 7 for k in range(i % 40)))
 ''')
 
-WRITER = MAKE_TUPLE + textwrap.dedent('''
+# Sessions that grow by two messages per tuple, reusing the message objects (as the daemon
+# does), with an edited history now and then: the stored contexts are chains of segments.
+MAKE_GROWING_TUPLE = textwrap.dedent('''
+    from functools import lru_cache
+    from nextstate.extractors.types import Message, ScoredTuple
+
+    @lru_cache(maxsize=None)
+    def message(session, k, edited):
+        return Message(("user", "assistant")[k % 2],
+                       f"session {session} message {k}{' edited' * edited} " * (1 + k % 9))
+
+    def make(i):
+        session, turn = i % 13, i // 13
+        edited = turn % 7 == 3   # a branch: message 1 differs, later turns go back
+        context = tuple(message(session, k, edited and k == 1) for k in range(2 * turn + 1))
+        return ScoredTuple(
+            interaction_id=f"s{session}#{i}", session_id=f"s{session}",
+            extractor="tool_result", kind="evaluative" if i % 4 else "directive",
+            source=("tool", "user")[i % 2], context=context,
+            action=Message("assistant", f"action {i}"), reward=((i % 21) - 10) / 10)
+''')
+
+WRITER = textwrap.dedent('''
     import sys
     from pathlib import Path
     from nextstate.buffers import BufferSet, BufferSpec
@@ -45,13 +69,15 @@ SPECS = [BufferSpec("evaluative", kinds=("evaluative",), capacity=100_000),
          BufferSpec("directive", kinds=("directive",), capacity=100_000)]
 
 
-def test_sigkill_mid_stream_loses_no_flushed_tuple(tmp_path):
+@pytest.mark.parametrize("make_tuple", [MAKE_TUPLE, MAKE_GROWING_TUPLE],
+                         ids=["new_context_each", "growing_sessions"])
+def test_sigkill_mid_stream_loses_no_flushed_tuple(tmp_path, make_tuple):
     """Every tuple reported flushed before SIGKILL is present and equal after reopening."""
     namespace: dict = {}
-    exec(MAKE_TUPLE, namespace)
+    exec(make_tuple, namespace)
     make = namespace["make"]
     flushed = 0
-    with subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)],
+    with subprocess.Popen([sys.executable, "-c", make_tuple + WRITER, str(tmp_path)],
                           stdout=subprocess.PIPE, text=True, env={**os.environ}) as child:
         try:
             assert child.stdout is not None

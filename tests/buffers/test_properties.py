@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nextstate.buffers import BufferSpec, ReplayBuffer
+from nextstate.buffers import BufferSpec, MemoryStorage, ReplayBuffer
+from nextstate.buffers.sqlite_storage import SQLiteStorage
 from nextstate.buffers.storage import FREE
+from nextstate.extractors.types import Message, ScoredTuple
 
 from .conftest import make_tuple
 
@@ -139,3 +142,70 @@ def test_durable_invariants_and_reopen(spec, ops):
         assert reopened.extend(make_tuple(int(k[0].split("#")[1])) for k in added) == 0
         check_invariants(reopened, spec, added)
         reopened.close()
+
+
+def contexted_tuple(i: int, session: int, branch: int, length: int, fresh: bool) -> ScoredTuple:
+    """A tuple of one of three sessions whose context is a prefix of one of its histories.
+
+    Histories of a session share their first two messages and differ from the third on
+    (branches); ``fresh`` builds equal messages as new objects instead of reusing them.
+    """
+    make = Message if fresh else _message
+    context = tuple(make("user" if k % 2 else "assistant",
+                         f"s{session} b{branch if k >= 2 else 0} m{k}") for k in range(length))
+    return ScoredTuple(f"s{session}#{i}", f"s{session}", "tool_result", "evaluative", "tool",
+                       context, Message("assistant", f"action {i}"), reward=(i % 5) / 5)
+
+
+@functools.cache
+def _message(role: str, content: str) -> Message:
+    return Message(role, content)  # type: ignore[arg-type]
+
+
+contexted = st.builds(contexted_tuple, st.integers(0, 40), st.integers(0, 2),
+                      st.integers(0, 2), st.integers(0, 8), st.booleans())
+context_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("extend"), st.lists(contexted, max_size=8)),
+        st.tuples(st.just("flush")),
+        st.tuples(st.just("check")),
+        st.tuples(st.just("reopen")),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(capacity=st.integers(1, 8), cache=st.integers(1, 3), ops=context_ops)
+def test_durable_contexts_equal_memory_and_stay_bounded(capacity, cache, ops):
+    """Sessions growing, branching and going back, through a tiny history cache and
+    reopens: SQLite holds exactly what memory holds, and no message outlives its tuples."""
+    with tempfile.TemporaryDirectory() as tmp:
+        def open_durable():
+            return ReplayBuffer(SQLiteStorage(Path(tmp) / "b.sqlite3", capacity, 1000,
+                                              context_cache_sessions=cache))
+
+        durable, memory = open_durable(), ReplayBuffer(MemoryStorage(capacity, 1000))
+        for op in ops:
+            if op[0] == "extend":
+                assert durable.extend(op[1]) == memory.extend(op[1])
+            elif op[0] == "flush":
+                durable.flush()
+            elif op[0] == "check":
+                assert list(durable.iter_tuples()) == list(memory.iter_tuples())
+            else:
+                durable.close()
+                durable = open_durable()
+        assert list(durable.iter_tuples()) == list(memory.iter_tuples())
+        slots = durable.storage.occupied_slots()
+        assert durable.storage.get(slots) == memory.storage.get(
+            np.array([int(np.flatnonzero(memory.storage.seq == seq)[0])
+                      for seq in durable.storage.seq[slots].tolist()]))
+        durable.flush()
+        db = durable.storage._db
+        assert db.execute(
+            "SELECT count(*) FROM chains WHERE chain NOT IN (SELECT chain FROM tuples"
+            " WHERE payload IS NOT NULL AND chain IS NOT NULL)").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM segments WHERE chain NOT IN"
+                          " (SELECT chain FROM chains)").fetchone() == (0,)
+        durable.close()
