@@ -8,7 +8,7 @@ a text that corrects the action (or accompanies a negative score) becomes a dire
 from __future__ import annotations
 
 from nextstate.extractors.registry import register
-from nextstate.extractors.types import Interaction, ScoredTuple, tuple_from
+from nextstate.extractors.types import Interaction, ScoredTuple, directive, evaluative
 from nextstate.extractors.user import classify_reply, correction_hint
 
 
@@ -49,16 +49,13 @@ class FeedbackExtractor:
             reward, confidence = reading.reward, reading.confidence
         else:
             return []
-        tuples = [tuple_from(interaction, extractor="feedback", kind="evaluative",
-                             source="feedback", excerpt=excerpt, reward=reward,
-                             confidence=confidence)]
+        tuples = [evaluative(interaction, "feedback", "feedback", excerpt, reward, confidence)]
         hint = None
         if text and (reward < 0 or (reading is not None and reading.reward < 0)):
             hint = (reading.hint if reading is not None else None) or correction_hint(text)
             # A text left with a negative score is the user's own explanation: keep it whole.
             hint = hint or (text[:300] if values else None)
         if hint:
-            tuples.append(tuple_from(interaction, extractor="feedback", kind="directive",
-                                     source="feedback", excerpt=excerpt, hint=hint,
-                                     confidence=0.9 if values else 0.7))
+            tuples.append(directive(interaction, "feedback", "feedback", excerpt, hint,
+                                    0.9 if values else 0.7))
         return tuples

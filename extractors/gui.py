@@ -26,7 +26,13 @@ from typing import NamedTuple
 
 from nextstate.extractors.names import GUI_TOOLS, json_object, tool_name
 from nextstate.extractors.registry import register
-from nextstate.extractors.types import Interaction, Message, ScoredTuple, tuple_from
+from nextstate.extractors.types import (
+    Interaction,
+    Message,
+    ScoredTuple,
+    directive,
+    evaluative,
+)
 
 
 class Observation(NamedTuple):
@@ -248,7 +254,10 @@ class GuiDiffExtractor:
         return None
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
-        calls = [c for c in interaction.action.tool_calls if c.name in self.tools]
+        action_calls = interaction.action.tool_calls
+        if len(action_calls) == 1 and action_calls[0].name not in self.tools:
+            return []  # the usual action calls one tool, most often not a GUI one
+        calls = [c for c in action_calls if c.name in self.tools]
         if not calls:
             return []
         ids = {c.id for c in calls}
@@ -264,13 +273,11 @@ class GuiDiffExtractor:
         reading = read_gui_change(action, target, value, before, after)
         if reading is None:
             return []
-        tuples = [tuple_from(interaction, extractor="gui", kind="evaluative", source="gui",
-                             excerpt=reading.diff, reward=reading.reward,
-                             confidence=reading.confidence, credit="tool_args",
-                             label=reading.label)]
+        confidence = reading.confidence
+        tuples = [evaluative(interaction, "gui", "gui", reading.diff, reading.reward,
+                             confidence, "tool_args", reading.label)]
         if reading.hint and reading.reward < 0:
-            tuples.append(tuple_from(interaction, extractor="gui", kind="directive",
-                                     source="gui", excerpt=reading.diff, hint=reading.hint,
-                                     confidence=min(reading.confidence, 0.7),
-                                     credit="tool_args", label=reading.label))
+            tuples.append(directive(interaction, "gui", "gui", reading.diff, reading.hint,
+                                    0.7 if confidence > 0.7 else confidence, "tool_args",
+                                    reading.label))
         return tuples

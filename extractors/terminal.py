@@ -380,9 +380,10 @@ class TerminalExtractor:
         excerpt = f"[{call.name}] {reading.label}: {tail}"
         credit = "tool_args" if reading.credit == "tool_args" else "action"
         reward = reading.reward
-        tuples = [evaluative(interaction, "terminal", "terminal", excerpt, reward,
-                             reading.confidence, credit)]
+        confidence = reading.confidence
+        tuples = [evaluative(interaction, "terminal", "terminal", excerpt, reward, confidence,
+                             credit)]
         if reading.hint and reward < 0:
             tuples.append(directive(interaction, "terminal", "terminal", excerpt, reading.hint,
-                                    min(reading.confidence, 0.8), credit))
+                                    0.8 if confidence > 0.8 else confidence, credit))
         return tuples

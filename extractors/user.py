@@ -207,7 +207,8 @@ def _similar_words(a: str, words_a: frozenset[str], b: str, words_b: frozenset[s
     if not words_a or not words_b:
         return False
     common = len(words_a & words_b)
-    overlap = common / min(len(words_a), len(words_b))
+    size_a, size_b = len(words_a), len(words_b)
+    overlap = common / (size_b if size_b < size_a else size_a)  # min(): a call costs more
     if overlap < 0.6:
         return False
     jaccard = common / len(words_a | words_b)
@@ -383,9 +384,10 @@ class UserReplyExtractor:
             self._requests.put(request, words, len(request))
         return words
 
-    def _read(self, reply: str, request: str | None) -> ReplyReading | None:
+    def _read(self, reply: str, interaction: Interaction) -> ReplyReading | None:
         if len(reply) > self.memo_chars:
-            return classify_reply(reply, request)
+            request = previous_user_request(interaction)
+            return classify_reply(reply, request.content if request else None)
         entry = self._readings.get(reply)
         if entry is None:
             parts = read_reply(reply)
@@ -394,24 +396,28 @@ class UserReplyExtractor:
                      frozenset())
             self._readings.put(reply, entry, len(reply))
         parts, low, words = entry
-        # with_request(parts, request), with the reply's words read once: a reply shorter
-        # than 12 characters (or with no words) is no rephrase whatever the request.
-        if words and request and _similar_words(low, words, *self._request(request)):
-            return _REPHRASE
+        # with_request(parts, request), with the reply's words read once: a final reading,
+        # or a reply shorter than 12 characters (or with no words), is no rephrase whatever
+        # the request, which is then not even looked up.
+        if words:
+            request = previous_user_request(interaction)
+            if request is not None and request.content and _similar_words(
+                    low, words, *self._request(request.content)):
+                return _REPHRASE
         return parts.reading
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
         reply = next_user_message(interaction)
         if reply is None or not reply.content:
             return []
-        request = previous_user_request(interaction)
-        reading = self._read(reply.content, request.content if request else None)
+        reading = self._read(reply.content, interaction)
         if reading is None or reading.confidence < self.min_confidence:
             return []
         excerpt = reply.content[: self.excerpt_chars]
         tuples = [evaluative(interaction, "user", "user", excerpt, reading.reward,
                              reading.confidence)]
         if reading.hint:
+            confidence = reading.confidence  # min(confidence, 0.8), without the call
             tuples.append(directive(interaction, "user", "user", excerpt, reading.hint,
-                                    min(reading.confidence, 0.8)))
+                                    0.8 if confidence > 0.8 else confidence))
         return tuples

@@ -37,3 +37,14 @@ def test_text_only_feedback_is_classified(chat) -> None:
 def test_no_feedback_no_tuple(chat) -> None:
     """Interactions without feedback events yield nothing."""
     assert FeedbackExtractor()(chat("thanks")) == []
+
+
+def test_full_confidence_and_a_directive_reward_encode_as_defaults(chat) -> None:
+    """A score's confidence of 1 and a directive's reward are the fields' default objects:
+    left out of the encoding, as tuple_from leaves them."""
+    import msgspec
+
+    evaluative, directive = FeedbackExtractor()(chat(None, feedback=[
+        Feedback(value=-1.0, text="Answer in Celsius")]))
+    assert b'"confidence"' not in msgspec.json.encode(evaluative)
+    assert b'"reward"' not in msgspec.json.encode(directive)

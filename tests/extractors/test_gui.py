@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from nextstate.extractors.gui import (
     GuiDiffExtractor,
     diff_trees,
     parse_action,
     parse_observation,
+    read_gui_change,
 )
+from nextstate.extractors.types import tuple_from
 from tests.extractors.conftest import browser_obs
 
 TREE = "RootWebArea 'Shop'\n\t[10] button 'Add to cart'\n\t[11] textbox 'Search'\n" \
@@ -96,3 +102,38 @@ def test_large_trees_diff_once_each(gui_step) -> None:
     after = big.replace("[42] link 'Item 42'", "[42] link 'Item 42', expanded=True")
     (scored,) = GuiDiffExtractor()(gui_step("click('42')", browser_obs(big), browser_obs(after)))
     assert len(big) > 100_000 and scored.reward > 0 and len(scored.next_state_excerpt) < 600
+
+
+@given(st.sampled_from(["click('10')", "fill('11', 'mouse')", "scroll(0, 200)", "noop()",
+                        "goto('http://shop.test/cart')", "click('99')"]),
+       st.sampled_from([None, TREE]),
+       st.sampled_from([TREE, TREE + "\n\t[12] alert 'Error: card declined'",
+                        TREE.replace("'Search'", "'Search' value='mouse'"), "",
+                        TREE + "\n\t[13] status 'Item has been added to your cart'"]),
+       st.sampled_from(["", "TimeoutError: 30s", "ValueError: no element '99'"]),
+       st.sampled_from(["Shop", "404 Not Found"]))
+# gui_step is a stateless factory: nothing to reset between examples.
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_tuples_encode_as_tuple_from_builds_them(gui_step, action, before, after, error,
+                                                 title) -> None:
+    """The positional builders give, down to the encoded bytes, the tuples tuple_from built
+    from the same reading (the evaluative one, and a directive one for a negative hint)."""
+    step = gui_step(action, None if before is None else browser_obs(before),
+                    browser_obs(after, error=error, title=title))
+    name, target, value = parse_action("browser", step.action.tool_calls[0].arguments)
+    before_obs = parse_observation(step.context[-1].content) if before is not None else None
+    reading = read_gui_change(name, target, value, before_obs,
+                              parse_observation(step.next_state[0].content))
+    expected = []
+    if reading is not None:
+        expected.append(tuple_from(step, extractor="gui", kind="evaluative", source="gui",
+                                   excerpt=reading.diff, reward=reading.reward,
+                                   confidence=reading.confidence, credit="tool_args",
+                                   label=reading.label))
+        if reading.hint and reading.reward < 0:
+            expected.append(tuple_from(step, extractor="gui", kind="directive", source="gui",
+                                       excerpt=reading.diff, hint=reading.hint,
+                                       confidence=min(reading.confidence, 0.7),
+                                       credit="tool_args", label=reading.label))
+    assert msgspec.msgpack.encode(GuiDiffExtractor()(step)) == msgspec.msgpack.encode(expected)

@@ -56,6 +56,16 @@ def test_dispatch_runs_what_scores_and_skips_what_returns_nothing(interaction):
     assert everything == [(name, dispatched.get(name, [])) for name, _ in chain]
 
 
+@settings(max_examples=300, deadline=None)
+@given(interactions())
+def test_dispatch_table_row_is_the_next_state_kinds_row(interaction):
+    """Dispatch (which computes the kinds inline) picks the entries next_state_kinds selects."""
+    chain = build_extractors(BUILT_IN)
+    kinds = next_state_kinds(interaction)
+    expected = [name for name, ex in chain if (mask := reads_mask(ex)) is None or mask & kinds]
+    assert [name for name, _ in Dispatch(chain)(interaction)] == expected
+
+
 def test_next_state_kinds():
     """user, tool (answers to the action's calls) and feedback each set their bit."""
     call = ToolCall("c", "f")
