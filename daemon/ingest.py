@@ -9,9 +9,19 @@ one decode, which leaves an OpenAI exchange's request messages as bytes for the 
 - otherwise one JSON wire record, classified by :func:`wire.classify`, with Anthropic Messages
   API exchanges (``daemon/anthropic.py``) rewritten into the OpenAI form, shape
   ``anthropic_exchange``.
+
+A call log repeats the session's whole history in every request, so most of a record's bytes
+are the request array the session's previous record already held. With the bytes of that
+array (a :class:`KnownRequests` source: the join keeps them), :func:`decode_records` cuts
+them out before decoding, so the JSON decoder scans only the new messages, then puts the
+array's bytes in the record as if it had scanned them (:func:`_decode_spliced` proves where
+they were cut).
 """
 
 from __future__ import annotations
+
+import weakref
+from typing import Protocol
 
 import msgspec
 
@@ -22,16 +32,52 @@ EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_S
 """Shapes the join treats as a request/response exchange."""
 
 
-def decode_records(value: bytes, key: bytes | None) -> list[tuple[WireRecord, str]]:
+class KnownRequests(Protocol):
+    """Where :func:`decode_records` finds the bytes a session's next request likely repeats."""
+
+    def known_request(self, session_id: str) -> bytes | None:
+        """The session's latest request message array, without its closing bracket and the
+        whitespace before it, if held: ``[`` and one or more JSON values, separated by
+        commas, as a JSON decoder accepted them (else ``None``)."""
+
+
+_default_known: weakref.ref[KnownRequests] | None = None
+
+# Spliced in place of the known messages: a JSON string (no quote, backslash, bracket, comma
+# or whitespace in it, so it cannot be formed across the splice) that the record must not
+# hold, then the comma that followed them.
+_NONCE = b"@~^|~^|~^|~^|~^|~^|~^|~^|~"
+_MARK = b'["' + _NONCE + b'",'
+# Below this, cutting the known bytes out costs about what scanning them does (at least 2:
+# ``[`` and a value).
+_MIN_SPLICE = 1024
+_SESSION_KEY = b'"session_id"'
+_LAZY_DECODE = wire.LAZY_DECODER.decode
+_force_setattr = msgspec.structs.force_setattr
+
+
+def use_known_requests(source: KnownRequests) -> None:
+    """Make ``source`` the default :class:`KnownRequests` of :func:`decode_records` (held
+    weakly: the join calls this, and the joiner fed last is the one fed next)."""
+    global _default_known
+    if _default_known is None or _default_known() is not source:
+        _default_known = weakref.ref(source)
+
+
+def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None = None
+                   ) -> list[tuple[WireRecord, str]]:
     """Decode one record into ``(record, shape)`` pairs (empty: nothing usable in a batch).
 
-    An OpenAI exchange keeps its request messages undecoded (``msgspec.Raw``, see
+    An OpenAI exchange keeps its request messages undecoded (``msgspec.Raw``, or ``bytes``
+    when the known ones were cut out before decoding; the same bytes either way, see
     :func:`wire.decode_lazy`): the join decodes those it has not seen. Every other shape is
     returned fully decoded.
 
     Args:
         value: the record's bytes.
         key: the Kafka key: the session id of a record that names none.
+        known: the request bytes held per session (default: those of the last
+            :func:`use_known_requests` source, the join fed last); only speed depends on them.
 
     Raises:
         BadRecord: the record fits no shape (its reason goes to the dead letters).
@@ -42,7 +88,13 @@ def decode_records(value: bytes, key: bytes | None) -> list[tuple[WireRecord, st
         otlp = otel.looks_like_otlp_json(value) or otel.looks_like_otlp_proto(value)
     if otlp:
         return otel.decode_batch(value)
-    record = wire.decode_lazy(value)
+    if known is None and _default_known is not None:
+        known = _default_known()
+    record = None
+    if known is not None and type(value) is bytes:
+        record = _decode_spliced(value, key, known)
+    if record is None:
+        record = wire.decode_lazy(value)
     if record.session_id is None and key:
         record = msgspec.structs.replace(record, session_id=key.decode("utf-8", "replace"))
     try:
@@ -55,3 +107,61 @@ def decode_records(value: bytes, key: bytes | None) -> list[tuple[WireRecord, st
     if anthropic.is_anthropic(record):
         return [(anthropic.to_openai(wire.typed(record)), anthropic.SHAPE)]
     return [(record, shape)]
+
+
+def _decode_spliced(value: bytes, key: bytes | None, known: KnownRequests
+                    ) -> WireRecord[msgspec.Raw] | None:
+    """:func:`wire.decode_lazy` of a record whose request repeats the known bytes of its
+    session, without scanning them; ``None`` when it does not (or it cannot be proved).
+
+    The known bytes ``K`` (``[`` and ``k >= 1`` values) are found where the request's array
+    seems to start, followed by a comma: ``value = A + K + ws + "," + T``. They are replaced
+    by ``MARK = ["NONCE",`` and ``A + MARK + T`` is decoded. When ``NONCE`` occurs once in
+    those bytes (so neither in ``A`` nor in ``T``: no occurrence can straddle the splice, it
+    holds no quote or bracket) and the decoded request array starts with ``MARK``, the array
+    starts where ``K`` did. The decoder was then in the same state there as it would have
+    been in ``value``, where ``K + ws + ","`` opens that same array (values a decoder
+    accepted before, then a comma), so every other field decodes the same, and the array's
+    bytes in ``value`` are ``K + ws + ","`` and ``T`` up to the array's end. Which session
+    ``K`` came from only matters for speed: the session id is the Kafka key or read from the
+    bytes by a guess.
+    """
+    if key:
+        session_id = key.decode("utf-8", "replace")
+    else:
+        at = value.find(_SESSION_KEY, 0, 1024)
+        if at < 0:
+            return None
+        opening = value.find(b'"', at + len(_SESSION_KEY), at + 64)
+        closing = value.find(b'"', opening + 1, opening + 1024)
+        if opening < 0 or closing < 0:
+            return None
+        session_id = value[opening + 1:closing].decode("utf-8", "replace")
+    prefix = known.known_request(session_id)
+    if prefix is None or len(prefix) < _MIN_SPLICE:
+        return None
+    at = value.find(b'"messages"')
+    start = value.find(b"[", at + 10) if at >= 0 else -1
+    if start < 0 or not value.startswith(prefix, start):
+        return None
+    comma = start + len(prefix)
+    if value[comma:comma + 1] != b",":  # json.dumps puts none, an indenting writer may
+        comma = len(value) - len(value[comma:].lstrip())
+        if value[comma:comma + 1] != b",":
+            return None
+    spliced = _MARK.join((value[:start], value[comma + 1:]))
+    if spliced.count(_NONCE) != 1:
+        return None
+    try:
+        record = _LAZY_DECODE(spliced)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None  # decoded again whole: its own error is the one reported
+    request = record.request
+    if request is None or type(request.messages) is not msgspec.Raw:
+        return None
+    tail = bytes(request.messages)
+    if not tail.startswith(_MARK):
+        return None
+    # The request was made by this decode and nobody else holds it yet.
+    _force_setattr(request, "messages", value[start:comma + 1 + len(tail) - len(_MARK)])
+    return record

@@ -44,7 +44,7 @@ from typing import Any
 
 import msgspec
 
-from nextstate.daemon import anthropic, otel, wire
+from nextstate.daemon import anthropic, ingest, otel, wire
 from nextstate.daemon.wire import BadRecord, WireRecord
 from nextstate.extractors.types import ClosedBy, Feedback, Interaction, Message, ToolCall, Usage
 
@@ -135,6 +135,13 @@ class SessionJoiner:
         self.evictions: dict[str, int] = {}  # why: max_sessions | max_pending_bytes | feedback
 
     # -- records ----------------------------------------------------------------------------
+    def known_request(self, session_id: str) -> bytes | None:
+        """The session's latest request message array, without its closing bracket, if held
+        and not empty (what :func:`ingest.decode_records` cuts out of the session's next
+        record)."""
+        session = self.sessions.get(session_id)
+        return None if session is None or not session.known_count else session.known_bytes
+
     def feed(self, record: WireRecord, shape: str, now: float,
              position: Position | None = None, size: int = 0) -> list[Interaction]:
         """Apply one decoded record of the given shape (see :func:`wire.classify`).
@@ -328,6 +335,8 @@ class SessionJoiner:
         # message (every message in it type-checked by now).
         session.known_bytes = None if array is None else array[:-1].rstrip()
         session.known_count = len(messages)
+        if array is not None:
+            ingest.use_known_requests(self)
         return closed
 
     def _transcript(self, session_id: str, record: WireRecord, now: float,

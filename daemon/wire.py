@@ -195,7 +195,7 @@ def decode_messages(array: msgspec.Raw | bytes) -> list[WireMessage]:
 def typed(record: WireRecord[Any]) -> WireRecord[list[WireMessage]]:
     """The record with its request messages decoded (as :func:`decode` returns it)."""
     request = record.request
-    if request is None or type(request.messages) is not msgspec.Raw:
+    if request is None or type(request.messages) not in (msgspec.Raw, bytes):
         return record
     return msgspec.structs.replace(record, request=msgspec.structs.replace(
         request, messages=decode_messages(request.messages)))

@@ -226,6 +226,27 @@ def test_lazy_decoding_joins_exactly_as_a_full_decode(rnd):
     (re-serialized, edited, trimmed, retried, malformed), the join closes the same
     interactions and rejects the same records as with every message decoded."""
     values = [_serialize(record, rnd) for record in _client_records(rnd)]
+    full = _outputs(values, lazy=False)
+    assert _outputs(values, lazy=True) == full
+    with pytest.MonkeyPatch.context() as patch:  # ingest cuts out every known request
+        patch.setattr(ingest, "_MIN_SPLICE", 2)
+        assert _outputs(values, lazy=True) == full
+
+
+def test_ingest_cuts_out_the_bytes_the_joiner_holds():
+    """The joiner fed last lends ingest its sessions' request bytes: a session's later
+    records arrive with those bytes never scanned, and join as fully decoded ones do."""
+    history = [SYSTEM, user("x" * 2_000)]
+    values = []
+    for n in range(4):
+        values.append(line(exchange("s", history, assistant(f"answer {n}"))))
+        history = [*history, assistant(f"answer {n}"), user(f"more {n}")]
+    joiner, kinds = SessionJoiner(), []
+    for value in values:
+        for record, shape in ingest.decode_records(value, None):
+            kinds.append(type(record.request.messages).__name__)
+            joiner.feed(record, shape, 0.0)
+    assert kinds == ["Raw", "bytes", "bytes", "bytes"]
     assert _outputs(values, lazy=True) == _outputs(values, lazy=False)
 
 

@@ -1,7 +1,11 @@
 """Tests for decoding and normalizing wire records."""
 
+import json
+
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nextstate.daemon import ingest, wire
 from nextstate.daemon.join import SessionJoiner
@@ -97,3 +101,152 @@ def test_lazy_exchange_keeps_messages_as_bytes_until_decoded():
     ((record, shape),) = ingest.decode_records(raw, None)
     assert shape == "openai_exchange" and isinstance(record.request.messages, msgspec.Raw)
     assert wire.typed(record) == wire.decode(raw)
+
+
+# -- ingest cuts the known request bytes out before decoding -----------------------------------
+
+class Known:
+    """A KnownRequests source holding one session's bytes."""
+
+    def __init__(self, session_id: str, prefix: bytes | None) -> None:
+        self.session_id, self.prefix = session_id, prefix
+
+    def known_request(self, session_id: str) -> bytes | None:
+        return self.prefix if session_id == self.session_id else None
+
+
+def _messages(n: int) -> list[dict]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 40}
+            for i in range(n)]
+
+
+def _exchange_bytes(messages: list, **extra) -> bytes:
+    return json.dumps({"session_id": "s", **extra, "request": {"messages": messages},
+                       "response": {"role": "assistant", "content": "ok"}}).encode()
+
+
+def _array_prefix(messages: list) -> bytes:
+    """What the join keeps of a request: its array's bytes without the closing bracket."""
+    return json.dumps(messages).encode()[:-1]
+
+
+def _plain(value: bytes, key: bytes | None = None, known=None) -> object:
+    """decode_records' result with the request messages as bytes (Raw or spliced alike), or
+    the reason it raised."""
+    try:
+        out = []
+        for record, shape in ingest.decode_records(value, key, known=known):
+            if record.request is not None and isinstance(record.request.messages,
+                                                          (bytes, msgspec.Raw)):
+                record = msgspec.structs.replace(record, request=msgspec.structs.replace(
+                    record.request, messages=bytes(record.request.messages)))
+            out.append((record, shape))
+        return out
+    except BadRecord as exc:
+        return exc.reason
+
+
+@pytest.fixture
+def splice_small(monkeypatch):
+    """Records of any size are spliced (the threshold is for speed only)."""
+    monkeypatch.setattr(ingest, "_MIN_SPLICE", 2)
+
+
+def test_known_request_bytes_are_cut_out_and_the_record_is_the_same(splice_small):
+    """A request that repeats the known bytes decodes to the same record as a full scan, its
+    messages the array's bytes (not a Raw: the known ones were never scanned)."""
+    history = _messages(6)
+    value = _exchange_bytes([*history, {"role": "user", "content": "new"}], ts=3,
+                            metadata={"a": [1, {"b": None}]})
+    known = Known("s", _array_prefix(history))
+    ((record, _),) = ingest.decode_records(value, None, known=known)
+    assert type(record.request.messages) is bytes
+    assert _plain(value, known=known) == _plain(value)
+    keyed = value.replace(b'"session_id": "s", ', b"")
+    assert type(ingest.decode_records(keyed, b"s", known=known)[0][0].request.messages) is bytes
+    assert _plain(keyed, b"s", known=known) == _plain(keyed, b"s")
+
+
+@pytest.mark.parametrize("variant", [
+    "metadata_first",       # the known bytes first appear in another field
+    "nonce_in_content",     # the record holds the splice mark's string itself
+    "nonce_and_metadata",   # both: the request array starts with the mark's string
+    "spaced_comma",         # whitespace between the known messages and the comma
+    "no_comma",             # the known bytes are the whole array
+    "other_session",        # another session's bytes, which this request also starts with
+    "truncated",            # the record ends right after the known bytes
+    "malformed_tail",       # a bad message after the known ones
+    "empty_prefix",         # "[": no value, so "[ ," would be cut to valid JSON
+])
+def test_a_splice_that_cannot_be_proved_gives_what_a_full_scan_gives(splice_small, variant):
+    """Wherever the known bytes are found, whatever follows them, the record (or the reason
+    it is rejected) is what decoding it whole gives."""
+    from nextstate.daemon import ingest as ingest_module
+
+    history = _messages(4)
+    prefix = _array_prefix(history)
+    new = {"role": "user", "content": "new"}
+    nonce = ingest_module._NONCE.decode()
+    key = None
+    if variant == "metadata_first":
+        # "messages" first occurs inside metadata, there followed by the known bytes and a
+        # comma; the request's own array is another one.
+        value = (b'{"session_id": "s", "metadata": {"messages": ' + prefix + b', 1]}, '
+                 b'"request": {"messages": [{"role": "user", "content": "x"}]}, '
+                 b'"response": {"role": "assistant", "content": "ok"}}')
+    elif variant == "nonce_in_content":
+        value = _exchange_bytes([*history, {"role": "user", "content": nonce}])
+    elif variant == "nonce_and_metadata":
+        value = (b'{"session_id": "s", "metadata": {"messages": ' + prefix + b', 1]}, '
+                 b'"request": {"messages": ["' + nonce.encode() + b'", 1]}, '
+                 b'"response": {"role": "assistant", "content": "ok"}}')
+    elif variant == "spaced_comma":
+        value = _exchange_bytes([*history, new]).replace(prefix + b", ", prefix + b" \n , ")
+    elif variant == "no_comma":
+        value = _exchange_bytes(history)
+    elif variant == "other_session":
+        value, key = _exchange_bytes([*history, new]).replace(b'"s"', b'"t"', 1), None
+        prefix_source = Known("t", prefix)
+    elif variant == "truncated":
+        value = _exchange_bytes([*history, new])
+        value = value[:value.index(prefix) + len(prefix)]
+    elif variant == "malformed_tail":
+        value = _exchange_bytes([*history, {"role": 5}])
+    else:  # "[ ," is not JSON, "[" + MARK + "," would be
+        value, prefix = _exchange_bytes([new]).replace(b"[{", b"[ , {", 1), b"["
+    known = prefix_source if variant == "other_session" else Known("s", prefix)
+    assert _plain(value, key, known=known) == _plain(value, key)
+    if variant in ("spaced_comma", "other_session"):  # these are proved, and spliced
+        assert type(ingest.decode_records(value, key, known=known)[0][0].request.messages) \
+            is bytes
+    if variant == "malformed_tail":
+        with pytest.raises(BadRecord) as info:
+            for record, shape in ingest.decode_records(value, None, known=known):
+                SessionJoiner().feed(record, shape, 0.0)
+        assert info.value.reason == "schema"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_spliced_decoding_equals_a_full_scan_for_any_known_bytes(data):
+    """For any record and any known bytes (an array of messages cut after any of them, in any
+    serialization, this request's or another's), decode_records gives what it gives without
+    them."""
+    texts = st.one_of(st.text(alphabet=st.sampled_from('ab "\\[],{}:@~^|\n'), max_size=12),
+                      st.just(ingest._NONCE.decode()))
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "wizard"]),
+                                     "content": st.one_of(st.none(), texts, st.integers())})
+    messages = data.draw(st.lists(message, min_size=1, max_size=6))
+    indent = data.draw(st.sampled_from([None, 1]))
+    extra = data.draw(st.sampled_from([{}, {"metadata": {"messages": messages}},
+                                       {"ts": "bad"}, {"type": "feedback"}]))
+    value = json.dumps({"session_id": "s", **extra, "request": {"messages": messages},
+                        "response": {"role": "assistant", "content": "ok"}},
+                       indent=indent).encode()
+    held = data.draw(st.one_of(st.just(messages), st.lists(message, min_size=1, max_size=6)))
+    cut = data.draw(st.integers(1, len(held)))
+    prefix = json.dumps(held[:cut], indent=data.draw(st.sampled_from([None, 1]))).encode()
+    prefix = prefix[:-1].rstrip()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "_MIN_SPLICE", 2)
+        assert _plain(value, known=Known("s", prefix)) == _plain(value)
