@@ -91,31 +91,50 @@ class YieldStats:
         1.0
     """
 
-    __slots__ = ("_clock", "_counters", "_keys", "_window", "window_s")
+    __slots__ = ("_clock", "_counters", "_interaction_series", "_record_cells", "_signal_cells",
+                 "_tuple_series", "_window", "window_s")
 
     def __init__(self, window_s: float = 60.0, clock=time.time) -> None:
         self.window_s = window_s
         self._clock = clock
-        self._counters: dict[tuple[str, Labels], float] = {}
-        # Counter keys of the per-interaction series by their label values, built once: the
-        # hot path then costs a dict look-up per series instead of building label tuples.
-        self._keys: dict[tuple[str, ...], tuple[tuple[str, Labels], ...]] = {}
+        # (name, labels) -> [value]: a one-item list, so that the hot path keeps a reference
+        # to each series it bumps (hashing a nested key tuple costs more than the addition).
+        # A series is inserted when first counted, never replaced: references stay valid
+        # until load_state_dict, which drops them with the counters.
+        self._counters: dict[tuple[str, Labels], list[float]] = {}
+        self._forget_series()
         # (second, interactions, tuples, confidence) buckets inside the rolling window.
         self._window: deque[list[float]] = deque()
+
+    def _forget_series(self) -> None:
+        # The series of the per-record and per-interaction counters by their label values,
+        # found once. Interaction: [interactions, interactions_closed, then prompt_tokens,
+        # cached_tokens and completion_tokens (None until first counted)] and the model;
+        # tuple: (tuples, tuple_confidence, its source, whether a negative reward is an error).
+        self._record_cells: dict[str, list[float]] = {}
+        self._interaction_series: dict[tuple[str, str, str], list] = {}  # type: ignore[type-arg]
+        self._tuple_series: dict[tuple[str, str, str],
+                                 tuple[list[float], list[float], str, bool]] = {}
+        self._signal_cells: dict[str, list[float]] = {}  # interactions_with_signal by source
+
+    def _cell(self, name: str, labels: Labels) -> list[float]:
+        """The series ``(name, labels)``, inserted at 0.0 if new (the caller then adds to it)."""
+        cell = self._counters.get((name, labels))
+        if cell is None:
+            cell = self._counters[(name, labels)] = [0.0]
+        return cell
 
     # -- observation ------------------------------------------------------------------------
     def inc(self, name: str, labels: Labels = (), value: float = 1.0) -> None:
         """Add ``value`` to one counter series."""
-        key = (name, labels)
-        self._counters[key] = self._counters.get(key, 0.0) + value
+        self._cell(name, labels)[0] += value
 
     def observe_record(self, shape: str) -> None:
         """One input record decoded."""
-        key = self._keys.get(("r", shape))
-        if key is None:
-            key = self._keys[("r", shape)] = (("records", (("shape", shape),)),)
-        counters = self._counters
-        counters[key[0]] = counters.get(key[0], 0.0) + 1.0
+        cell = self._record_cells.get(shape)
+        if cell is None:
+            cell = self._record_cells[shape] = self._cell("records", (("shape", shape),))
+        cell[0] += 1.0
 
     def observe_dead_letter(self, reason: str) -> None:
         """One record sent to the dead-letter queue."""
@@ -132,71 +151,94 @@ class YieldStats:
     def observe_interaction(self, interaction: Interaction,
                             tuples: Sequence[ScoredTuple]) -> None:
         """One closed interaction and the tuples extracted from it."""
-        counters, keys = self._counters, self._keys
         model = interaction.model or "unknown"
-        ikey = ("i", interaction.shape, interaction.closed_by, model)
-        series = keys.get(ikey)
+        ikey = (interaction.shape, interaction.closed_by, model)
+        series = self._interaction_series.get(ikey)
         if series is None:
-            labels = (("model", model),)
-            series = keys[ikey] = (
-                ("interactions", (("shape", interaction.shape),)),
-                ("interactions_closed", (("closed_by", interaction.closed_by),)),
-                ("prompt_tokens", labels), ("cached_tokens", labels),
-                ("completion_tokens", labels))
-        counters[series[0]] = counters.get(series[0], 0.0) + 1.0
-        counters[series[1]] = counters.get(series[1], 0.0) + 1.0
+            series = self._interaction_series[ikey] = [
+                self._cell("interactions", (("shape", interaction.shape),)),
+                self._cell("interactions_closed", (("closed_by", interaction.closed_by),)),
+                None, None, None, model]
+        series[0][0] += 1.0
+        series[1][0] += 1.0
         usage = interaction.usage
-        for key, value in ((series[2], usage.prompt_tokens), (series[3], usage.cached_tokens),
-                           (series[4], usage.completion_tokens)):
-            if value:
-                counters[key] = counters.get(key, 0.0) + value
+        # Token series are inserted when first counted (a model may never report cached
+        # tokens), as the snapshot and the Prometheus output show only what was counted.
+        if usage.prompt_tokens:
+            cell = series[2] or self._usage_cell(series, 2, "prompt_tokens")
+            cell[0] += usage.prompt_tokens
+        if usage.cached_tokens:
+            cell = series[3] or self._usage_cell(series, 3, "cached_tokens")
+            cell[0] += usage.cached_tokens
+        if usage.completion_tokens:
+            cell = series[4] or self._usage_cell(series, 4, "completion_tokens")
+            cell[0] += usage.completion_tokens
         confidence = 0.0
-        sources: set[str] = set()
-        error = noop = False
-        for t in tuples:
-            tkey = (t.extractor, t.kind, t.source)
-            pair = keys.get(tkey)
-            if pair is None:
-                pair = keys[tkey] = (
-                    ("tuples", (("extractor", t.extractor), ("kind", t.kind),
-                                ("source", t.source))),
-                    ("tuple_confidence", (("source", t.source),)))
-            counters[pair[0]] = counters.get(pair[0], 0.0) + 1.0
-            counters[pair[1]] = counters.get(pair[1], 0.0) + t.confidence
-            confidence += t.confidence
-            sources.add(t.source)
-            if t.kind == "evaluative" and t.reward < 0 and t.source in ("tool", "terminal",
-                                                                           "gui"):
-                error = True
-            if t.label == "no_op":
-                noop = True
-        inc = self.inc
-        for source in sources:
-            inc("interactions_with_signal", (("source", source),))
-        if sources:
-            inc("interactions_with_signal", (("source", "all"),))
-        if noop:  # the action changed nothing (a GUI no-op); not also counted as an error
-            inc("actions_flagged", (("flag", "noop"),))
-        elif error:
-            inc("actions_flagged", (("flag", "error"),))
+        if tuples:
+            source: str | None = None
+            sources: set[str] | None = None  # only when the tuples come from several sources
+            error = noop = False
+            tuple_series = self._tuple_series
+            for t in tuples:
+                tkey = (t.extractor, t.kind, t.source)
+                pair = tuple_series.get(tkey)
+                if pair is None:
+                    pair = tuple_series[tkey] = (
+                        self._cell("tuples", (("extractor", t.extractor), ("kind", t.kind),
+                                              ("source", t.source))),
+                        self._cell("tuple_confidence", (("source", t.source),)),
+                        t.source,
+                        t.kind == "evaluative" and t.source in ("tool", "terminal", "gui"))
+                pair[0][0] += 1.0
+                pair[1][0] += t.confidence
+                confidence += t.confidence
+                if source is None:
+                    source = pair[2]
+                elif sources is not None:
+                    sources.add(pair[2])
+                elif pair[2] != source:
+                    # A set, filled in tuple order: the new series are then inserted in the
+                    # order they always were.
+                    sources = {source, pair[2]}
+                if pair[3] and t.reward < 0:
+                    error = True
+                if t.label == "no_op":
+                    noop = True
+            signal = self._signal_cells
+            for name in (source,) if sources is None else sources:
+                cell = signal.get(name) or self._signal_cell(name)  # type: ignore[arg-type]
+                cell[0] += 1.0
+            cell = signal.get("all") or self._signal_cell("all")
+            cell[0] += 1.0
+            if noop:  # the action changed nothing (a GUI no-op); not also counted as an error
+                self.inc("actions_flagged", (("flag", "noop"),))
+            elif error:
+                self.inc("actions_flagged", (("flag", "error"),))
         if _repeats_previous_action(interaction):
-            inc("actions_flagged", (("flag", "repeat"),))
-        self._observe_window(len(tuples), confidence)
+            self.inc("actions_flagged", (("flag", "repeat"),))
+        second = float(int(self._clock()))
+        window = self._window
+        if window and window[-1][0] == second:
+            bucket = window[-1]
+            bucket[1] += 1
+            bucket[2] += len(tuples)
+            bucket[3] += confidence
+        else:
+            window.append([second, 1.0, float(len(tuples)), confidence])
+            self._trim(second)
+
+    def _usage_cell(self, series: list, index: int, name: str) -> list[float]:  # type: ignore[type-arg]
+        cell = series[index] = self._cell(name, (("model", series[5]),))
+        return cell
+
+    def _signal_cell(self, source: str) -> list[float]:
+        cell = self._signal_cells[source] = self._cell("interactions_with_signal",
+                                                       (("source", source),))
+        return cell
 
     def set_total(self, name: str, labels: Labels, value: float) -> None:
         """Set a counter mirrored from a component that keeps its own (judge, redactor)."""
-        self._counters[(name, labels)] = float(value)
-
-    def _observe_window(self, n_tuples: int, confidence: float) -> None:
-        second = float(int(self._clock()))
-        if self._window and self._window[-1][0] == second:
-            bucket = self._window[-1]
-            bucket[1] += 1
-            bucket[2] += n_tuples
-            bucket[3] += confidence
-        else:
-            self._window.append([second, 1.0, float(n_tuples), confidence])
-            self._trim(second)
+        self._cell(name, labels)[0] = float(value)
 
     def _trim(self, now: float) -> None:
         while self._window and self._window[0][0] <= now - self.window_s:
@@ -206,7 +248,7 @@ class YieldStats:
     def total(self, name: str, **labels: str) -> float:
         """Sum of the series of ``name`` whose labels include ``labels``."""
         want = set(labels.items())
-        return sum(v for (n, ls), v in self._counters.items()
+        return sum(v[0] for (n, ls), v in self._counters.items()
                    if n == name and want <= set(ls))
 
     def signal_per_interaction(self) -> float:
@@ -222,7 +264,7 @@ class YieldStats:
 
     def snapshot(self) -> dict[str, float]:
         """Every counter as ``{series_key: value}`` (``_total`` suffixed), plus the gauges."""
-        snap = {series_key(name + "_total", labels): value
+        snap = {series_key(name + "_total", labels): value[0]
                 for (name, labels), value in self._counters.items()}
         snap["signal_per_interaction"] = self.signal_per_interaction()
         snap["signal_per_interaction_window"] = self.window_signal_per_interaction()
@@ -250,19 +292,20 @@ class YieldStats:
     def items(self) -> Iterator[tuple[str, Labels, float]]:
         """``(name, labels, value)`` for every counter series."""
         for (name, labels), value in self._counters.items():
-            yield name, labels, value
+            yield name, labels, value[0]
 
     def state_dict(self) -> dict[str, list[list[object]]]:
         """Counters, so that totals continue across restarts."""
-        return {"counters": [[name, [list(p) for p in labels], value]
+        return {"counters": [[name, [list(p) for p in labels], value[0]]
                              for (name, labels), value in self._counters.items()]}
 
     def load_state_dict(self, state: dict[str, list[list[object]]]) -> None:
         """Restore counters saved by :meth:`state_dict`."""
         self._counters = {
-            (str(name), tuple((str(k), str(v)) for k, v in labels)): float(value)  # type: ignore[misc,arg-type]
+            (str(name), tuple((str(k), str(v)) for k, v in labels)): [float(value)]  # type: ignore[misc,arg-type]
             for name, labels, value in state.get("counters", [])
         }
+        self._forget_series()  # they point into the counters just replaced
 
 
 def _repeats_previous_action(interaction: Interaction) -> bool:
@@ -270,9 +313,15 @@ def _repeats_previous_action(interaction: Interaction) -> bool:
     action = interaction.action
     for message in reversed(interaction.context):
         if message.role == "assistant":
-            return (message.content == action.content and
-                    [(c.name, c.arguments) for c in message.tool_calls] ==
-                    [(c.name, c.arguments) for c in action.tool_calls])
+            if message.content != action.content:
+                return False
+            calls, again = message.tool_calls, action.tool_calls
+            if len(calls) != len(again):
+                return False
+            for call, other in zip(calls, again, strict=True):
+                if call.name != other.name or call.arguments != other.arguments:
+                    return False
+            return True
     return False
 
 

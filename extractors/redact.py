@@ -11,15 +11,22 @@ substring guards before each precompiled scan, and two bounded LRU memos, becaus
 of one session is shared by all its tuples: redacted messages (each message is redacted once,
 not once per tuple) and, per session, the last redacted context, which the next interaction's
 longer context extends (only its new messages are looked at; the shared prefix is checked by
-identity at C speed). Both memos are bounded by entries and characters, so a long-running
-daemon's memory stays flat.
+identity at C speed). The tuples of one interaction share their context object, so the next
+one reuses the last result outright. A third memo maps strings to their redaction and the
+redactions found in them: an excerpt is usually a copy of a tool result that is scanned
+again when the result reaches a context, and repeated outputs ("[]", the same error) are
+common; a hit adds the counts the scan would have. Every memo is bounded by entries and
+characters, so a long-running daemon's memory stays flat.
+
+The shortcuts change nothing observable: the tuples, the counts and what the LRU memos hold
+(so what they evict, and so what is counted again later) are those of redacting each tuple
+on its own with plain look-ups (``tests/extractors/test_redact.py`` checks this).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from operator import is_
 
 import msgspec
 
@@ -66,8 +73,11 @@ MESSAGE_CACHE_ENTRIES = 8192
 MESSAGE_CACHE_CHARS = 16_000_000
 CONTEXT_CACHE_SESSIONS = 2048
 CONTEXT_CACHE_CHARS = 64_000_000
+TEXT_CACHE_ENTRIES = 16384
+TEXT_CACHE_CHARS = 8_000_000
 _SHORT_CONTEXT = 6
 _UNCHANGED = Message("system", "\x00unchanged")  # memo value: the message needs no redaction
+_NO_CALL: tuple[str, tuple[Message, ...], tuple[Message, ...]] = ("", (_UNCHANGED,), ())
 
 
 def luhn_valid(digits: str) -> bool:
@@ -89,6 +99,12 @@ class Redactor:
     Args:
         enabled: when false, tuples pass through untouched.
         patterns: extra ``{name: regex}`` to replace with ``[REDACTED:<name>]``.
+        cache_entries: the most messages the message memo keeps.
+        cache_chars: the most characters the message memo keeps.
+        cache_sessions: the most sessions whose last redacted context is kept.
+        cache_context_chars: the most characters of those contexts kept.
+        cache_texts: the most distinct strings whose redaction is remembered.
+        cache_text_chars: the most characters of those strings kept.
 
     Attributes:
         counts: redactions made so far, by placeholder type (``EMAIL``, ``PHONE``, ``CARD``,
@@ -103,13 +119,16 @@ class Redactor:
         'Mail [EMAIL]'
     """
 
-    __slots__ = ("_contexts", "_custom", "_last_text", "_messages", "counts", "enabled")
+    __slots__ = ("_contexts", "_custom", "_last_context", "_last_text", "_messages", "_texts",
+                 "_texts_chars", "_texts_max_chars", "_texts_max_entries", "counts", "enabled")
 
     def __init__(self, enabled: bool = True, patterns: Mapping[str, str] | None = None,
                  cache_entries: int = MESSAGE_CACHE_ENTRIES,
                  cache_chars: int = MESSAGE_CACHE_CHARS,
                  cache_sessions: int = CONTEXT_CACHE_SESSIONS,
-                 cache_context_chars: int = CONTEXT_CACHE_CHARS) -> None:
+                 cache_context_chars: int = CONTEXT_CACHE_CHARS,
+                 cache_texts: int = TEXT_CACHE_ENTRIES,
+                 cache_text_chars: int = TEXT_CACHE_CHARS) -> None:
         self.enabled = enabled
         self._custom = tuple((f"REDACTED:{name}", re.compile(regex))
                              for name, regex in (patterns or {}).items())
@@ -123,14 +142,27 @@ class Redactor:
         # session usually extends it. Sized by characters: it keeps closed sessions alive.
         self._contexts: LruCache[tuple[tuple[Message, ...], tuple[Message, ...], int]] = \
             LruCache(cache_sessions, cache_context_chars)
+        # The last redact_context call: (session id, context, redacted context), or a
+        # placeholder; the tuples of one interaction share their context object.
+        self._last_context: tuple[str, tuple[Message, ...], tuple[Message, ...]] = \
+            _NO_CALL
+        # text -> (redacted text or None when unchanged, redactions it holds). What a scan
+        # finds depends on the text alone, so a hit adds the same counts a scan would: the
+        # memo saves the scans of equal strings in distinct objects (excerpts copied from tool
+        # results, then the same result in the next context) and is simply emptied when full.
+        self._texts: dict[str, tuple[str | None, tuple[tuple[str, int], ...]]] = {}
+        self._texts_chars = 0
+        self._texts_max_entries = cache_texts
+        self._texts_max_chars = cache_text_chars
 
-    def _sub(self, kind: str, pattern: re.Pattern[str], text: str) -> str:
+    def _sub(self, kind: str, pattern: re.Pattern[str], text: str,
+             counts: dict[str, int]) -> str:
         def replace(match: re.Match[str]) -> str:
             found = match.group(0)
             found_kind = match.lastgroup or kind
             if found_kind == "CARD" and not luhn_valid(found.replace(" ", "").replace("-", "")):
                 return found  # order ids and timestamps fail the checksum
-            self.counts[found_kind] = self.counts.get(found_kind, 0) + 1
+            counts[found_kind] = counts.get(found_kind, 0) + 1
             if found_kind == "SECRET":
                 key = _KEY_PREFIX.match(found)
                 if key:  # keep "api_key=" so the redacted text still reads
@@ -139,6 +171,32 @@ class Redactor:
 
         return pattern.sub(replace, text)
 
+    def _scan(self, text: str) -> tuple[str | None, tuple[tuple[str, int], ...]]:
+        """Scan one string: its redaction (None when unchanged) and the redactions made, by
+        type in the order first met; remembered in the text memo."""
+        counts: dict[str, int] = {}
+        redacted = text
+        if _may_hold_secret(redacted):
+            redacted = self._sub("SECRET", _SECRET, redacted, counts)
+        if "@" in redacted:
+            redacted = self._sub("EMAIL", _EMAIL, redacted, counts)
+        if _DIGIT_RUN.search(redacted):
+            redacted = self._sub("PHONE", _NUMBER, redacted, counts)
+        for placeholder, pattern in self._custom:
+            redacted, made = pattern.subn(f"[{placeholder}]", redacted)
+            if made:
+                counts[placeholder] = counts.get(placeholder, 0) + made
+        entry = (None if redacted == text else redacted, tuple(counts.items()))
+        size = len(text)
+        if (len(self._texts) >= self._texts_max_entries
+                or self._texts_chars + size > self._texts_max_chars):
+            self._texts.clear()  # a dropped entry only costs a rescan: no order to keep
+            self._texts_chars = 0
+        if size <= self._texts_max_chars:
+            self._texts[text] = entry
+            self._texts_chars += size
+        return entry
+
     def redact_text(self, text: str) -> str:
         """Redact one string."""
         if not text:
@@ -146,33 +204,50 @@ class Redactor:
         last = self._last_text
         if text is last[0]:
             return last[1]
-        original = text
-        if _may_hold_secret(text):
-            text = self._sub("SECRET", _SECRET, text)
-        if "@" in text:
-            text = self._sub("EMAIL", _EMAIL, text)
-        if _DIGIT_RUN.search(text):
-            text = self._sub("PHONE", _NUMBER, text)
-        for placeholder, pattern in self._custom:
-            text, made = pattern.subn(f"[{placeholder}]", text)
-            if made:
-                self.counts[placeholder] = self.counts.get(placeholder, 0) + made
-        self._last_text = (original, text)
-        return text
+        entry = self._texts.get(text)
+        if entry is None:
+            entry = self._scan(text)
+        redacted, made = entry
+        if made:
+            counts = self.counts
+            for kind, count in made:
+                counts[kind] = counts.get(kind, 0) + count
+        if redacted is None:
+            redacted = text
+        self._last_text = (text, redacted)
+        return redacted
 
     def redact_message(self, message: Message) -> Message:
         """Redact a message's content and tool-call arguments (memoised per message)."""
-        cached = self._messages.get(message)
-        if cached is not None:
-            # An equal message may be another object: hand back the caller's when unchanged.
-            return message if cached is _UNCHANGED else cached  # type: ignore[return-value]
-        content = self.redact_text(message.content)
-        calls = tuple(
-            c if (args := self.redact_text(c.arguments)) == c.arguments
-            else ToolCall(c.id, c.name, args) for c in message.tool_calls
-        ) if message.tool_calls else message.tool_calls
-        size = len(message.content) + sum(len(c.arguments) for c in calls)
-        if content == message.content and calls == message.tool_calls:
+        entries = self._messages.entries
+        entry = entries.get(message)
+        if entry is None:
+            return self._redact_new_message(message)
+        entries.move_to_end(message)  # what LruCache.get does, without the call
+        cached = entry[0]
+        # An equal message may be another object: hand back the caller's when unchanged.
+        return message if cached is _UNCHANGED else cached
+
+    def _redact_new_message(self, message: Message) -> Message:
+        """Redact a message the memo does not hold, and remember it."""
+        original = message.content
+        content = self.redact_text(original) if original else original
+        calls = message.tool_calls
+        size = len(original)
+        if calls:
+            redacted_calls = []
+            calls_changed = False
+            for call in calls:
+                args = call.arguments
+                redacted_args = self.redact_text(args) if args else args
+                if redacted_args != args:
+                    call = ToolCall(call.id, call.name, redacted_args)
+                    calls_changed = True
+                size += len(redacted_args)
+                redacted_calls.append(call)
+            if calls_changed:
+                calls = tuple(redacted_calls)
+        if content == original and calls is message.tool_calls:
             self._messages.put(message, _UNCHANGED, size)
             return message
         redacted = msgspec.structs.replace(message, content=content, tool_calls=calls)
@@ -186,31 +261,74 @@ class Redactor:
         Reuses the session's last redacted context when ``context`` is it or extends it
         (the join builds each context as the previous one plus the new messages).
         """
-        if len(context) <= _SHORT_CONTEXT:  # a few memo hits cost less than the bookkeeping
-            if not context:
+        last_call = self._last_context
+        # The next tuple of the same interaction. The memos are left as redacting again
+        # would leave them, so that they evict what they would have: a short context's
+        # messages are refreshed (each lookup would hit), a long context's session entry is
+        # the newest already.
+        if context is last_call[1] and session_id == last_call[0] and (
+                len(context) > _SHORT_CONTEXT or self._messages.refresh(context)):
+            return last_call[2]
+        size = len(context)
+        if size <= _SHORT_CONTEXT:  # a few memo hits cost less than the bookkeeping
+            if not size:
                 return context
-            short = tuple(map(self.redact_message, context))
-            return context if all(map(is_, short, context)) else short
-        last = self._contexts.get(session_id)
-        if last is not None and last[0] is context:
-            return last[1]
-        start, prefix, chars = 0, None, 0
+            redacted = self._redact_messages(context, 0)
+            self._last_context = (session_id, context, redacted)
+            return redacted
+        contexts = self._contexts
+        entries = contexts.entries
+        last = entries.get(session_id)
+        start, chars, known_context, known_redacted = 0, 0, context, context
         if last is not None:
-            known = len(last[0])
-            if known <= len(context) and context[:known] == last[0]:
-                start, prefix, chars = known, last[1], last[2]
-        tail = context[start:]
-        chars += sum(len(m.content) for m in tail)
-        redacted_tail = tuple(map(self.redact_message, tail))
-        tail_same = all(map(is_, redacted_tail, tail))
-        if prefix is None:
-            redacted = context if tail_same else redacted_tail
-        elif prefix is last[0] and tail_same:  # type: ignore[index]
+            entries.move_to_end(session_id)
+            known_context, known_redacted, known_chars = last[0]
+            if known_context is context:
+                self._last_context = (session_id, context, known_redacted)
+                return known_redacted
+            known = len(known_context)
+            # Equality, not the identity of the last element: a context that only shares
+            # its last message object with the previous one is not an extension of it.
+            if known <= size and context[:known] == known_context:
+                start, chars = known, known_chars
+        for index in range(start, size):
+            chars += len(context[index].content)
+        tail = self._redact_messages(context, start)
+        if not start:
+            redacted = tail
+        elif known_redacted is known_context and tail is context:
             redacted = context  # nothing redacted so far: keep the caller's tuple
         else:
-            redacted = prefix + redacted_tail
-        self._contexts.put(session_id, (context, redacted, chars), chars + 1)
+            redacted = known_redacted + (tail[start:] if tail is context else tail)
+        contexts.put(session_id, (context, redacted, chars), chars + 1)
+        # A context too big to keep is not: the shortcut above counts on the session's entry.
+        self._last_context = ((session_id, context, redacted) if chars + 1 <= contexts.max_size
+                              else _NO_CALL)
         return redacted
+
+    def _redact_messages(self, context: tuple[Message, ...],
+                         start: int) -> tuple[Message, ...]:
+        """``context[start:]`` redacted message by message, in order; ``context`` itself
+        when none of them changed."""
+        entries = self._messages.entries
+        get, refresh = entries.get, entries.move_to_end
+        changed: list[Message] | None = None
+        for index in range(start, len(context)):
+            message = context[index]
+            entry = get(message)
+            if entry is None:
+                redacted = self._redact_new_message(message)
+            else:
+                refresh(message)
+                redacted = entry[0]
+                if redacted is _UNCHANGED:
+                    redacted = message
+            if changed is not None:
+                changed.append(redacted)
+            elif redacted is not message:
+                changed = list(context[start:index])
+                changed.append(redacted)
+        return context if changed is None else tuple(changed)
 
     def __call__(self, scored: ScoredTuple) -> ScoredTuple:
         """The tuple with every text field redacted (the same object if nothing changed)."""
@@ -219,11 +337,13 @@ class Redactor:
         context = self.redact_context(scored.session_id, scored.context)
         action = self.redact_message(scored.action)
         excerpt = self.redact_text(scored.next_state_excerpt)
-        hint = self.redact_text(scored.hint) if scored.hint else scored.hint
+        hint = scored.hint
+        if hint:
+            hint = self.redact_text(hint)
         chosen = self.redact_message(scored.chosen) if scored.chosen else None
         rejected = self.redact_message(scored.rejected) if scored.rejected else None
-        if (context is scored.context and excerpt == scored.next_state_excerpt
-                and hint == scored.hint and action is scored.action
+        if (context is scored.context and action is scored.action
+                and excerpt == scored.next_state_excerpt and hint == scored.hint
                 and chosen is scored.chosen and rejected is scored.rejected):
             return scored
         return msgspec.structs.replace(scored, context=context, action=action,

@@ -91,3 +91,56 @@ def test_counts_by_label_values_stay_apart():
     assert snap['tuples_total{extractor="user",kind="evaluative",source="tool"}'] == 1
     assert snap['tuple_confidence_total{source="tool"}'] == 1.0
     assert stats.total("interactions") == 4
+
+
+def test_series_appear_when_first_counted_in_the_order_they_are_counted():
+    """Token series of a model appear only once it reports such tokens; interactions with
+    tuples of several sources count each source once, then "all"."""
+    stats = YieldStats(clock=lambda: 1000.0)
+    quiet = Interaction("s#1", "s", (), Message("assistant", "x"), model="m",
+                        usage=Usage(prompt_tokens=5))
+    stats.observe_interaction(quiet, [])
+    assert 'cached_tokens_total{model="m"}' not in stats.snapshot()
+    mixed = Interaction("s#2", "s", (), Message("assistant", "y"), model="m",
+                        usage=Usage(prompt_tokens=5, cached_tokens=2))
+    stats.observe_interaction(mixed, [
+        tuple_from(mixed, extractor="tool", kind="evaluative", source="tool"),
+        tuple_from(mixed, extractor="user", kind="evaluative", source="user"),
+        tuple_from(mixed, extractor="tool", kind="directive", source="tool")])
+    names = [(name, dict(labels)) for name, labels, _ in stats.items()]
+    assert names.index(("prompt_tokens", {"model": "m"})) < \
+        names.index(("cached_tokens", {"model": "m"}))
+    assert stats.total("interactions_with_signal", source="tool") == 1
+    assert stats.total("interactions_with_signal", source="user") == 1
+    assert stats.total("interactions_with_signal", source="all") == 1
+    assert stats.total("cached_tokens", model="m") == 2
+    assert stats.total("prompt_tokens", model="m") == 10
+
+
+def test_counting_continues_after_load_state_dict():
+    """Restored counters keep counting: the series found before the restore are not reused."""
+    stats = YieldStats(clock=lambda: 1000.0)
+    item = interaction(1)
+    tuples = [tuple_from(item, extractor="tool", kind="evaluative", source="tool")]
+    stats.observe_record("exchange")
+    stats.observe_interaction(item, tuples)
+    saved = stats.state_dict()
+    stats.observe_interaction(item, tuples)  # counted, then rolled back by the restore
+    stats.load_state_dict(saved)
+    stats.observe_record("exchange")
+    stats.observe_interaction(item, tuples)
+    snap = stats.snapshot()
+    assert snap['records_total{shape="exchange"}'] == 2
+    assert snap['interactions_total{shape="unknown"}'] == 2
+    assert snap['tuples_total{extractor="tool",kind="evaluative",source="tool"}'] == 2
+    assert snap['interactions_with_signal_total{source="all"}'] == 2
+    assert snap['prompt_tokens_total{model="m"}'] == 200
+
+
+def test_set_total_overwrites_a_series_the_hot_path_also_counts():
+    """A mirrored total replaces the value in place, so later counting adds to it."""
+    stats = YieldStats()
+    stats.observe_record("exchange")
+    stats.set_total("records", (("shape", "exchange"),), 10)
+    stats.observe_record("exchange")
+    assert stats.total("records", shape="exchange") == 11

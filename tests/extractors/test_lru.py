@@ -55,3 +55,19 @@ def test_bounds_hold_after_any_sequence(puts: list[tuple[int, int]], entries: in
         assert len(cache) <= entries and cache.size <= size
         if weight <= size:
             assert cache.get(key) == key  # the newest entry always survives its own put
+
+
+def test_refresh_orders_keys_as_hits_would_and_stops_at_a_missing_key() -> None:
+    """refresh leaves the cache as a get on each key would; a missing key ends it with False."""
+    refreshed: LruCache[int] = LruCache(max_entries=3)
+    looked_up: LruCache[int] = LruCache(max_entries=3)
+    for cache in (refreshed, looked_up):
+        cache.put("a", 1)
+        cache.put("b", 2)
+        cache.put("c", 3)
+    assert refreshed.refresh(["b", "a"])
+    looked_up.get("b")
+    looked_up.get("a")
+    assert list(refreshed.entries) == list(looked_up.entries) == ["c", "b", "a"]
+    assert not refreshed.refresh(["c", "zzz", "b"])
+    assert list(refreshed.entries) == ["b", "a", "c"]  # "c" refreshed, "b" never reached

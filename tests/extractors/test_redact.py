@@ -142,3 +142,171 @@ def test_secret_guard_never_skips_a_secret(text: str) -> None:
                       f"ghp_{text}abcdefghijklmnopqrstuvwxyz", f' api_key: {text}xxxxxxxx'):
         if redact._SECRET.search(candidate):
             assert redact._may_hold_secret(candidate)
+
+
+class _PlainRedactor(Redactor):
+    """The redactor without its shortcuts: every text scanned, every message looked up with
+    ``LruCache.get``/``put``, each tuple's context redacted on its own (the reference the
+    shortcuts must match, memo evictions and counts included)."""
+
+    __slots__ = ()
+
+    def redact_text(self, text: str) -> str:
+        if not text:
+            return text
+        if text is self._last_text[0]:
+            return self._last_text[1]
+        redacted = text
+        if redact._may_hold_secret(redacted):
+            redacted = self._sub("SECRET", redact._SECRET, redacted, self.counts)
+        if "@" in redacted:
+            redacted = self._sub("EMAIL", redact._EMAIL, redacted, self.counts)
+        if redact._DIGIT_RUN.search(redacted):
+            redacted = self._sub("PHONE", redact._NUMBER, redacted, self.counts)
+        for placeholder, pattern in self._custom:
+            redacted, made = pattern.subn(f"[{placeholder}]", redacted)
+            if made:
+                self.counts[placeholder] = self.counts.get(placeholder, 0) + made
+        self._last_text = (text, redacted)
+        return redacted
+
+    def redact_message(self, message: Message) -> Message:
+        cached = self._messages.get(message)
+        if cached is not None:
+            return message if cached is redact._UNCHANGED else cached
+        content = self.redact_text(message.content)
+        calls = tuple(c if (args := self.redact_text(c.arguments)) == c.arguments
+                      else ToolCall(c.id, c.name, args) for c in message.tool_calls)
+        size = len(message.content) + sum(len(c.arguments) for c in calls)
+        if content == message.content and calls == message.tool_calls:
+            self._messages.put(message, redact._UNCHANGED, size)
+            return message
+        redacted = Message(message.role, content, calls, message.tool_call_id, message.name)
+        self._messages.put(message, redacted, size)
+        return redacted
+
+    def redact_context(self, session_id: str,
+                       context: tuple[Message, ...]) -> tuple[Message, ...]:
+        if len(context) <= redact._SHORT_CONTEXT:
+            return tuple(map(self.redact_message, context))
+        last = self._contexts.get(session_id)
+        if last is not None and last[0] is context:
+            return last[1]
+        start, prefix, chars = 0, (), 0
+        if last is not None and len(last[0]) <= len(context) \
+                and context[:len(last[0])] == last[0]:
+            start, prefix, chars = len(last[0]), last[1], last[2]
+        chars += sum(len(m.content) for m in context[start:])
+        redacted = prefix + tuple(map(self.redact_message, context[start:]))
+        self._contexts.put(session_id, (context, redacted, chars), chars + 1)
+        return redacted
+
+
+_TEXTS = ["plain step", "mail bob@example.com", "card 4111 1111 1111 1111", "call +1 415 555 0132",
+          "order 4111 1111 1111 1112", "key sk-proj-abcdefghijklmnop1234", "ok"]
+
+
+@st.composite
+def _tuple_streams(draw: st.DrawFn) -> list[ScoredTuple]:
+    """Sessions whose contexts grow, branch (an early message replaced), shrink, repeat the
+    same context object for the next tuple, or share only their last message object."""
+    histories: dict[str, tuple[Message, ...]] = {}
+    out: list[ScoredTuple] = []
+    for _ in range(draw(st.integers(1, 40))):
+        sid = draw(st.sampled_from(["a", "b", "c"]))
+        history = histories.get(sid, ())
+        move = draw(st.sampled_from(["grow", "grow", "grow", "branch", "shrink", "same",
+                                     "swap_front"]))
+        text = draw(st.sampled_from(_TEXTS))
+        if move == "grow" or not history:
+            history = (*history, *(Message(draw(st.sampled_from(["user", "tool"])),
+                                           f"{text} {len(history) + k}")
+                                   for k in range(draw(st.integers(1, 4)))))
+        elif move == "branch":
+            cut = draw(st.integers(0, len(history) - 1))
+            history = (*history[:cut], Message("user", text), *history[cut + 1:])
+        elif move == "shrink":
+            history = history[:draw(st.integers(0, len(history) - 1))]
+        elif move == "swap_front":  # same length and last object, another first message
+            history = (Message("user", text), *history[1:])
+        histories[sid] = history
+        note = draw(st.sampled_from(_TEXTS))
+        action = Message("assistant", draw(st.sampled_from(_TEXTS)),
+                         tool_calls=(ToolCall("c", "f", f'{{"note": "{note}"}}'),))
+        excerpt = draw(st.sampled_from(_TEXTS))
+        for kind in draw(st.sampled_from([["evaluative"], ["evaluative", "directive"]])):
+            out.append(ScoredTuple(f"{sid}#{len(out)}", sid, "tool", kind, "tool", history,
+                                   action, excerpt, hint=excerpt if kind == "directive"
+                                   else None))
+    return out
+
+
+@given(_tuple_streams(), st.integers(1, 12), st.integers(1, 4))
+def test_shortcuts_match_plain_redaction_memos_and_counts_included(
+        tuples: list[ScoredTuple], entries: int, sessions: int) -> None:
+    """Whatever the contexts do (grow, branch, shrink, repeat, share their last message), the
+    redactor gives the tuples, the counts and the memo contents plain redaction gives, with
+    memos small enough to evict mid-stream."""
+    sizes = {"cache_entries": entries, "cache_chars": 200, "cache_sessions": sessions,
+             "cache_context_chars": 400}
+    fast, plain = Redactor(**sizes), _PlainRedactor(**sizes)
+    for scored in tuples:
+        assert fast(scored) == plain(scored)
+        assert fast.counts == plain.counts
+        assert list(fast._messages.entries) == list(plain._messages.entries)
+        assert list(fast._contexts.entries) == list(plain._contexts.entries)
+
+
+def test_context_sharing_only_its_last_message_is_not_an_extension() -> None:
+    """A context as long as the session's last one, ending with the same message object but
+    starting with another message, is redacted from its own messages."""
+    tail = tuple(Message("user", f"step {k}") for k in range(8))
+    redactor = Redactor()
+    first = redactor.redact_context("s", (Message("user", "mail bob@example.com"), *tail))
+    second = redactor.redact_context("s", (Message("user", "nothing here"), *tail))
+    assert first[0].content == "mail [EMAIL]" and second[0].content == "nothing here"
+    assert second[1:] == tail
+
+
+def test_branched_and_shrunk_contexts_are_redacted_from_their_own_messages() -> None:
+    """A session whose next context replaces an early message, then drops its last ones, gets
+    each context's own redaction, not the previous one's prefix."""
+    history = tuple(Message("user", f"step {k}") for k in range(10))
+    redactor = Redactor()
+    assert redactor.redact_context("s", history) is history
+    branched = (history[0], Message("user", "card 4111 1111 1111 1111"), *history[2:])
+    assert redactor.redact_context("s", branched)[1].content == "card [CARD]"
+    shrunk = history[:8]
+    assert redactor.redact_context("s", shrunk) is shrunk
+    assert redactor.counts == {"CARD": 1}
+
+
+def test_same_context_object_in_another_session_is_redacted_for_that_session() -> None:
+    """The next-tuple shortcut is per session: the same context object handed for another
+    session is looked up in that session's memo, which then holds it."""
+    context = tuple(Message("user", f"mail u{k}@example.com") for k in range(8))
+    redactor = Redactor()
+    first = redactor.redact_context("a", context)
+    assert redactor.redact_context("b", context) == first
+    assert "b" in redactor._contexts and redactor.counts == {"EMAIL": 8}
+
+
+def test_equal_texts_in_distinct_objects_are_counted_each_time() -> None:
+    """The text memo adds the counts a scan would: an equal string that is another object is
+    counted again, the same object handed twice in a row once."""
+    text = "mail bob@example.com"
+    copy = "".join(["mail bob@", "example.com"])
+    assert copy is not text
+    redactor = Redactor()
+    assert redactor.redact_text(text) == redactor.redact_text(copy) == "mail [EMAIL]"
+    assert redactor.redact_text(copy) == "mail [EMAIL]"
+    assert redactor.counts == {"EMAIL": 2}
+
+
+def test_text_memo_is_emptied_when_full_and_stays_bounded() -> None:
+    """The text memo never holds more than its bounds; what it drops is scanned again."""
+    redactor = Redactor(cache_texts=4, cache_text_chars=1_000)
+    for k in range(10):
+        redactor.redact_text(f"write to u{k}@example.com")
+        assert len(redactor._texts) <= 4 and redactor._texts_chars <= 1_000
+    assert redactor.counts == {"EMAIL": 10}
