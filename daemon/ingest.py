@@ -83,7 +83,9 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
         BadRecord: the record fits no shape (its reason goes to the dead letters).
     """
     if value[:1] == b"{":  # the usual case: the same test as looks_like_otlp_json, cheaper
-        otlp = b'"resourceSpans"' in value[:64]
+        # find, not `in`: bytes.__contains__ first tries its operand as an int, and the
+        # TypeError it raises and clears costs more than the search.
+        otlp = value.find(b'"resourceSpans"', 0, 64) >= 0
     else:
         otlp = otel.looks_like_otlp_json(value) or otel.looks_like_otlp_proto(value)
     if otlp:

@@ -52,6 +52,7 @@ EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_S
 """Shapes joined as request/response exchanges (the adapters rewrite theirs to OpenAI form)."""
 
 Position = tuple[str, int, int]  # (topic, partition, offset) of a record
+_NO_USAGE = Usage()  # immutable: one for every transcript action
 
 
 class _Pending(msgspec.Struct, gc=False):
@@ -202,10 +203,12 @@ class SessionJoiner:
         if k == 0 or session.known_count != k or session.history_len != k + 1 \
                 or pending.shape not in EXCHANGE_SHAPES or not array.startswith(known):
             return None
-        rest = array[len(known):].lstrip()
-        if rest[:1] != b",":
-            return None
-        tail = wire.decode_messages(b"[" + rest[1:])  # the echo of the action, then the new
+        comma = len(known)
+        if array[comma:comma + 1] != b",":  # none between them, unless an indenting writer's
+            comma = len(array) - len(array[comma:].lstrip())
+            if array[comma:comma + 1] != b",":
+                return None
+        tail = wire.decode_messages(b"[" + array[comma + 1:])  # the action's echo, the new
         action, logprobs, wire_action = wire.response_action(record)
         if not tail:
             return None
@@ -348,28 +351,39 @@ class SessionJoiner:
         start = session.pending.index if session.pending is not None else session.history_len
         actions = [i for i in range(start, len(messages)) if messages[i].role == "assistant"]
         closed: list[Interaction] = []
-        for n, i in enumerate(actions):
-            last = n + 1 == len(actions)
-            next_state = messages[i + 1:actions[n + 1] if not last else len(messages)]
-            pending = session.pending
-            if pending is None or pending.index != i:  # keeps feedback already attached
-                pending = _Pending(
-                    interaction_id=f"{session_id}#{i}", context=messages[:i], action=messages[i],
-                    index=i, position=position, model=record.model,
-                    policy_version=_version(record.policy_version), behaviour_logprobs=None,
-                    usage=Usage(), ts=wire.parse_ts(record.ts), shape="transcript")
-            session.pending = None
-            if not last:
-                closed.append(pending.close(session_id, next_state, "next_state"))
-            elif record.reward is not None:
-                # A transcript with a reward is complete: its outcome closes the last action.
-                closed.append(pending.close(session_id, next_state, "session_end",
-                                            outcome=float(record.reward)))
-            else:
-                # Its next state may still grow (a later, longer transcript): wait for it.
-                pending.partial_next = next_state
-                pending.position = position
-                session.pending = pending
+        if actions:
+            # The same for every action of the record: worked out once.
+            model, version = record.model, _version(record.policy_version)
+            ts = wire.parse_ts(record.ts)
+            held, session.pending = session.pending, None
+            last = actions[-1]
+            for n, i in enumerate(actions):
+                next_state = messages[i + 1:actions[n + 1] if i != last else len(messages)]
+                if n == 0 and held is not None and held.index == i:
+                    pending = held  # keeps feedback already attached
+                elif i != last:
+                    # Closed at once: the Interaction itself, as _Pending.close would build it
+                    # (positional, in Interaction's field order).
+                    closed.append(Interaction(
+                        f"{session_id}#{i}", session_id, messages[:i], messages[i], next_state,
+                        "next_state", (), None, model, version, None, _NO_USAGE, ts,
+                        "transcript"))
+                    continue
+                else:
+                    pending = _Pending(f"{session_id}#{i}", messages[:i], messages[i], i,
+                                       position, model, version, None, _NO_USAGE, ts,
+                                       "transcript")
+                if i != last:
+                    closed.append(pending.close(session_id, next_state, "next_state"))
+                elif record.reward is not None:
+                    # A transcript with a reward is complete: its outcome closes the last action.
+                    closed.append(pending.close(session_id, next_state, "session_end",
+                                                outcome=float(record.reward)))
+                else:
+                    # Its next state may still grow (a later, longer transcript): wait for it.
+                    pending.partial_next = next_state
+                    pending.position = position
+                    session.pending = pending
         if closed:
             session.last_closed = closed[-1]
         session.history_len = len(messages)

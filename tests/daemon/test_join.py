@@ -445,3 +445,22 @@ def test_known_bytes_count_toward_the_pending_bytes():
         bounded.feed(record, shape, 0.0, ("t", 0, 0), len(value))
     assert bounded.sessions == {} and bounded.evictions == {"max_pending_bytes": 1}
     assert bounded.pending_bytes == 0
+
+
+def test_a_call_log_rejected_for_its_timestamp_changes_nothing():
+    """A record whose ts is not a time is rejected before the session changes: the pending
+    action is still the one the next record closes."""
+    history = [SYSTEM, user("hi")]
+    grown = [*history, assistant("a"), user("more")]
+    joiner = SessionJoiner()
+
+    def fed(record: dict) -> list:
+        return [i for r, s in ingest.decode_records(line(record), None)
+                for i in joiner.feed(r, s, 0.0)]
+
+    fed(exchange("s", history, assistant("a")))
+    with pytest.raises(BadRecord, match="schema"):
+        fed(exchange("s", grown, assistant("b"), ts="yesterday"))
+    assert joiner.sessions["s"].last_closed is None
+    (closed,) = fed(exchange("s", grown, assistant("b")))
+    assert closed.action.content == "a" and contents(closed.next_state) == ["more"]
