@@ -38,6 +38,7 @@ Pure: no I/O, no clock of its own (callers pass ``now``), so it is tested withou
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_S
 
 Position = tuple[str, int, int]  # (topic, partition, offset) of a record
 _NO_USAGE = Usage()  # immutable: one for every transcript action
+_role = operator.attrgetter("role")
 
 
 class _Pending(msgspec.Struct, gc=False):
@@ -216,7 +218,7 @@ class SessionJoiner:
         if echoed != pending.wire_action and \
                 not _same_action(wire.normalize_message(echoed), pending.action):
             return None
-        new = [wire.normalize_message(m) for m in tail[1:]]
+        new = list(map(wire.normalize_message, tail[1:]))  # (a comprehension is a frame more)
         # Checked before anything changes: a bad timestamp rejects the record, state intact.
         ts = wire.parse_ts(record.ts)
 
@@ -226,7 +228,10 @@ class SessionJoiner:
         session.last_seen = now
         if position is not None:
             session.partition = position[:2]
-        next_state = _with_reported(_until_assistant(new), pending.partial_next)
+        if pending.partial_next or "assistant" in map(_role, new):
+            next_state = _with_reported(_until_assistant(new), pending.partial_next)
+        else:  # the usual next state: every new message (tool results, the user's reply)
+            next_state = tuple(new)
         closed = Interaction(
             pending.interaction_id, session_id, pending.context, pending.action, next_state,
             "next_state", pending.feedback, None, pending.model, pending.policy_version,
@@ -234,11 +239,11 @@ class SessionJoiner:
         session.last_closed = closed
         context = (*pending.context, pending.action, *new)
         index = len(context)
-        request, response = record.request, record.response
+        request, response, version = record.request, record.response, record.policy_version
         session.pending = _Pending(
             f"{session_id}#{index}", context, action, index, position,
             record.model or request.model or (response.model if response else None),  # type: ignore[union-attr]
-            _version(record.policy_version), logprobs, wire.usage_of(record), ts,
+            None if version is None else str(version), logprobs, wire.usage_of(record), ts,
             "openai_exchange", (), (), wire_action)
         session.history_len = index + 1
         session.last_action = action
@@ -582,7 +587,7 @@ def _known_prefix(messages: list[Any], session: _Session | None
     if echoed != pending.wire_action and \
             not _same_action(wire.normalize_message(echoed), pending.action):
         return None
-    return pending.context + (pending.action,)
+    return (*pending.context, pending.action)
 
 
 def _same_action(echoed: Message, last: Message) -> bool:
