@@ -33,6 +33,12 @@ The joiner also answers the question the offset committer asks: which is the old
 whose action is still pending? (:meth:`SessionJoiner.low_watermarks`). Committing only up to
 there means a crash or a rebalance re-reads every record a pending join still needs.
 
+The usual call-log record (its request the previous one's bytes, the pending action's echo,
+then new messages) takes a short path (:meth:`SessionJoiner._continued`) that does what the
+general one does for it. The joiner also lends those bytes to :func:`ingest.decode_records`
+(:meth:`SessionJoiner.known_request`), which cuts them out of the next record before decoding
+it, so a record costs what its new messages cost, not its whole history.
+
 Pure: no I/O, no clock of its own (callers pass ``now``), so it is tested without a broker.
 """
 
