@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from nextstate.extractors.types import SOURCES, Interaction, ScoredTuple
+from nextstate.extractors.types import SOURCES, Interaction, Message, ScoredTuple
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -91,8 +91,8 @@ class YieldStats:
         1.0
     """
 
-    __slots__ = ("_clock", "_counters", "_interaction_series", "_record_cells", "_signal_cells",
-                 "_tuple_series", "_window", "window_s")
+    __slots__ = ("_clock", "_counters", "_flag_cells", "_interaction_series", "_record_cells",
+                 "_signal_cells", "_tuple_series", "_window", "window_s")
 
     def __init__(self, window_s: float = 60.0, clock=time.time) -> None:
         self.window_s = window_s
@@ -116,6 +116,7 @@ class YieldStats:
         self._tuple_series: dict[tuple[str, str, str],
                                  tuple[list[float], list[float], str, bool]] = {}
         self._signal_cells: dict[str, list[float]] = {}  # interactions_with_signal by source
+        self._flag_cells: dict[str, list[float]] = {}  # actions_flagged by flag
 
     def _cell(self, name: str, labels: Labels) -> list[float]:
         """The series ``(name, labels)``, inserted at 0.0 if new (the caller then adds to it)."""
@@ -164,15 +165,15 @@ class YieldStats:
         usage = interaction.usage
         # Token series are inserted when first counted (a model may never report cached
         # tokens), as the snapshot and the Prometheus output show only what was counted.
-        if usage.prompt_tokens:
-            cell = series[2] or self._usage_cell(series, 2, "prompt_tokens")
-            cell[0] += usage.prompt_tokens
-        if usage.cached_tokens:
-            cell = series[3] or self._usage_cell(series, 3, "cached_tokens")
-            cell[0] += usage.cached_tokens
-        if usage.completion_tokens:
-            cell = series[4] or self._usage_cell(series, 4, "completion_tokens")
-            cell[0] += usage.completion_tokens
+        tokens = usage.prompt_tokens
+        if tokens:
+            (series[2] or self._usage_cell(series, 2, "prompt_tokens"))[0] += tokens
+        tokens = usage.cached_tokens
+        if tokens:
+            (series[3] or self._usage_cell(series, 3, "cached_tokens"))[0] += tokens
+        tokens = usage.completion_tokens
+        if tokens:
+            (series[4] or self._usage_cell(series, 4, "completion_tokens"))[0] += tokens
         confidence = 0.0
         if tuples:
             source: str | None = None
@@ -189,43 +190,58 @@ class YieldStats:
                         self._cell("tuple_confidence", (("source", t.source),)),
                         t.source,
                         t.kind == "evaluative" and t.source in ("tool", "terminal", "gui"))
-                pair[0][0] += 1.0
-                pair[1][0] += t.confidence
-                confidence += t.confidence
+                tuples_cell, confidence_cell, tuple_source, may_err = pair
+                tuples_cell[0] += 1.0
+                weight = t.confidence
+                confidence_cell[0] += weight
+                confidence += weight
                 if source is None:
-                    source = pair[2]
+                    source = tuple_source
                 elif sources is not None:
-                    sources.add(pair[2])
-                elif pair[2] != source:
+                    sources.add(tuple_source)
+                elif tuple_source != source:
                     # A set, filled in tuple order: the new series are then inserted in the
                     # order they always were.
-                    sources = {source, pair[2]}
-                if pair[3] and t.reward < 0:
+                    sources = {source, tuple_source}
+                if may_err and t.reward < 0:
                     error = True
                 if t.label == "no_op":
                     noop = True
             signal = self._signal_cells
-            for name in (source,) if sources is None else sources:
-                cell = signal.get(name) or self._signal_cell(name)  # type: ignore[arg-type]
-                cell[0] += 1.0
-            cell = signal.get("all") or self._signal_cell("all")
-            cell[0] += 1.0
+            if sources is None:
+                (signal.get(source) or self._signal_cell(source))[0] += 1.0  # type: ignore[arg-type]
+            else:
+                for name in sources:
+                    (signal.get(name) or self._signal_cell(name))[0] += 1.0
+            (signal.get("all") or self._signal_cell("all"))[0] += 1.0
             if noop:  # the action changed nothing (a GUI no-op); not also counted as an error
-                self.inc("actions_flagged", (("flag", "noop"),))
+                self._flag("noop")
             elif error:
-                self.inc("actions_flagged", (("flag", "error"),))
-        if _repeats_previous_action(interaction):
-            self.inc("actions_flagged", (("flag", "repeat"),))
+                self._flag("error")
+        # A repeat: the action is the same as the session's previous assistant action.
+        action = interaction.action
+        for message in reversed(interaction.context):
+            if message.role == "assistant":
+                if message.content == action.content and _same_calls(message, action):
+                    self._flag("repeat")
+                break
         second = float(int(self._clock()))
         window = self._window
-        if window and window[-1][0] == second:
+        if window:
             bucket = window[-1]
-            bucket[1] += 1
-            bucket[2] += len(tuples)
-            bucket[3] += confidence
-        else:
-            window.append([second, 1.0, float(len(tuples)), confidence])
-            self._trim(second)
+            if bucket[0] == second:
+                bucket[1] += 1
+                bucket[2] += len(tuples)
+                bucket[3] += confidence
+                return
+        window.append([second, 1.0, float(len(tuples)), confidence])
+        self._trim(second)
+
+    def _flag(self, flag: str) -> None:
+        cell = self._flag_cells.get(flag)
+        if cell is None:
+            cell = self._flag_cells[flag] = self._cell("actions_flagged", (("flag", flag),))
+        cell[0] += 1.0
 
     def _usage_cell(self, series: list, index: int, name: str) -> list[float]:  # type: ignore[type-arg]
         cell = series[index] = self._cell(name, (("model", series[5]),))
@@ -308,21 +324,15 @@ class YieldStats:
         self._forget_series()  # they point into the counters just replaced
 
 
-def _repeats_previous_action(interaction: Interaction) -> bool:
-    """True when the action is the same as the session's previous assistant action."""
-    action = interaction.action
-    for message in reversed(interaction.context):
-        if message.role == "assistant":
-            if message.content != action.content:
-                return False
-            calls, again = message.tool_calls, action.tool_calls
-            if len(calls) != len(again):
-                return False
-            for call, other in zip(calls, again, strict=True):
-                if call.name != other.name or call.arguments != other.arguments:
-                    return False
-            return True
-    return False
+def _same_calls(message: Message, action: Message) -> bool:
+    """Whether two messages call the same tools with the same arguments, in the same order."""
+    calls, again = message.tool_calls, action.tool_calls
+    if len(calls) != len(again):
+        return False
+    for call, other in zip(calls, again, strict=True):
+        if call.name != other.name or call.arguments != other.arguments:
+            return False
+    return True
 
 
 class YieldCollector(Collector):

@@ -35,7 +35,7 @@ from nextstate.extractors.types import Message, ScoredTuple, ToolCall
 
 # One pattern per type, each behind a cheap guard (``in`` scans run at C speed), so that the
 # common string (nothing to redact) costs a few substring checks, not a regex scan.
-_SECRET = re.compile(
+_SECRET_PATTERN = (
     r"\b(?:sk|pk|rk)-(?:proj-|live-|test-|ant-)?[A-Za-z0-9_-]{16,}"
     r"|\b(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}"
     r"|\bAKIA[0-9A-Z]{16}\b"
@@ -45,8 +45,12 @@ _SECRET = re.compile(
     r"|(?<=Bearer )[A-Za-z0-9._~+/-]{16,}=*"
     r"|(?<=[\"' ])(?:[Aa]pi[_-]?[Kk]ey|[Tt]oken|[Ss]ecret|[Pp]assword|[Pp]asswd)[\"']?\s*[:=]"
     r"\s*[\"']?[^\s\"',;]{8,}"
-    r"|^(?:[Aa]pi[_-]?[Kk]ey|[Tt]oken|[Ss]ecret|[Pp]assword)\s*[:=]\s*[\"']?[^\s\"',;]{8,}",
-    re.M)
+    r"|^(?:[Aa]pi[_-]?[Kk]ey|[Tt]oken|[Ss]ecret|[Pp]assword)\s*[:=]\s*[\"']?[^\s\"',;]{8,}")
+# Every match starts with one of these characters, or right after "Bearer ". Asserting that
+# first lets the engine leave every other position at once (the bare alternation tries each
+# branch's lookbehinds and word boundaries at every character: 3-4x slower on real text); the
+# matches are the same (tests/extractors/test_redact.py compares them).
+_SECRET = re.compile(r"(?:(?=[AaePgprSsTtx])|(?<=Bearer ))(?:" + _SECRET_PATTERN + ")", re.M)
 
 
 def _may_hold_secret(text: str) -> bool:
@@ -64,10 +68,12 @@ _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-
 _DIGIT_RUN = re.compile(r"\d[\d ().+-]{7,}\d")
 # Cards before phones in one alternation: a Luhn-invalid 16-digit id is kept whole rather
 # than cut into phone-shaped pieces.
-_NUMBER = re.compile(
+_NUMBER_PATTERN = (
     r"(?P<CARD>(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-]))"
     r"|(?P<PHONE>(?<![\w+.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}"
     r"[\s.-]\d{3,4}(?![\w-]|\.\d)|(?<![\w+])\+\d{7,14}\b)")
+# Every match starts with a digit, "+" or "(": the same guard as _SECRET's.
+_NUMBER = re.compile(r"(?=[\d+(])(?:" + _NUMBER_PATTERN + ")")
 _KEY_PREFIX = re.compile(r"^[A-Za-z_-]+[\"']?\s*[:=]\s*[\"']?")
 MESSAGE_CACHE_ENTRIES = 8192
 MESSAGE_CACHE_CHARS = 16_000_000
@@ -273,7 +279,7 @@ class Redactor:
         if size <= _SHORT_CONTEXT:  # a few memo hits cost less than the bookkeeping
             if not size:
                 return context
-            redacted = self._redact_messages(context, 0)
+            redacted = self._redact_messages(context, 0)[0]
             self._last_context = (session_id, context, redacted)
             return redacted
         contexts = self._contexts
@@ -291,9 +297,8 @@ class Redactor:
             # its last message object with the previous one is not an extension of it.
             if known <= size and context[:known] == known_context:
                 start, chars = known, known_chars
-        for index in range(start, size):
-            chars += len(context[index].content)
-        tail = self._redact_messages(context, start)
+        tail, tail_chars = self._redact_messages(context, start)
+        chars += tail_chars
         if not start:
             redacted = tail
         elif known_redacted is known_context and tail is context:
@@ -302,19 +307,21 @@ class Redactor:
             redacted = known_redacted + (tail[start:] if tail is context else tail)
         contexts.put(session_id, (context, redacted, chars), chars + 1)
         # A context too big to keep is not: the shortcut above counts on the session's entry.
-        self._last_context = ((session_id, context, redacted) if chars + 1 <= contexts.max_size
+        self._last_context = ((session_id, context, redacted) if chars < contexts.max_size
                               else _NO_CALL)
         return redacted
 
     def _redact_messages(self, context: tuple[Message, ...],
-                         start: int) -> tuple[Message, ...]:
-        """``context[start:]`` redacted message by message, in order; ``context`` itself
-        when none of them changed."""
+                         start: int) -> tuple[tuple[Message, ...], int]:
+        """``context[start:]`` redacted message by message, in order (``context`` itself when
+        none of them changed), and the characters of their contents."""
         entries = self._messages.entries
         get, refresh = entries.get, entries.move_to_end
         changed: list[Message] | None = None
+        chars = 0
         for index in range(start, len(context)):
             message = context[index]
+            chars += len(message.content)
             entry = get(message)
             if entry is None:
                 redacted = self._redact_new_message(message)
@@ -328,27 +335,52 @@ class Redactor:
             elif redacted is not message:
                 changed = list(context[start:index])
                 changed.append(redacted)
-        return context if changed is None else tuple(changed)
+        return (context if changed is None else tuple(changed)), chars
 
     def __call__(self, scored: ScoredTuple) -> ScoredTuple:
         """The tuple with every text field redacted (the same object if nothing changed)."""
         if not self.enabled:
             return scored
-        context = self.redact_context(scored.session_id, scored.context)
-        action = self.redact_message(scored.action)
-        excerpt = self.redact_text(scored.next_state_excerpt)
+        # redact_context, redact_message and redact_text inlined where they would return
+        # at once (the next tuple of an interaction, a memo hit, the same excerpt object).
+        context = scored.context
+        last_call = self._last_context
+        if context is last_call[1] and scored.session_id == last_call[0] and (
+                len(context) > _SHORT_CONTEXT or self._messages.refresh(context)):
+            redacted_context = last_call[2]
+        else:
+            redacted_context = self.redact_context(scored.session_id, context)
+        action = scored.action
+        messages = self._messages.entries
+        entry = messages.get(action)
+        if entry is None:
+            redacted_action = self._redact_new_message(action)
+        else:
+            messages.move_to_end(action)
+            redacted_action = entry[0]
+            if redacted_action is _UNCHANGED:
+                redacted_action = action
+        excerpt = scored.next_state_excerpt
+        if excerpt:
+            last_text = self._last_text
+            redacted_excerpt = (last_text[1] if excerpt is last_text[0]
+                                else self.redact_text(excerpt))
+        else:
+            redacted_excerpt = excerpt
         hint = scored.hint
-        if hint:
-            hint = self.redact_text(hint)
-        chosen = self.redact_message(scored.chosen) if scored.chosen else None
-        rejected = self.redact_message(scored.rejected) if scored.rejected else None
-        if (context is scored.context and action is scored.action
-                and excerpt == scored.next_state_excerpt and hint == scored.hint
+        redacted_hint = self.redact_text(hint) if hint else hint
+        chosen, rejected = scored.chosen, scored.rejected
+        if chosen is not None:
+            chosen = self.redact_message(chosen)
+        if rejected is not None:
+            rejected = self.redact_message(rejected)
+        if (redacted_context is context and redacted_action is action
+                and redacted_excerpt == excerpt and redacted_hint == hint
                 and chosen is scored.chosen and rejected is scored.rejected):
             return scored
-        return msgspec.structs.replace(scored, context=context, action=action,
-                                       next_state_excerpt=excerpt, hint=hint, chosen=chosen,
-                                       rejected=rejected)
+        return msgspec.structs.replace(scored, context=redacted_context, action=redacted_action,
+                                       next_state_excerpt=redacted_excerpt, hint=redacted_hint,
+                                       chosen=chosen, rejected=rejected)
 
     def state_dict(self) -> dict[str, dict[str, int]]:
         """The redaction counts (the cache is rebuilt on demand)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from nextstate.extractors import redact
@@ -310,3 +312,42 @@ def test_text_memo_is_emptied_when_full_and_stays_bounded() -> None:
         redactor.redact_text(f"write to u{k}@example.com")
         assert len(redactor._texts) <= 4 and redactor._texts_chars <= 1_000
     assert redactor.counts == {"EMAIL": 10}
+
+
+def _matches(pattern: re.Pattern[str], text: str) -> list[tuple[tuple[int, int], str | None]]:
+    return [(m.span(), m.lastgroup) for m in pattern.finditer(text)]
+
+
+_PIECES = ["sk-", "pk-proj-", "ghp_", "github_pat_", "AKIA", "AIza", "xoxb-", "eyJ", ".eyJ",
+           "Bearer ", "api_key", "Api-Key", "token", "Secret", "password", "passwd", "=", ": ",
+           '"', "'", " ", "\n", "abcdefgh", "ABCDEFGHIJKLMNOP", "0123456789", "4111 1111 1111 1111",
+           "+1 ", "(415) ", "555-0132", "020 7946 0958", "+44", "-", ".", "_", "/", "~", "x"]
+
+
+# One string per alternative of the secret and number patterns (each first character).
+_EVERY_ALTERNATIVE = [
+    "x sk-proj-abcdefghijklmnop1234 pk-abcdefghijklmnop rk-live-abcdefghijklmnop",
+    "ghp_abcdefghijklmnopqrstuvwxyz github_pat_abcdefghijklmnopqrstu",
+    "AKIAIOSFODNN7EXAMPLE xoxb-1234567890ab AIzaabcdefghijklmnopqrstuvwxyz012345678",
+    "eyJabcdefgh.eyJabcdefgh.abcdefghij", "Authorization: Bearer abcdefghijklmnop1234==",
+    'x api_key=abcdefgh12 "Api-Key": "abcdefgh12" \'token: abcdefgh12',
+    " Secret=abcdefgh12 password: abcdefgh12 Passwd=abcdefgh12 Token=abcdefgh12",
+    "api_key: abcdefgh12\ntoken=abcdefgh12\nSecret: abcdefgh12\nPassword=abcdefgh12",
+    "card 4111 1111 1111 1111, 4111-1111-1111-1112", "call +1 (415) 555-0132 or 020 7946 0958",
+    "(415) 555-0132, +4412345678, 555.123.4567",
+]
+
+
+@example(_EVERY_ALTERNATIVE)
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=30).map("".join), max_size=5))
+def test_guarded_patterns_match_what_the_bare_patterns_match(texts: list[str]) -> None:
+    """The first-character guards in front of the secret and number patterns change which
+    positions are tried, never which matches are found (spans and named groups)."""
+    for text in texts:
+        _assert_same_matches(text)
+
+
+def _assert_same_matches(text: str) -> None:
+    assert _matches(redact._SECRET, text) == \
+        _matches(re.compile(redact._SECRET_PATTERN, re.M), text)
+    assert _matches(redact._NUMBER, text) == _matches(re.compile(redact._NUMBER_PATTERN), text)
