@@ -372,9 +372,10 @@ class UserReplyExtractor:
             memo_entries, memo_entries * 512)
         # Request text -> its lowered text and words, for the rephrase rule: a request is
         # the previous request of every reply until the next one, and the sessions that
-        # interleave in a stream each have their own.
+        # interleave in a stream each have their own. Bounded by entries and by characters
+        # (each entry holds the request, its lowered copy and its words).
         self._requests: LruCache[tuple[str, frozenset[str]]] = LruCache(
-            memo_entries, memo_entries * 4096)
+            memo_entries, memo_entries * 512)
 
     def _request(self, request: str) -> tuple[str, frozenset[str]]:
         words = self._requests.get(request)
