@@ -76,8 +76,9 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
     Args:
         value: the record's bytes.
         key: the Kafka key: the session id of a record that names none.
-        known: the request bytes held per session (default: those of the last
-            :func:`use_known_requests` source, the join fed last); only speed depends on them.
+        known: the request bytes held per session, as :meth:`KnownRequests.known_request`
+            describes them (default: the last :func:`use_known_requests` source, the join fed
+            last); whether they are this session's, or still current, only changes the speed.
 
     Raises:
         BadRecord: the record fits no shape (its reason goes to the dead letters).
