@@ -236,7 +236,7 @@ def test_lazy_decoding_joins_exactly_as_a_full_decode(rnd):
 def test_ingest_cuts_out_the_bytes_the_joiner_holds():
     """The joiner fed last lends ingest its sessions' request bytes: a session's later
     records arrive with those bytes never scanned, and join as fully decoded ones do."""
-    history = [SYSTEM, user("x" * 2_000)]
+    history = [SYSTEM, user("x" * ingest._MIN_SPLICE)]  # long enough to be worth cutting
     values = []
     for n in range(4):
         values.append(line(exchange("s", history, assistant(f"answer {n}"))))
