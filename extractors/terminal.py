@@ -305,6 +305,7 @@ class TerminalExtractor:
         tools: names of the terminal tools (defaults: bash, shell, terminal, run_command, ...).
         history: how many earlier messages to search for the previous test summary.
         excerpt_chars: how much of the output to keep (its tail: summaries sit at the end).
+        cache_entries: how many outputs' readings to keep (bounded in characters too).
     """
 
     reads = frozenset({"tool"})  # see registry.Dispatch

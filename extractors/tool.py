@@ -193,14 +193,16 @@ def classify_tool_result(text: str) -> tuple[str, float, float]:
 
 
 class ToolReading(NamedTuple):
-    """How one tool result reads: :func:`classify_tool_result` and the expected-value hint."""
+    """How one tool result reads: :func:`classify_tool_result` and the expected-value hint.
+
+    ``hint`` is the stripped text of :func:`_expected_hint` for an error (``None``: none, or
+    not an error, i.e. not a negative reading other than ``empty``).
+    """
 
     label: str
     reward: float
     confidence: float
     hint: str | None
-    """The stripped text of :func:`_expected_hint` for an error (``None``: none, or not an
-    error: a negative reading other than ``empty``)."""
 
 
 def read_tool_result(content: str) -> ToolReading:
@@ -239,8 +241,7 @@ class ToolResultExtractor:
         # "Unknown tool: x") and recur across sessions: read each short result once.
         # Bounded; long results are rarely repeated and skip it.
         self.memo_chars = memo_chars
-        self._readings: LruCache[ToolReading] = LruCache(memo_entries,
-                                                        memo_entries * max(memo_chars, 1))
+        self._readings: LruCache[ToolReading] = LruCache(memo_entries, memo_entries * 256)
 
     def _read(self, content: str) -> ToolReading:
         if len(content) > self.memo_chars:

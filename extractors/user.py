@@ -364,7 +364,7 @@ class UserReplyExtractor:
                  memo_entries: int = 4096, memo_chars: int = 80) -> None:
         self.excerpt_chars = excerpt_chars
         self.min_confidence = min_confidence
-        # Short replies ("thanks!", "no, ok, next") recur across sessions: read each once
+        # Short replies ("thanks!", "no", "ok, next") recur across sessions: read each once
         # (all but the rephrase rule, which needs the request; the memo keeps the lowered
         # text and words it compares). Bounded; long replies are rarely repeated and skip it.
         self.memo_chars = memo_chars
