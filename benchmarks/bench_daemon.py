@@ -67,7 +67,7 @@ def core_loop(values: list[bytes]) -> tuple[float, int]:
     start = time.process_time()
     for offset, value in enumerate(values):
         closed = []
-        for record, shape in ingest.decode_records(value, None):
+        for record, shape in ingest.decode_records(value, None, joiner):
             closed += joiner.feed(record, shape, 0.0, ("bench", 0, offset), len(value))
         for interaction in closed:
             for _, extractor in dispatch(interaction):

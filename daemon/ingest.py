@@ -20,7 +20,6 @@ they were cut).
 
 from __future__ import annotations
 
-import weakref
 from typing import Protocol
 
 import msgspec
@@ -41,8 +40,6 @@ class KnownRequests(Protocol):
         commas, as a JSON decoder accepted them (else ``None``)."""
 
 
-_default_known: weakref.ref[KnownRequests] | None = None
-
 # Spliced in place of the known messages: a JSON string (no quote, backslash, bracket, comma
 # or whitespace in it, so it cannot be formed across the splice) that the record must not
 # hold, then the comma that followed them.
@@ -55,14 +52,6 @@ _MIN_SPLICE = 4096
 _SESSION_KEY = b'"session_id"'
 _LAZY_DECODE = wire.LAZY_DECODER.decode
 _force_setattr = msgspec.structs.force_setattr
-
-
-def use_known_requests(source: KnownRequests) -> None:
-    """Make ``source`` the default :class:`KnownRequests` of :func:`decode_records` (held
-    weakly: the join calls this, and the joiner fed last is the one fed next)."""
-    global _default_known
-    if _default_known is None or _default_known() is not source:
-        _default_known = weakref.ref(source)
 
 
 def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None = None
@@ -78,8 +67,8 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
         value: the record's bytes.
         key: the Kafka key: the session id of a record that names none.
         known: the request bytes held per session, as :meth:`KnownRequests.known_request`
-            describes them (default: the last :func:`use_known_requests` source, the join fed
-            last); whether they are this session's, or still current, only changes the speed.
+            describes them (the pipeline passes its joiner; ``None``: nothing is cut out);
+            whether they are this session's, or still current, only changes the speed.
 
     Raises:
         BadRecord: the record fits no shape (its reason goes to the dead letters).
@@ -92,8 +81,6 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
         otlp = otel.looks_like_otlp_json(value) or otel.looks_like_otlp_proto(value)
     if otlp:
         return otel.decode_batch(value)
-    if known is None and _default_known is not None:
-        known = _default_known()
     record = None
     if known is not None and type(value) is bytes:
         record = _decode_spliced(value, key, known)

@@ -51,7 +51,7 @@ from typing import Any
 
 import msgspec
 
-from nextstate.daemon import anthropic, ingest, otel, wire
+from nextstate.daemon import anthropic, otel, wire
 from nextstate.daemon.wire import BadRecord, WireRecord
 from nextstate.extractors.types import ClosedBy, Feedback, Interaction, Message, ToolCall, Usage
 
@@ -349,8 +349,6 @@ class SessionJoiner:
         # message (every message in it type-checked by now).
         session.known_bytes = None if array is None else array[:-1].rstrip()
         session.known_count = len(messages)
-        if array is not None:
-            ingest.use_known_requests(self)
         return closed
 
     def _transcript(self, session_id: str, record: WireRecord, now: float,

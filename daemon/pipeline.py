@@ -141,7 +141,8 @@ class Pipeline:
             if len(value) > self.config.join.max_record_bytes:
                 raise BadRecord("too_large", f"{len(value)} bytes > join.max_record_bytes="
                                 f"{self.config.join.max_record_bytes}")
-            decoded = ingest.decode_records(value, key)  # an OTLP batch holds many spans
+            # An OTLP batch holds many spans; the joiner lends the request bytes it holds.
+            decoded = ingest.decode_records(value, key, self.joiner)
             if self.use_event_time:
                 for record, _ in decoded:
                     if record.ts is not None:

@@ -205,7 +205,7 @@ def _outputs(values: list[bytes], lazy: bool) -> list:
     for offset, value in enumerate(values):
         try:
             if lazy:
-                decoded = ingest.decode_records(value, None)
+                decoded = ingest.decode_records(value, None, joiner)
             else:
                 record = wire.decode(value)
                 decoded = [(record, wire.classify(record))]
@@ -234,8 +234,8 @@ def test_lazy_decoding_joins_exactly_as_a_full_decode(rnd):
 
 
 def test_ingest_cuts_out_the_bytes_the_joiner_holds():
-    """The joiner fed last lends ingest its sessions' request bytes: a session's later
-    records arrive with those bytes never scanned, and join as fully decoded ones do."""
+    """The joiner lends ingest its sessions' request bytes: a session's later records arrive
+    with those bytes never scanned, and join as fully decoded ones do."""
     history = [SYSTEM, user("x" * ingest._MIN_SPLICE)]  # long enough to be worth cutting
     values = []
     for n in range(4):
@@ -243,7 +243,7 @@ def test_ingest_cuts_out_the_bytes_the_joiner_holds():
         history = [*history, assistant(f"answer {n}"), user(f"more {n}")]
     joiner, kinds = SessionJoiner(), []
     for value in values:
-        for record, shape in ingest.decode_records(value, None):
+        for record, shape in ingest.decode_records(value, None, joiner):
             kinds.append(type(record.request.messages).__name__)
             joiner.feed(record, shape, 0.0)
     assert kinds == ["Raw", "bytes", "bytes", "bytes"]
