@@ -264,7 +264,7 @@ class YieldStats:
     def total(self, name: str, **labels: str) -> float:
         """Sum of the series of ``name`` whose labels include ``labels``."""
         want = set(labels.items())
-        return sum(v[0] for (n, ls), v in self._counters.items()
+        return sum(v[0] for (n, ls), v in list(self._counters.items())  # (see items())
                    if n == name and want <= set(ls))
 
     def signal_per_interaction(self) -> float:
@@ -274,14 +274,16 @@ class YieldStats:
 
     def window_signal_per_interaction(self) -> float:
         """Tuples per closed interaction over the last ``window_s`` seconds."""
-        self._trim(float(int(self._clock())))
-        n = sum(b[1] for b in self._window)
-        return sum(b[2] for b in self._window) / n if n else 0.0
+        # Read, not trimmed: a scrape runs on another thread than the one that appends.
+        since = float(int(self._clock())) - self.window_s
+        buckets = [b for b in list(self._window) if b[0] > since]
+        n = sum(b[1] for b in buckets)
+        return sum(b[2] for b in buckets) / n if n else 0.0
 
     def snapshot(self) -> dict[str, float]:
         """Every counter as ``{series_key: value}`` (``_total`` suffixed), plus the gauges."""
         snap = {series_key(name + "_total", labels): value[0]
-                for (name, labels), value in self._counters.items()}
+                for (name, labels), value in list(self._counters.items())}
         snap["signal_per_interaction"] = self.signal_per_interaction()
         snap["signal_per_interaction_window"] = self.window_signal_per_interaction()
         return snap
@@ -306,8 +308,13 @@ class YieldStats:
         return rows
 
     def items(self) -> Iterator[tuple[str, Labels, float]]:
-        """``(name, labels, value)`` for every counter series."""
-        for (name, labels), value in self._counters.items():
+        """``(name, labels, value)`` for every counter series.
+
+        Safe to call from another thread than the pipeline's (the metrics scrape): it reads a
+        copy of the series, taken at once (``list`` of a dict runs no Python code, so the GIL
+        is not released), as the pipeline may add a series meanwhile.
+        """
+        for (name, labels), value in list(self._counters.items()):
             yield name, labels, value[0]
 
     def state_dict(self) -> dict[str, list[list[object]]]:

@@ -144,3 +144,18 @@ def test_set_total_overwrites_a_series_the_hot_path_also_counts():
     stats.set_total("records", (("shape", "exchange"),), 10)
     stats.observe_record("exchange")
     assert stats.total("records", shape="exchange") == 11
+
+
+def test_reading_the_series_survives_a_series_added_meanwhile():
+    """The metrics scrape reads the series on its own thread while the pipeline may add one:
+    a reader part-way through gets the series as they were, not "dictionary changed size
+    during iteration"."""
+    stats = YieldStats()
+    stats.observe_record("transcript")
+    stats.inc("dead_letters", (("reason", "decode"),))
+    reading = stats.items()
+    first = next(reading)
+    stats.inc("dead_letters", (("reason", "schema"),))  # the pipeline, between two reads
+    rest = list(reading)
+    assert [first[0]] + [name for name, _, _ in rest] == ["records", "dead_letters"]
+    assert stats.total("dead_letters") == 2.0
