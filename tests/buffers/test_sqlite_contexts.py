@@ -134,6 +134,29 @@ def test_branches_and_out_of_order_contexts_read_back_exactly(tmp_path):
     reopened.close()
 
 
+def test_a_branch_is_inline_until_the_session_goes_on_from_it(tmp_path):
+    """A context that does not extend the session's chain is stored inline; one that
+    extends that inline branch (the next turn after an edit) starts the session's new chain.
+    Contexts that never extend each other stay inline after the first."""
+    path = tmp_path / "b.sqlite3"
+    store = SQLiteStorage(path, 100)
+    a = history("s", 4)
+    edited = history("s", 4, edit=2)
+    after_edit = grow(edited, "s", 2)
+    items = [scored("s", 1, a), scored("s", 2, edited), scored("s", 3, after_edit),
+             scored("s", 4, grow(after_edit, "s", 2))]
+    items += [scored("u", k, (Message("user", f"unrelated {k}"),)) for k in range(5)]
+    write(store, items)
+    store.close()
+    inline = rows(path, "SELECT key FROM tuples WHERE chain IS NULL ORDER BY seq")
+    assert [msgspec.json.decode(key)[0] for (key,) in inline] == [
+        t.interaction_id for t in (items[1], *items[5:])]
+    assert stored_messages(path) == 4 + 6 + 2 + 1
+    reopened = SQLiteStorage(path, 100)
+    assert list(reopened.iter_tuples()) == items
+    reopened.close()
+
+
 def test_a_history_cache_miss_reads_the_chain_back(tmp_path):
     """With one cached session, interleaved sessions still extend their own chains, and
     so does a session continued after reopening (cold cache)."""
