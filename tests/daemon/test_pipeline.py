@@ -249,3 +249,32 @@ def test_retries_and_regenerations_change_nothing_but_their_counters(tmp_path):
     assert messy_run.stats.total("interactions") == clean_run.stats.total("interactions") + 1
     assert messy_run.stats.total("interactions_with_signal") == \
         clean_run.stats.total("interactions_with_signal")
+
+
+def test_a_record_with_a_bad_timestamp_loses_nothing_else(tmp_path):
+    """On wall time (Kafka), a record whose ``ts`` is not a time goes to the DLQ before the
+    join sees it: the action it would have closed is still pending, and the next good record
+    of the session closes it as the clean session does."""
+    records = weather_session("s", '{"temp_c": 18}')
+    clean = Pipeline(config_for(tmp_path / "clean", source="kafka", event_time="wall"))
+    for offset, record in enumerate(records):
+        clean.process(line(record), None, "t", 0, offset)
+    clean.finish()
+    expected = clean.stats.total("interactions"), clean.stats.total("tuples")
+    clean.close()
+
+    bad = {**records[1], "ts": "yesterday at noon"}
+    pipeline = Pipeline(config_for(tmp_path / "bad", source="kafka", event_time="wall"))
+    for reserialize in (False, True):  # byte-equal history (the join's short path) or not
+        pipeline.process(line(records[0]), None, "t", 0, 0)
+        value = json.dumps(bad, indent=1).encode() if reserialize else line(bad)
+        pipeline.process(value, None, "t", 0, 1)
+        for offset, record in enumerate(records[1:], 2):
+            pipeline.process(line(record), None, "t", 0, offset)
+        pipeline.finish()
+        records = [{**r, "session_id": "s2"} for r in records]
+        bad = {**bad, "session_id": "s2"}
+    expected = tuple(2 * n for n in expected)
+    assert pipeline.stats.total("dead_letters", reason="schema") == 2
+    assert (pipeline.stats.total("interactions"), pipeline.stats.total("tuples")) == expected
+    pipeline.close()
