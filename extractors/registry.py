@@ -157,13 +157,4 @@ class Dispatch(Generic[E]):
             for kinds in range(8))
 
     def __call__(self, interaction: Interaction) -> tuple[E, ...]:
-        # next_state_kinds inlined: this runs once per interaction, ahead of every extractor.
-        kinds = 4 if interaction.feedback else 0
-        calls = bool(interaction.action.tool_calls)
-        for message in interaction.next_state:
-            role = message.role
-            if role == "user":
-                kinds |= 1
-            elif role == "tool" and calls:
-                kinds |= 2
-        return self._table[kinds]
+        return self._table[next_state_kinds(interaction)]

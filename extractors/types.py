@@ -173,6 +173,15 @@ class ScoredTuple(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
         return (self.interaction_id, self.extractor, self.kind)
 
 
+def _clamp(value: float, low: float, high: float) -> float:
+    """``min(high, max(low, value))`` (NaN reads as ``low``), down to which float object is
+    kept: a bound comes back as the caller's own object, which is the field's default object
+    (one constant per module), and omit_defaults compares floats by identity."""
+    value = float(value)
+    value = value if value > low else low
+    return value if value < high else high
+
+
 def tuple_from(
     interaction: Interaction,
     *,
@@ -194,14 +203,8 @@ def tuple_from(
     Clamps ``reward`` to [-1, 1] and ``confidence`` to [0, 1] so that no extractor can emit
     an out-of-range score (NaN reads as the lower bound).
     """
-    # min(hi, max(lo, x)) spelled out, down to which float object is kept: the bound itself
-    # is the field's default object, and omit_defaults compares floats by identity.
-    reward = float(reward)
-    reward = reward if reward > -1.0 else -1.0
-    reward = reward if reward < 1.0 else 1.0
-    confidence = float(confidence)
-    confidence = confidence if confidence > 0.0 else 0.0
-    confidence = confidence if confidence < 1.0 else 1.0
+    reward = _clamp(reward, -1.0, 1.0)
+    confidence = _clamp(confidence, 0.0, 1.0)
     usage = interaction.usage
     # Positional, in ScoredTuple's field order (tests/extractors/test_types.py checks it):
     # five times cheaper than keywords, and every extractor builds one or two per interaction.
@@ -221,12 +224,8 @@ def evaluative(interaction: Interaction, extractor: str, source: Source, excerpt
     The extractors build one or two tuples per interaction; keywords cost more than the
     tuple itself. Same clamping and the same float objects as :func:`tuple_from`.
     """
-    reward = float(reward)
-    reward = reward if reward > -1.0 else -1.0
-    reward = reward if reward < 1.0 else 1.0
-    confidence = float(confidence)
-    confidence = confidence if confidence > 0.0 else 0.0
-    confidence = confidence if confidence < 1.0 else 1.0
+    reward = _clamp(reward, -1.0, 1.0)
+    confidence = _clamp(confidence, 0.0, 1.0)
     usage = interaction.usage
     return ScoredTuple(
         interaction.interaction_id, interaction.session_id, extractor, "evaluative", source,
@@ -243,9 +242,7 @@ def directive(interaction: Interaction, extractor: str, source: Source, excerpt:
 
     The reward is left at its default (the field's own ``0.0`` object: omitted when encoded).
     """
-    confidence = float(confidence)
-    confidence = confidence if confidence > 0.0 else 0.0
-    confidence = confidence if confidence < 1.0 else 1.0
+    confidence = _clamp(confidence, 0.0, 1.0)
     usage = interaction.usage
     return ScoredTuple(
         interaction.interaction_id, interaction.session_id, extractor, "directive", source,
