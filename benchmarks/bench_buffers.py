@@ -217,7 +217,7 @@ every few seconds, each a few ticks' worth of batches)."""
 def call_log_figures(sessions: int, turns: int, repeat: int) -> None:
     """Bytes and CPU per stored tuple of the durable buffers fed by the call-log pipeline."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_daemon import EXTRACTORS, call_logs
+    from bench_daemon import EXTRACTORS, call_logs, feed
 
     from nextstate.buffers import BufferSet
     from nextstate.daemon.config import load_config
@@ -238,12 +238,7 @@ def call_log_figures(sessions: int, turns: int, repeat: int) -> None:
 
                 pipeline.buffers.extend = recording  # type: ignore[method-assign]
             start = time.process_time()
-            for offset, value in enumerate(values):
-                pipeline.process(value, None, "bench", 0, offset)
-                if offset % 500 == 499:
-                    pipeline.tick()
-            pipeline.finish()
-            pipeline.checkpoint()
+            feed(pipeline, values)
             seconds = time.process_time() - start
             stored = sum(len(rb) for rb in pipeline.buffers.buffers.values())
             pipeline.close()

@@ -85,19 +85,25 @@ def best_core_loop(values: list[bytes], repeat: int) -> tuple[float, int]:
     return min(core_loop(values) for _ in range(max(1, repeat)))
 
 
+def feed(pipeline: Pipeline, values: list[bytes]) -> None:
+    """Every record through ``Pipeline.process``, a ``tick`` every 500 records (as the Kafka
+    source does after each poll: it writes the waiting tuples), the end of input and the
+    final checkpoint."""
+    for offset, value in enumerate(values):
+        pipeline.process(value, None, "bench", 0, offset)
+        if offset % 500 == 499:
+            pipeline.tick()
+    pipeline.finish()
+    pipeline.checkpoint()
+
+
 def full_pipeline(values: list[bytes]) -> tuple[float, int]:
-    """``Pipeline.process`` with redaction and SQLite buffers, a ``tick`` every 500 records
-    (as the Kafka source does after each poll: it writes the waiting tuples), plus the final
-    checkpoint (wall time: the fsyncs of the durable store are part of the cost)."""
+    """:func:`feed` through a pipeline with redaction and SQLite buffers (wall time: the
+    fsyncs of the durable store are part of the cost)."""
     with tempfile.TemporaryDirectory() as state:
         pipeline = Pipeline(load_config(None, state_dir=state, extractors=EXTRACTORS))
         start = time.perf_counter()
-        for offset, value in enumerate(values):
-            pipeline.process(value, None, "bench", 0, offset)
-            if offset % 500 == 499:
-                pipeline.tick()
-        pipeline.finish()
-        pipeline.checkpoint()
+        feed(pipeline, values)
         elapsed = time.perf_counter() - start
         interactions = int(pipeline.stats.total("interactions"))
         pipeline.close()
