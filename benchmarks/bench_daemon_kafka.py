@@ -1,6 +1,7 @@
 """Daemon load benchmarks against a real Kafka-protocol broker (Tansu on loopback), and memory.
 
     python benchmarks/bench_daemon_kafka.py throughput [--sessions 500] [--profile]
+    python benchmarks/bench_daemon_kafka.py throughput --daemons 2 [--sessions 2000]
     python benchmarks/bench_daemon_kafka.py latency [--rate 2000] [--seconds 20]
     python benchmarks/bench_daemon_kafka.py rss [--capacity 2000] [--factor 10]
 
@@ -8,7 +9,12 @@
   checkpoints and commits) vs a bare kafka-python loop that only ``json.loads`` each record, over
   the same topic on the same broker; records/s from first to last record, and the ratio; also
   each side's process CPU per record (the ratio of those is steadier on a shared machine).
-  ``--profile`` prints a pyinstrument profile of the daemon's consume thread.
+  ``--profile`` prints a pyinstrument profile of the daemon's consume thread; the broker's
+  CPU per record is printed too (it shares the machine's cores).
+  ``--daemons N``: N daemon processes in one consumer group (each its own buffer shard, as
+  in the README's scale-out) over a topic of ``--partitions`` (6), vs the bare loop; their
+  records/s once the group is stable (the first daemon holds every partition until the
+  others join).
 - ``latency``: records produced at a fixed rate (interactions/s: each exchange closes one) by
   a producer in its own process; p50/p99 from a record's produce to the checkpoint that made
   its tuples durable.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -48,11 +55,11 @@ PARTITIONS = 3
 EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
 
 
-def daemon_config(state: str, bootstrap: str, topic: str, **extra):
+def daemon_config(state: str, bootstrap: str, topic: str, group: str | None = None, **extra):
     return load_config(None, source="kafka", state_dir=state, extractors=EXTRACTORS,
                        progress="off", **extra,
                        **{"kafka.bootstrap_servers": [bootstrap], "kafka.topic": topic,
-                          "kafka.group_id": f"bench-{uuid.uuid4().hex[:6]}",
+                          "kafka.group_id": group or f"bench-{uuid.uuid4().hex[:6]}",
                           "kafka.session_timeout_ms": 6000, "kafka.heartbeat_interval_ms": 1000,
                           "kafka.max_poll_interval_ms": 6000, "kafka.poll_timeout_ms": 100})
 
@@ -130,7 +137,8 @@ def produce(bootstrap: str, topic: str, records: list[dict]) -> None:
     producer.close()
 
 
-def bare_consume(bootstrap: str, topic: str, total: int) -> tuple[float, float]:
+def bare_consume(bootstrap: str, topic: str, total: int, partitions: int = PARTITIONS
+                 ) -> tuple[float, float]:
     """Records/s and CPU us/record of a plain consumer that only parses each value.
 
     kafka-python's defaults (``max_poll_records`` 500 is the default, spelled out), no
@@ -138,7 +146,7 @@ def bare_consume(bootstrap: str, topic: str, total: int) -> tuple[float, float]:
     """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              max_poll_records=500)
-    consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
     consumer.seek_to_beginning()
     count, first, cpu_first = 0, 0.0, 0.0
     while count < total:
@@ -154,7 +162,90 @@ def bare_consume(bootstrap: str, topic: str, total: int) -> tuple[float, float]:
     return count / elapsed, cpu / count * 1e6
 
 
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def group_worker(state: str, bootstrap: str, topic: str, group: str, stop: Any, high: Any,
+                 conn: Any) -> None:
+    """One daemon of a consumer group, in its own process (``throughput --daemons``): runs
+    until ``stop`` is set, keeping ``high[partition]`` at the highest offset processed + 1
+    by any daemon, then sends back each processed record's (time, partition, offset) and
+    the process's CPU seconds."""
+    config = daemon_config(state, bootstrap, topic, group)
+    pipeline = Pipeline(config)
+    seen: list[tuple[float, int, int]] = []
+    process = pipeline.process
+
+    def timed_process(value, key, topic, partition, offset):
+        process(value, key, topic, partition, offset)
+        seen.append((time.perf_counter(), partition, offset))  # CLOCK_MONOTONIC: one clock
+        if offset >= high[partition]:
+            high[partition] = offset + 1
+
+    pipeline.process = timed_process  # type: ignore[method-assign]
+    runner = KafkaRunner(pipeline, config, stop, Health(), Progress(pipeline.stats, False))
+    runner.run()
+    runner.close()
+    pipeline.close()
+    conn.send((seen, time.process_time()))
+
+
+def group_throughput(bootstrap: str, topic: str, daemons: int, partitions: int
+                     ) -> tuple[float, float, int, list[int]]:
+    """``daemons`` daemon processes in one consumer group over the topic (its records
+    produced before they start); returns records/s once the group was stable,
+    the CPU us per record of all of them together over the whole run, the records
+    processed twice (a rebalance hands a partition over from its last commit) and each
+    daemon's share of the records.
+
+    The first daemon to join takes every partition until the others join; the steady
+    rate starts at the last moment a daemon began a partition it had not read before.
+    """
+    group = f"bench-{uuid.uuid4().hex[:6]}"
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    # Processed, not committed: the commits stay behind the sessions whose last action is
+    # still pending (until they idle out), by design.
+    high = context.Array("q", partitions, lock=False)
+    pipes, workers = [], []
+    with tempfile.TemporaryDirectory() as root:
+        for n in range(daemons):
+            parent, child = context.Pipe()
+            worker = context.Process(target=group_worker, args=(
+                f"{root}/daemon-{n}", bootstrap, topic, group, stop, high, child))
+            worker.start()
+            pipes.append(parent)
+            workers.append(worker)
+        probe = KafkaConsumer(bootstrap_servers=bootstrap)
+        ends = probe.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        probe.close()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and any(
+                high[tp.partition] < end for tp, end in ends.items()):
+            time.sleep(0.05)  # watching the daemons' progress, not a sync
+        stop.set()
+        results = [pipe.recv() for pipe in pipes]
+        for worker in workers:
+            worker.join()
+    seen = [row for rows, _ in results for row in rows]
+    cpu = sum(cpu for _, cpu in results)
+    started: dict[tuple[int, int], float] = {}
+    for n, (rows, _) in enumerate(results):
+        for t, partition, _ in rows:
+            started.setdefault((n, partition), t)
+    stable = max(started.values())
+    steady = [t for t, _, _ in seen if t >= stable]
+    rate = (len(steady) - 1) / (max(steady) - stable) if len(steady) > 1 else 0.0
+    twice = len(seen) - len({(p, o) for _, p, o in seen})
+    return rate, cpu / len(seen) * 1e6, twice, [len(rows) for rows, _ in results]
+
+
 def throughput(args: argparse.Namespace) -> None:
+    if args.daemons > 1:
+        throughput_group(args)
+        return
     records = stream(args.sessions, 10)
     size = sum(len(json.dumps(r)) for r in records) / len(records)
     with tansu_broker() as broker, tempfile.TemporaryDirectory() as state:
@@ -162,7 +253,10 @@ def throughput(args: argparse.Namespace) -> None:
         broker.create_topic(topic, PARTITIONS)
         broker.create_topic(f"{topic}.dlq", 1)
         produce(broker.bootstrap, topic, records)
+        tansu = psutil.Process(broker.process.pid)
+        tansu_start = _cpu(tansu)
         bare, bare_cpu = bare_consume(broker.bootstrap, topic, len(records))
+        tansu_bare = (_cpu(tansu) - tansu_start) / len(records) * 1e6
         profiler = None
         if args.profile:
             from pyinstrument import Profiler
@@ -170,6 +264,7 @@ def throughput(args: argparse.Namespace) -> None:
             profiler = Profiler(interval=0.0005)
         pipeline, timed = run_daemon_until(daemon_config(state, broker.bootstrap, topic),
                                            len(records), profiler=profiler)
+        tansu_daemon = (_cpu(tansu) - tansu_start) / len(records) * 1e6 - tansu_bare
         daemon = (timed.count - 1) / (timed.last - timed.first)
     interactions = pipeline.stats.total("interactions")
     print(f"{len(records):,} records ({size / 1e3:.1f} KB each), {interactions:,.0f} interactions")
@@ -179,11 +274,35 @@ def throughput(args: argparse.Namespace) -> None:
     print(f"nextstate daemon (durable):     {daemon:>10,.0f} records/s "
           f"({daemon_cpu:,.0f} us CPU/record; "
           f"{daemon * interactions / len(records):,.0f} interactions/s)")
+    print(f"broker (Tansu) CPU while serving them: {tansu_bare:,.0f} us/record to the bare "
+          f"loop, {tansu_daemon:,.0f} us/record to the daemon (same machine, same cores)")
     print(f"CPU ratio bare/daemon: {bare_cpu / daemon_cpu:.2f} (the same ratio, less noisy "
           f"on a shared machine)")
     print(f"ratio daemon/bare: {daemon / bare:.2f}  (target >= 0.8)")
     if profiler is not None:
         print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+def throughput_group(args: argparse.Namespace) -> None:
+    """``throughput --daemons N``: the bare loop vs N daemon processes in one group."""
+    records = stream(args.sessions, 10)
+    partitions = args.partitions
+    with tansu_broker() as broker:
+        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        broker.create_topic(topic, partitions)
+        broker.create_topic(f"{topic}.dlq", 1)
+        produce(broker.bootstrap, topic, records)
+        bare, bare_cpu = bare_consume(broker.bootstrap, topic, len(records), partitions)
+        rate, cpu, twice, shares = group_throughput(broker.bootstrap, topic, args.daemons,
+                                                    partitions)
+    print(f"{len(records):,} records over {partitions} partitions; "
+          f"{os.cpu_count()} cores (Tansu on the same machine)")
+    print(f"bare kafka-python + json.loads, 1 process: {bare:>10,.0f} records/s "
+          f"({bare_cpu:,.0f} us CPU/record)")
+    print(f"nextstate, {args.daemons} daemons in one group:   {rate:>10,.0f} records/s once "
+          f"the group was stable ({cpu:,.0f} us CPU/record, all daemons, whole run); "
+          f"records per daemon {shares}, {twice} processed twice after a rebalance")
+    print(f"ratio daemons/bare: {rate / bare:.2f}  (target >= 0.8)")
 
 
 def latency_records(sessions: int, total: int) -> list[dict]:
@@ -308,6 +427,10 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=500)
     p.add_argument("--profile", action="store_true",
                    help="print a pyinstrument profile of the daemon's consume thread")
+    p.add_argument("--daemons", type=int, default=1,
+                   help="daemon processes in one consumer group (each its own buffer shard)")
+    p.add_argument("--partitions", type=int, default=6,
+                   help="partitions of the topic with --daemons > 1")
     p = sub.add_parser("latency")
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=20)
