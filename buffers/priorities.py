@@ -34,12 +34,21 @@ class RewardBaselinePriority:
         self.count = 0
 
     def __call__(self, item: ScoredTuple) -> float:
+        # Conditional expressions, not max(): the builtin costs more than the rest of the
+        # call. Each is max() spelled out: the first argument unless the second is greater
+        # (so a NaN confidence gives 0.0, as max(0.0, nan) does).
+        confidence = item.confidence
+        if not confidence > 0.0:
+            confidence = 0.0
         if item.kind != "evaluative":
-            return max(0.0, item.confidence)
-        priority = abs(item.reward - self.baseline) * max(0.0, item.confidence)
-        self.count += 1
-        rate = max(self.momentum, 1.0 / self.count)
-        self.baseline += rate * (item.reward - self.baseline)
+            return confidence
+        reward, baseline = item.reward, self.baseline
+        priority = abs(reward - baseline) * confidence
+        self.count = count = self.count + 1
+        rate = 1.0 / count
+        if not rate > self.momentum:
+            rate = self.momentum
+        self.baseline = baseline + rate * (reward - baseline)
         return priority
 
     def state_dict(self) -> dict[str, Any]:

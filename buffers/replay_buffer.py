@@ -15,7 +15,7 @@ from nextstate.buffers.samplers import PrioritizedSampler, Sampler, UniformSampl
 from nextstate.buffers.spec import BufferSpec
 from nextstate.buffers.sqlite_storage import SQLiteStorage
 from nextstate.buffers.storage import Key, Storage
-from nextstate.buffers.versions import parse_policy_version
+from nextstate.buffers.versions import UNKNOWN_VERSION, parse_policy_version
 from nextstate.buffers.writers import EvictingWriter, Writer
 from nextstate.extractors.types import ScoredTuple
 
@@ -108,27 +108,34 @@ class ReplayBuffer:
         A tuple is a duplicate when its :attr:`ScoredTuple.key` is stored, was stored
         within the dedup horizon, or came earlier in the same call.
         """
-        items = list(tuples)
+        items = tuples if type(tuples) is list else list(tuples)
         if not items:
             return 0
-        known = self.storage.known_keys([t.key for t in items])
-        fresh: list[ScoredTuple] = []
-        for item in items:
-            key = item.key
-            if key not in known:
-                known.add(key)
-                fresh.append(item)
-        if not fresh:
-            return 0
-        storage, writer, priority_fn = self.storage, self.writer, self.priority_fn
-        writer.begin(storage, len(fresh))
-        slots = np.empty(len(fresh), dtype=np.int64)
-        for i, item in enumerate(fresh):
-            slot = writer.place(storage, item.source, len(fresh) - i)
-            storage.write(slot, item, priority=priority_fn(item),
-                          version=parse_policy_version(item.policy_version))
-            slots[i] = slot
-        self.sampler.on_write(storage, slots)
+        storage = self.storage
+        keys = [(t.interaction_id, t.extractor, t.kind) for t in items]  # ScoredTuple.key
+        known = storage.known_keys(keys)
+        fresh = items
+        if known or len(set(keys)) != len(keys):  # else every tuple is new: no filtering
+            fresh = []
+            for key, item in zip(keys, items, strict=True):
+                if key not in known:
+                    known.add(key)
+                    fresh.append(item)
+            if not fresh:
+                return 0
+        count = len(fresh)
+        versions = [UNKNOWN_VERSION if t.policy_version is None
+                    else parse_policy_version(t.policy_version) for t in fresh]
+        writer = self.writer
+        writer.begin(storage, count)
+        # A bound __call__: calling the instance itself goes through the slower type slot.
+        place, write, priority_fn = writer.place, storage.write, self.priority_fn.__call__
+        slots: list[int] = []
+        for item, version, remaining in zip(fresh, versions, range(count, 0, -1), strict=True):
+            slot = place(storage, item.source, remaining)
+            write(slot, item, priority=priority_fn(item), version=version)
+            slots.append(slot)
+        self.sampler.on_write(storage, np.array(slots, dtype=np.int64))
         return len(fresh)
 
     def add(self, item: ScoredTuple) -> bool:

@@ -234,6 +234,7 @@ class SQLiteStorage(Storage):
         # chain -> (start, context): its messages from start on are to be inserted.
         self._new_segments: dict[int, tuple[int, tuple[Message, ...]]] = {}
         self._dead_chains: list[tuple[int]] = []   # chains whose last live tuple went
+        self._key_texts: dict[Key, str] = {}       # encode_key of the last known_keys call
         self._dirty = np.zeros(capacity, dtype=bool)
         self._pruned_below = 0
         # Slot -> the chain its tuple's context is in (absent: inline or empty). A dict of
@@ -474,6 +475,9 @@ class SQLiteStorage(Storage):
              version: int) -> None:
         # Queued, not executed: one executemany per batch (see _write_queued). Every read
         # and the flush run the queue first, so nothing can observe the difference.
+        key = self._key_texts.get((item.interaction_id, item.extractor, item.kind))
+        if key is None:
+            key = encode_key(item.key)
         context = item.context
         chain = self._chain_for(item.session_id, context) if context else None
         if chain is not None:
@@ -481,14 +485,14 @@ class SQLiteStorage(Storage):
             self._slot_chain[slot] = chain
             payload = bytearray(_CHAINED)  # a bytearray: see _encode_blob
             _ENCODER.encode_into(msgspec.structs.replace(item, context=()), payload, 1)
-            row = (seq, encode_key(item.key), item.source, version, priority, payload,
-                   chain, len(context))
+            row = (seq, key, item.source, version, priority, payload, chain, len(context))
         else:
-            row = (seq, encode_key(item.key), item.source, version, priority,
-                   _encode_blob(item), None, None)
-        self._pending[seq] = len(self._inserts)
-        self._inserts.append(row)
-        self._dirty[slot] = False
+            row = (seq, key, item.source, version, priority, _encode_blob(item), None, None)
+        inserts = self._inserts
+        self._pending[seq] = len(inserts)
+        inserts.append(row)
+        # No need to clear _dirty[slot]: a slot is written only when free, and a free slot
+        # is never dirty (eviction clears it; only live slots are marked).
 
     def _drop(self, slot: int, seq: int) -> None:
         queued = self._pending.pop(seq, None)
@@ -564,7 +568,11 @@ class SQLiteStorage(Storage):
 
     def known_keys(self, keys: Iterable[Key]) -> set[Key]:
         self._write_queued()
-        by_text = {encode_key(key): key for key in keys}
+        keys = keys if isinstance(keys, list) else list(keys)
+        texts = list(map(encode_key, keys))
+        # Kept for _put: the new ones among them are written next (one encoding each).
+        self._key_texts = dict(zip(keys, texts, strict=True))
+        by_text = dict(zip(texts, keys, strict=True))
         texts = list(by_text)
         known: set[Key] = set()
         for start in range(0, len(texts), _CHUNK):

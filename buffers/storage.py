@@ -61,6 +61,15 @@ class Storage(abc.ABC):
         self.version = np.full(capacity, -1, dtype=np.int64)
         self.priority = np.zeros(capacity, dtype=np.float64)
         self.source_counts = np.zeros(OTHER_SOURCE + 1, dtype=np.int64)
+        # Views of the same memory for the per-tuple paths (write, evict): setting one
+        # element through a memoryview costs half what numpy's __setitem__ does, and a
+        # read gives a Python int, not a numpy scalar. The arrays are only ever changed in
+        # place, so the views stay valid.
+        self._seq_view = memoryview(self.seq)
+        self._source_view = memoryview(self.source)
+        self._version_view = memoryview(self.version)
+        self._priority_view = memoryview(self.priority)
+        self._counts_view = memoryview(self.source_counts)
         self.next_seq = 0
         self._size = 0
         self._high_water = 0
@@ -91,23 +100,31 @@ class Storage(abc.ABC):
 
     def write(self, slot: int, item: ScoredTuple, *, priority: float, version: int) -> None:
         """Store a tuple in an empty slot (taken from :meth:`free_slot`)."""
-        if self.seq[slot] != FREE:
+        seqs = self._seq_view
+        if seqs[slot] != FREE:
             raise ValueError(f"slot {slot} is occupied: evict it first")
         seq = self.next_seq
         self._put(slot, seq, item, priority, version)
         self.next_seq = seq + 1
-        self._place(slot, seq, source_code(item.source), version, priority)
+        # _place spelled out (one call less per stored tuple).
+        code = _SOURCE_CODES.get(item.source, OTHER_SOURCE)
+        seqs[slot] = seq
+        self._source_view[slot] = code
+        self._version_view[slot] = version
+        self._priority_view[slot] = priority
+        self._counts_view[code] += 1
+        self._size += 1
 
     def evict(self, slot: int) -> None:
         """Remove a slot's tuple; its key stays deduplicated within the horizon."""
-        seq = int(self.seq[slot])
+        seq = self._seq_view[slot]
         if seq == FREE:
             raise ValueError(f"slot {slot} is empty")
         self._drop(slot, seq)
-        self.source_counts[self.source[slot]] -= 1
-        self.seq[slot] = FREE
-        self.priority[slot] = 0.0
-        self.version[slot] = -1
+        self._counts_view[self._source_view[slot]] -= 1
+        self._seq_view[slot] = FREE
+        self._priority_view[slot] = 0.0
+        self._version_view[slot] = -1
         self._size -= 1
         self._free.append(slot)
 

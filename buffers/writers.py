@@ -87,12 +87,13 @@ class EvictingWriter(Writer):
             self._streams.clear()
 
     def place(self, storage: Storage, source: str, remaining: int) -> int:
-        code = source_code(source)
-        fraction = self._quota_by_code.get(code)
-        if fraction is not None:
-            cap = max(1, int(fraction * storage.capacity))
-            if storage.source_counts[code] >= cap:
-                storage.evict(self._victim(storage, code, remaining))
+        if self._quota_by_code:  # no quotas (the default): no source to look up
+            code = source_code(source)
+            fraction = self._quota_by_code.get(code)
+            if fraction is not None:
+                cap = max(1, int(fraction * storage.capacity))
+                if storage.source_counts[code] >= cap:
+                    storage.evict(self._victim(storage, code, remaining))
         slot = storage.free_slot()
         if slot is None:
             storage.evict(self._victim(storage, None, remaining))

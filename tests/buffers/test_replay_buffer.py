@@ -120,3 +120,35 @@ def test_state_dict_restores_layout_over_the_sqlite_file(tmp_path):
         np.testing.assert_array_equal(rb.storage.seq, state["e"]["storage"]["seq"])
         np.testing.assert_array_equal(rb.storage.priority, np.arange(10.0))
         np.testing.assert_array_equal(rb.sample(32).indices, expected)
+
+
+def test_dedup_key_is_interaction_extractor_and_kind(tmp_path):
+    """Only (interaction_id, extractor, kind) makes a duplicate, in memory and on SQLite."""
+    first = make_tuple(1)
+    twin = make_tuple(1, reward=0.5, source="user")  # same key, other content
+    other_extractor = make_tuple(1, extractor="other")
+    other_kind = make_tuple(1, kind="directive")
+    for rb in (ReplayBuffer(MemoryStorage(10)),
+               ReplayBuffer.from_spec(BufferSpec("b", capacity=10), tmp_path)):
+        assert rb.extend([first, twin, other_extractor, other_kind]) == 3
+        assert rb.extend([twin]) == 0
+        assert list(rb.iter_tuples()) == [first, other_extractor, other_kind]
+        rb.close()
+
+
+def test_sqlite_key_column_is_the_encoded_key_however_written(tmp_path):
+    """Tuples written after a dedup look-up (which encodes their keys once) and tuples written
+    straight to the storage store the same key text."""
+    import sqlite3
+
+    from nextstate.buffers.sqlite_storage import encode_key
+
+    rb = ReplayBuffer.from_spec(BufferSpec("b", capacity=10), tmp_path)
+    batch = [make_tuple(i) for i in range(3)]
+    rb.extend(batch)
+    direct = make_tuple(3)
+    rb.storage.write(rb.storage.free_slot(), direct, priority=1.0, version=-1)
+    rb.close()
+    with sqlite3.connect(tmp_path / "b.sqlite3") as db:
+        keys = [row[0] for row in db.execute("SELECT key FROM tuples ORDER BY seq")]
+    assert keys == [encode_key(t.key) for t in [*batch, direct]]
