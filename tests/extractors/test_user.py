@@ -265,3 +265,12 @@ def test_memoized_readings_equal_fresh_ones(pairs) -> None:
         reading = classify_reply(reply, request)
         assert [t.reward for t in got[:1]] == ([reading.reward] if reading else [])
         assert len(memo._readings) <= 2
+
+
+@settings(max_examples=1000)
+@given(st.text(alphabet=st.characters(max_codepoint=0x17F), max_size=60)
+       | st.lists(st.sampled_from(_VOCAB), max_size=10).map(" ".join))
+def test_words_equal_the_word_regex(text: str) -> None:
+    """The byte-table split finds the same word runs as ``_WORD``, ASCII or not, any case."""
+    for variant in (text, text.lower()):
+        assert user._words(variant) == frozenset(user._WORD.findall(variant))
