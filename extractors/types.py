@@ -224,8 +224,12 @@ def evaluative(interaction: Interaction, extractor: str, source: Source, excerpt
     The extractors build one or two tuples per interaction; keywords cost more than the
     tuple itself. Same clamping and the same float objects as :func:`tuple_from`.
     """
-    reward = _clamp(reward, -1.0, 1.0)
-    confidence = _clamp(confidence, 0.0, 1.0)
+    # A float strictly inside its range is what _clamp returns, and skips the call (bounds,
+    # NaN and ints still go through it).
+    if not (type(reward) is float and -1.0 < reward < 1.0):
+        reward = _clamp(reward, -1.0, 1.0)
+    if not (type(confidence) is float and 0.0 < confidence < 1.0):
+        confidence = _clamp(confidence, 0.0, 1.0)
     usage = interaction.usage
     return ScoredTuple(
         interaction.interaction_id, interaction.session_id, extractor, "evaluative", source,
@@ -242,7 +246,8 @@ def directive(interaction: Interaction, extractor: str, source: Source, excerpt:
 
     The reward is left at its default (the field's own ``0.0`` object: omitted when encoded).
     """
-    confidence = _clamp(confidence, 0.0, 1.0)
+    if not (type(confidence) is float and 0.0 < confidence < 1.0):  # as in evaluative
+        confidence = _clamp(confidence, 0.0, 1.0)
     usage = interaction.usage
     return ScoredTuple(
         interaction.interaction_id, interaction.session_id, extractor, "directive", source,
