@@ -14,8 +14,9 @@ A call log repeats the session's whole history in every request, so most of a re
 are the request array the session's previous record already held. With the bytes of that
 array (a :class:`KnownRequests` source: the join keeps them), :func:`decode_records` cuts
 them out before decoding, so the JSON decoder scans only the new messages, then puts the
-array's bytes in the record as if it had scanned them (:func:`_decode_spliced` proves where
-they were cut).
+array in the record as a :class:`wire.SplicedArray`: where its bytes lie, and the messages
+after the known ones, decoded for the join (:func:`_decode_spliced` proves where they were
+cut).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Protocol
 import msgspec
 
 from nextstate.daemon import anthropic, otel, wire
-from nextstate.daemon.wire import BadRecord, WireRecord
+from nextstate.daemon.wire import BadRecord, SplicedArray, WireRecord
 
 EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_SHAPE})
 """Shapes the join treats as a request/response exchange."""
@@ -45,12 +46,14 @@ class KnownRequests(Protocol):
 # hold, then the comma that followed them.
 _NONCE = b"@~^|~^|~^|~^|~^|~^|~^|~^|~"
 _MARK = b'["' + _NONCE + b'",'
-# Below this, cutting the known bytes out saves no CPU time: it runs fewer instructions from
-# about 1 KB, but Python's are slower than the decoder's scan (decode+join: even at 3 KB
-# records, 1.25x faster at 12 KB). At least 2: ``[`` and a value.
-_MIN_SPLICE = 4096
+# Below this, cutting the known bytes out saves no CPU time: the splice's own steps cost
+# what the decoder's scan of the bytes would (with the messages after them decoded here, for
+# the join: 85.4k instructions a benchmark record at 1 KB, 86.2k at 2 B or 2 KB, 91.7k at
+# 4 KB; the best CPU time at 1 KB too). At least 2: ``[`` and a value.
+_MIN_SPLICE = 1024
 _SESSION_KEY = b'"session_id"'
 _LAZY_DECODE = wire.LAZY_DECODER.decode
+_MESSAGES_DECODE = wire.MESSAGES_DECODER.decode
 _force_setattr = msgspec.structs.force_setattr
 
 
@@ -58,10 +61,10 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
                    ) -> list[tuple[WireRecord, str]]:
     """Decode one record into ``(record, shape)`` pairs (empty: nothing usable in a batch).
 
-    An OpenAI exchange keeps its request messages undecoded (``msgspec.Raw``, or ``bytes``
-    when the known ones were cut out before decoding; the same bytes either way, see
-    :func:`wire.decode_lazy`): the join decodes those it has not seen. Every other shape is
-    returned fully decoded.
+    An OpenAI exchange keeps its request messages undecoded (``msgspec.Raw``, or a
+    :class:`wire.SplicedArray` when the known ones were cut out before decoding, its
+    messages after them decoded; the same bytes either way, see :func:`wire.decode_lazy`):
+    the join decodes those it has not seen. Every other shape is returned fully decoded.
 
     Args:
         value: the record's bytes.
@@ -105,7 +108,7 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
 
 
 def _decode_spliced(value: bytes, key: bytes | None, known: KnownRequests
-                    ) -> WireRecord[msgspec.Raw] | None:
+                    ) -> WireRecord[SplicedArray] | None:
     """:func:`wire.decode_lazy` of a record whose request repeats the known bytes of its
     session, without scanning them; ``None`` when it does not (or it cannot be proved).
 
@@ -117,9 +120,10 @@ def _decode_spliced(value: bytes, key: bytes | None, known: KnownRequests
     starts where ``K`` did. The decoder was then in the same state there as it would have
     been in ``value``, where ``K + ws + ","`` opens that same array (values a decoder
     accepted before, then a comma), so every other field decodes the same, and the array's
-    bytes in ``value`` are ``K + ws + ","`` and ``T`` up to the array's end. Which session
-    ``K`` came from only matters for speed: the session id is the Kafka key or read from the
-    bytes by a guess.
+    bytes in ``value`` are ``K + ws + ","`` and ``T`` up to the array's end. The messages
+    after ``K`` are decoded from the array's bytes after ``MARK`` (a type error among them:
+    ``None``, and the full decode reports it). Which session ``K`` came from only matters
+    for speed: the session id is the Kafka key or read from the bytes by a guess.
     """
     if key:
         session_id = key.decode("utf-8", "replace")
@@ -157,6 +161,11 @@ def _decode_spliced(value: bytes, key: bytes | None, known: KnownRequests
     tail = bytes(request.messages)
     if not tail.startswith(_MARK):
         return None
+    try:  # the messages after the known ones, as the join will read them
+        messages = _MESSAGES_DECODE(b"[" + tail[len(_MARK):])
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None  # decoded again whole: its own error is the one reported
     # The request was made by this decode and nobody else holds it yet.
-    _force_setattr(request, "messages", value[start:comma + 1 + len(tail) - len(_MARK)])
+    _force_setattr(request, "messages", SplicedArray(
+        value, start, comma + 1 + len(tail) - len(_MARK), prefix, messages))
     return record

@@ -37,7 +37,8 @@ The usual call-log record (its request the previous one's bytes, the pending act
 then new messages) takes a short path (:meth:`SessionJoiner._continued`) that does what the
 general one does for it. The joiner also lends those bytes to :func:`ingest.decode_records`
 (:meth:`SessionJoiner.known_request`), which cuts them out of the next record before decoding
-it, so a record costs what its new messages cost, not its whole history.
+it, so a record costs what its new messages cost, not its whole history; the short path then
+joins the messages ingest decoded after those very bytes (``wire.SplicedArray``).
 
 Pure: no I/O, no clock of its own (callers pass ``now``), so it is tested without a broker.
 """
@@ -52,7 +53,7 @@ from typing import Any
 import msgspec
 
 from nextstate.daemon import anthropic, otel, wire
-from nextstate.daemon.wire import BadRecord, WireRecord
+from nextstate.daemon.wire import BadRecord, SplicedArray, WireRecord
 from nextstate.extractors.types import ClosedBy, Feedback, Interaction, Message, ToolCall, Usage
 
 EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_SHAPE})
@@ -61,6 +62,7 @@ EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_S
 Position = tuple[str, int, int]  # (topic, partition, offset) of a record
 _NO_USAGE = Usage()  # immutable: one for every transcript action
 _role = operator.attrgetter("role")
+_ARRAYS = (msgspec.Raw, bytes, SplicedArray)  # request messages not decoded yet (ingest)
 
 
 class _Pending(msgspec.Struct, gc=False):
@@ -199,24 +201,33 @@ class SessionJoiner:
         if pending is None or known is None:
             return None
         messages: Any = record.request.messages  # type: ignore[union-attr]
-        kind = type(messages)
-        if kind is msgspec.Raw:
-            array = bytes(messages)
-        elif kind is bytes:  # ingest spliced the known prefix out before decoding
-            array = messages
-        else:
-            return None
         k = pending.index
         # _decode_after_known_bytes's test, then _known_prefix's: the same records take it.
         if k == 0 or session.known_count != k or session.history_len != k + 1 \
-                or pending.shape not in EXCHANGE_SHAPES or not array.startswith(known):
+                or pending.shape not in EXCHANGE_SHAPES:
             return None
-        comma = len(known)
-        if array[comma:comma + 1] != b",":  # none between them, unless an indenting writer's
-            comma = len(array) - len(array[comma:].lstrip())
-            if array[comma:comma + 1] != b",":
+        kind = type(messages)
+        if kind is SplicedArray and messages.known is known:
+            # ingest cut these very bytes out and decoded what follows them (the action's
+            # echo, the new messages)
+            tail = messages.tail
+            head = messages.value[messages.start:messages.end - 1].rstrip()
+        else:
+            if kind is msgspec.Raw or kind is SplicedArray:
+                array = bytes(messages)
+            elif kind is bytes:
+                array = messages
+            else:
                 return None
-        tail = wire.decode_messages(b"[" + array[comma + 1:])  # the action's echo, the new
+            if not array.startswith(known):
+                return None
+            comma = len(known)
+            if array[comma:comma + 1] != b",":  # none between them, unless an indenting
+                comma = len(array) - len(array[comma:].lstrip())  # writer's
+                if array[comma:comma + 1] != b",":
+                    return None
+            tail = wire.decode_messages(b"[" + array[comma + 1:])  # the echo, the new
+            head = array[:-1].rstrip()
         action, logprobs, wire_action = wire.response_action(record)
         if not tail:
             return None
@@ -253,9 +264,9 @@ class SessionJoiner:
             "openai_exchange", (), (), wire_action)
         session.history_len = index + 1
         session.last_action = action
-        session.known_bytes = known = array[:-1].rstrip()
+        session.known_bytes = head
         session.known_count = k + len(tail)
-        size += len(known)
+        size += len(head)
         self.pending_bytes += size - session.size
         session.size = size
         if self.pending_bytes > self.max_pending_bytes or len(sessions) > self.max_sessions:
@@ -288,7 +299,7 @@ class SessionJoiner:
         messages: Any = record.request.messages
         held = self.sessions.get(session_id)
         array = partial = None
-        if type(messages) is msgspec.Raw or type(messages) is bytes:
+        if type(messages) in _ARRAYS:
             # A lazily decoded request (ingest): the messages after the bytes it shares with
             # the session's previous request are decoded, the others are placeholders (a
             # session's records stay O(new) objects, not O(history)).

@@ -99,7 +99,8 @@ class WireResponse(msgspec.Struct, frozen=True):
 
 
 M = TypeVar("M")
-"""Request messages: ``list[WireMessage]``, or ``msgspec.Raw`` (the array's bytes) when lazy."""
+"""Request messages: ``list[WireMessage]``, or ``msgspec.Raw`` (the array's bytes) when lazy, or
+a :class:`SplicedArray` (ingest cut the known messages out)."""
 
 
 class WireRequest(msgspec.Struct, Generic[M], frozen=True):
@@ -144,6 +145,25 @@ class WireRecord(msgspec.Struct, Generic[M], frozen=True):
     value: float | bool | str | None = None
     text: str | None = None
     outcome: float | bool | str | None = None
+
+
+class SplicedArray(msgspec.Struct, gc=False):
+    """A request's message array, cut out of a record whose leading messages were the bytes
+    a joiner already held (``ingest._decode_spliced``): where the array lies in the record,
+    the held bytes it starts with, and the messages after them, decoded.
+
+    ``bytes()`` of it is the array's bytes, so whatever reads request messages as bytes
+    (:func:`typed`, the join's general path) reads it as a ``msgspec.Raw``.
+    """
+
+    value: bytes                # the record
+    start: int                  # the array is value[start:end]
+    end: int
+    known: bytes                # the held bytes it starts with (the very object lent)
+    tail: list[WireMessage]     # the messages after them
+
+    def __bytes__(self) -> bytes:
+        return self.value[self.start:self.end]
 
 
 # msgspec resolves the forward reference of WireResponse.usage at decoder build time.
@@ -196,10 +216,13 @@ def decode_messages(array: msgspec.Raw | bytes) -> list[WireMessage]:
 def typed(record: WireRecord[Any]) -> WireRecord[list[WireMessage]]:
     """The record with its request messages decoded (as :func:`decode` returns it)."""
     request = record.request
-    if request is None or type(request.messages) not in (msgspec.Raw, bytes):
+    if request is None or type(request.messages) not in (msgspec.Raw, bytes, SplicedArray):
         return record
+    array = request.messages
+    if type(array) is SplicedArray:
+        array = bytes(array)
     return msgspec.structs.replace(record, request=msgspec.structs.replace(
-        request, messages=decode_messages(request.messages)))
+        request, messages=decode_messages(array)))
 
 
 def classify(record: WireRecord) -> str:

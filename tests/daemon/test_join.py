@@ -2,6 +2,7 @@
 
 import json
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -246,8 +247,60 @@ def test_ingest_cuts_out_the_bytes_the_joiner_holds():
         for record, shape in ingest.decode_records(value, None, joiner):
             kinds.append(type(record.request.messages).__name__)
             joiner.feed(record, shape, 0.0)
-    assert kinds == ["Raw", "bytes", "bytes", "bytes"]
+    assert kinds == ["Raw", "SplicedArray", "SplicedArray", "SplicedArray"]
     assert _outputs(values, lazy=True) == _outputs(values, lazy=False)
+
+
+def test_a_spliced_request_joins_as_its_bytes_do():
+    """The short path trusts a spliced request's decoded messages only when it was cut at
+    the very bytes the session holds: with other bytes lent (equal or not) it reads the
+    array's bytes, and either way the session ends up holding what a Raw request leaves."""
+    history = [SYSTEM, user("x" * 64)]
+    values = []
+    for n in range(3):
+        values.append(line(exchange("s", history, assistant(f"answer {n}"))))
+        history = [*history, assistant(f"answer {n}"), user(f"more {n}")]
+    results = {}
+    for lend in ("same", "copy", "raw"):
+        joiner, closed = SessionJoiner(), []
+        for value in values:
+            ((record, shape),) = ingest.decode_records(value, None)
+            held = joiner.sessions["s"].known_bytes if "s" in joiner.sessions else None
+            if held is not None and lend != "raw":
+                array = bytes(record.request.messages)
+                comma = array.index(b",", len(held))
+                prefix = held if lend == "same" else bytes(bytearray(held))
+                start = value.index(array)
+                spliced = wire.SplicedArray(value, start, start + len(array), prefix,
+                                            wire.decode_messages(b"[" + array[comma + 1:]))
+                record = msgspec.structs.replace(record, request=msgspec.structs.replace(
+                    record.request, messages=spliced))
+            closed += joiner.feed(record, shape, 0.0)
+        results[lend] = (closed, joiner.sessions["s"].known_bytes,
+                         joiner.sessions["s"].known_count, joiner.pending_bytes)
+    assert results["same"] == results["copy"] == results["raw"]
+    assert len(results["raw"][0]) == 2
+
+
+def test_a_spliced_tail_is_what_the_short_path_joins():
+    """The short path joins the messages ingest decoded after the held bytes (a tail that
+    disagrees with the bytes shows it), not a decode of its own."""
+    history = [SYSTEM, user("x" * 64)]
+    first = line(exchange("s", history, assistant("a")))
+    second = line(exchange("s", [*history, assistant("a"), user("b")], assistant("c")))
+    joiner = SessionJoiner()
+    for record, shape in ingest.decode_records(first, None):
+        joiner.feed(record, shape, 0.0)
+    held = joiner.sessions["s"].known_bytes
+    ((record, shape),) = ingest.decode_records(second, None)
+    array = bytes(record.request.messages)
+    start = second.index(array)
+    tail = [wire.WireMessage("assistant", "a"), wire.WireMessage("user", "other")]
+    spliced = wire.SplicedArray(second, start, start + len(array), held, tail)
+    record = msgspec.structs.replace(record, request=msgspec.structs.replace(
+        record.request, messages=spliced))
+    (closed,) = joiner.feed(record, shape, 0.0)
+    assert [m.content for m in closed.next_state] == ["other"]
 
 
 def test_equal_content_in_other_bytes_is_decoded_and_joined_the_same():

@@ -137,7 +137,8 @@ def _plain(value: bytes, key: bytes | None = None, known=None) -> object:
         out = []
         for record, shape in ingest.decode_records(value, key, known=known):
             if record.request is not None and isinstance(record.request.messages,
-                                                          (bytes, msgspec.Raw)):
+                                                          (bytes, msgspec.Raw,
+                                                           wire.SplicedArray)):
                 record = msgspec.structs.replace(record, request=msgspec.structs.replace(
                     record.request, messages=bytes(record.request.messages)))
             out.append((record, shape))
@@ -154,16 +155,19 @@ def splice_small(monkeypatch):
 
 def test_known_request_bytes_are_cut_out_and_the_record_is_the_same(splice_small):
     """A request that repeats the known bytes decodes to the same record as a full scan, its
-    messages the array's bytes (not a Raw: the known ones were never scanned)."""
+    messages the array's bytes (not a Raw: the known ones were never scanned), with the
+    messages after the known ones decoded."""
     history = _messages(6)
     value = _exchange_bytes([*history, {"role": "user", "content": "new"}], ts=3,
                             metadata={"a": [1, {"b": None}]})
     known = Known("s", _array_prefix(history))
     ((record, _),) = ingest.decode_records(value, None, known=known)
-    assert type(record.request.messages) is bytes
+    assert type(record.request.messages) is wire.SplicedArray
+    assert record.request.messages.tail == [wire.WireMessage("user", "new")]
     assert _plain(value, known=known) == _plain(value)
     keyed = value.replace(b'"session_id": "s", ', b"")
-    assert type(ingest.decode_records(keyed, b"s", known=known)[0][0].request.messages) is bytes
+    assert type(ingest.decode_records(keyed, b"s", known=known)[0][0].request.messages) \
+        is wire.SplicedArray
     assert _plain(keyed, b"s", known=known) == _plain(keyed, b"s")
 
 
@@ -218,7 +222,7 @@ def test_a_splice_that_cannot_be_proved_gives_what_a_full_scan_gives(splice_smal
     assert _plain(value, key, known=known) == _plain(value, key)
     if variant in ("spaced_comma", "other_session"):  # these are proved, and spliced
         assert type(ingest.decode_records(value, key, known=known)[0][0].request.messages) \
-            is bytes
+            is wire.SplicedArray
     if variant == "malformed_tail":
         with pytest.raises(BadRecord) as info:
             for record, shape in ingest.decode_records(value, None, known=known):
