@@ -27,10 +27,7 @@ class BufferSet:
     def __init__(self, buffers: dict[str, ReplayBuffer], specs: Sequence[BufferSpec]) -> None:
         self.buffers = buffers
         self.specs = {spec.name: spec for spec in specs}
-        self._routes: dict[str, list[ReplayBuffer]] = {}
-        for spec in specs:
-            for kind in spec.kinds:
-                self._routes.setdefault(kind, []).append(buffers[spec.name])
+        self._kinds = {spec.name: frozenset(spec.kinds) for spec in specs}
 
     @classmethod
     def open(cls, state_dir: Path | None, specs: Sequence[BufferSpec]) -> BufferSet:
@@ -58,11 +55,24 @@ class BufferSet:
     def extend(self, tuples: Iterable[ScoredTuple]) -> int:
         """Add each tuple to every buffer of its kind; returns how many were newly stored
         (a tuple stored in two buffers counts twice; duplicates count zero)."""
-        by_buffer: dict[str, list[ScoredTuple]] = {}
-        for item in tuples:
-            for buffer in self._routes.get(item.kind, ()):
-                by_buffer.setdefault(buffer.name, []).append(item)
-        return sum(self.buffers[name].extend(items) for name, items in by_buffer.items())
+        items = tuples if type(tuples) is list else list(tuples)
+        # Grouped by kind (one dict look-up per tuple); a buffer of one kind takes its group
+        # as is, a buffer of several kinds picks its tuples in their order.
+        by_kind: dict[str, list[ScoredTuple]] = {}
+        for item in items:
+            group = by_kind.get(item.kind)
+            if group is None:
+                by_kind[item.kind] = [item]
+            else:
+                group.append(item)
+        stored = 0
+        for name, kinds in self._kinds.items():
+            present = [kind for kind in kinds if kind in by_kind]
+            if len(present) == 1:
+                stored += self.buffers[name].extend(by_kind[present[0]])
+            elif present:
+                stored += self.buffers[name].extend([t for t in items if t.kind in kinds])
+        return stored
 
     def flush(self) -> None:
         """Every add so far is durable when this returns (commit Kafka offsets after it)."""

@@ -152,3 +152,20 @@ def test_sqlite_key_column_is_the_encoded_key_however_written(tmp_path):
     with sqlite3.connect(tmp_path / "b.sqlite3") as db:
         keys = [row[0] for row in db.execute("SELECT key FROM tuples ORDER BY seq")]
     assert keys == [encode_key(t.key) for t in [*batch, direct]]
+
+
+def test_a_buffer_of_several_kinds_stores_them_in_arrival_order():
+    """Tuples of different kinds routed to one buffer keep the order they came in, and a
+    buffer of one kind gets exactly its kind."""
+    bufs = BufferSet.open(None, [BufferSpec("evaluative", kinds=("evaluative",)),
+                                 BufferSpec("mixed", kinds=("directive", "evaluative")),
+                                 BufferSpec("preference", kinds=("preference",))])
+    items = mixed(12)
+    assert bufs.extend(iter(items)) == 4 + 8 + 4
+    assert list(bufs.buffers["mixed"].iter_tuples()) == [
+        t for t in items if t.kind in ("directive", "evaluative")]
+    assert list(bufs.buffers["evaluative"].iter_tuples()) == [
+        t for t in items if t.kind == "evaluative"]
+    assert list(bufs.buffers["preference"].iter_tuples()) == [
+        t for t in items if t.kind == "preference"]
+    assert bufs.extend([]) == 0
