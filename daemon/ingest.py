@@ -85,7 +85,8 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
     if otlp:
         return otel.decode_batch(value)
     record = None
-    if known is not None and type(value) is bytes:
+    # A record shorter than the least known bytes worth cutting out cannot hold them.
+    if known is not None and type(value) is bytes and len(value) > _MIN_SPLICE:
         record = _decode_spliced(value, key, known)
     if record is None:
         record = wire.decode_lazy(value)
