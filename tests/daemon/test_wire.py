@@ -165,6 +165,9 @@ def test_known_request_bytes_are_cut_out_and_the_record_is_the_same(splice_small
     assert type(record.request.messages) is wire.SplicedArray
     assert record.request.messages.tail == [wire.WireMessage("user", "new")]
     assert _plain(value, known=known) == _plain(value)
+    compact = value.replace(b'"session_id": "s"', b'"session_id":"s"', 1)  # read either way
+    assert type(ingest.decode_records(compact, None, known=known)[0][0].request.messages) \
+        is wire.SplicedArray
     keyed = value.replace(b'"session_id": "s", ', b"")
     assert type(ingest.decode_records(keyed, b"s", known=known)[0][0].request.messages) \
         is wire.SplicedArray
