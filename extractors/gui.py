@@ -238,6 +238,11 @@ class GuiDiffExtractor:
         self._cache_content: str | None = None
         self._cache_obs: Observation | None = None
 
+    def scores_call_to(self, name: str) -> bool:
+        """Whether an action whose only tool call is to ``name`` can get a tuple (see
+        registry.Dispatch): only if it is a GUI tool."""
+        return name in self.tools
+
     def _parse(self, content: str) -> Observation:
         if content is not self._cache_content:
             self._cache_content, self._cache_obs = content, parse_observation(content)

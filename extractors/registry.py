@@ -14,6 +14,10 @@ An extractor may declare which kinds of next state it can score, ``reads`` (a cl
 attribute, a set of ``"user"``, ``"tool"``, ``"feedback"``; see :func:`next_state_kinds`):
 :class:`Dispatch` then runs it only on interactions that have one of them (it would return
 ``[]`` on the others). Extractors that declare nothing run on every interaction.
+
+One may also declare which actions with a single tool call it scores, by the call's tool
+name: a method ``scores_call_to(name) -> bool`` (see :class:`Dispatch`). A shell tool's
+result then meets the terminal extractor only, not the GUI one too.
 """
 
 from __future__ import annotations
@@ -126,12 +130,18 @@ def reads_mask(extractor: Any) -> int | None:
     return mask
 
 
+_CALL_MEMO_NAMES = 1024
+"""Tool names whose dispatch :class:`Dispatch` keeps (per kinds mask): names come from the
+model, so a stream could hold any number of them; past this, each is worked out anew."""
+
+
 class Dispatch(Generic[E]):
     """Which of a chain's entries can score an interaction, by the kinds of its next state.
 
     The table holds, for each kinds mask, the entries (in chain order) whose extractor reads
     one of those kinds or declares none: an interaction only meets the extractors that can
-    score it.
+    score it. An action with exactly one tool call also skips the extractors whose
+    ``scores_call_to(name)`` says False for that call's tool name (each name is asked once).
 
     Args:
         entries: the chain, e.g. ``(name, extractor)`` pairs from :func:`build_extractors`.
@@ -145,16 +155,38 @@ class Dispatch(Generic[E]):
         ['user']
     """
 
-    __slots__ = ("_table",)
+    __slots__ = ("_by_call", "_checked", "_table")
 
     def __init__(self, entries: Sequence[E],
                  extractor_of: Callable[[E], Any] = lambda entry: entry[1]  # type: ignore[index]
                  ) -> None:
         masks = [reads_mask(extractor_of(entry)) for entry in entries]
-        self._table = tuple(
-            tuple(e for e, mask in zip(entries, masks, strict=True)
+        checks = [getattr(extractor_of(entry), "scores_call_to", None) for entry in entries]
+        # Each row's entries with their extractor's scores_call_to (None: declares none).
+        self._checked = tuple(
+            tuple((e, check) for e, mask, check in zip(entries, masks, checks, strict=True)
                   if mask is None or mask & kinds)
             for kinds in range(8))
+        self._table = tuple(tuple(e for e, _ in row) for row in self._checked)
+        # Per kinds mask: tool name -> the row's entries for an action calling only it
+        # (None: no extractor declares scores_call_to, every action gets its row).
+        self._by_call: tuple[dict[str, tuple[E, ...]], ...] | None = (
+            tuple({} for _ in range(8)) if any(checks) else None)
 
     def __call__(self, interaction: Interaction) -> tuple[E, ...]:
-        return self._table[next_state_kinds(interaction)]
+        kinds = next_state_kinds(interaction)
+        calls = interaction.action.tool_calls
+        if len(calls) != 1 or self._by_call is None:
+            return self._table[kinds]
+        name = calls[0].name
+        row = self._by_call[kinds].get(name)
+        return row if row is not None else self._row_for_call(kinds, name)
+
+    def _row_for_call(self, kinds: int, name: str) -> tuple[E, ...]:
+        """The row of ``kinds`` less the entries that score no single call to ``name``."""
+        row = tuple(e for e, scores_call_to in self._checked[kinds]
+                    if scores_call_to is None or scores_call_to(name))
+        memo = self._by_call[kinds]  # type: ignore[index]
+        if len(memo) < _CALL_MEMO_NAMES:
+            memo[name] = row
+        return row

@@ -321,6 +321,11 @@ class TerminalExtractor:
         # the previous summary; recurring outputs (a re-run, a repeated error) are read once.
         self._facts: LruCache[_Facts] = LruCache(cache_entries, cache_entries * 4096)
 
+    def scores_call_to(self, name: str) -> bool:
+        """Whether an action whose only tool call is to ``name`` can get a tuple (see
+        registry.Dispatch): only if it is a terminal tool."""
+        return name in self.tools
+
     def _facts_of(self, content: str) -> _Facts:
         facts = self._facts.get(content)
         if facts is None:

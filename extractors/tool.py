@@ -243,6 +243,11 @@ class ToolResultExtractor:
         self.memo_chars = memo_chars
         self._readings: LruCache[ToolReading] = LruCache(memo_entries, memo_entries * 256)
 
+    def scores_call_to(self, name: str) -> bool:
+        """Whether an action whose only tool call is to ``name`` can get a tuple (see
+        registry.Dispatch): not if the tool is ignored."""
+        return name not in self.ignore_tools
+
     def _read(self, content: str) -> ToolReading:
         if len(content) > self.memo_chars:
             return read_tool_result(content)

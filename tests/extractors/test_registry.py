@@ -59,11 +59,34 @@ def test_dispatch_runs_what_scores_and_skips_what_returns_nothing(interaction):
 @settings(max_examples=300, deadline=None)
 @given(interactions())
 def test_dispatch_table_row_is_the_next_state_kinds_row(interaction):
-    """Dispatch (which computes the kinds inline) picks the entries next_state_kinds selects."""
+    """Dispatch picks the entries next_state_kinds selects, less (for an action with one
+    tool call) those whose scores_call_to refuses the call's tool."""
     chain = build_extractors(BUILT_IN)
     kinds = next_state_kinds(interaction)
-    expected = [name for name, ex in chain if (mask := reads_mask(ex)) is None or mask & kinds]
-    assert [name for name, _ in Dispatch(chain)(interaction)] == expected
+    calls = interaction.action.tool_calls
+    expected = [name for name, ex in chain if ((mask := reads_mask(ex)) is None or mask & kinds)
+                and (len(calls) != 1 or not hasattr(ex, "scores_call_to")
+                     or ex.scores_call_to(calls[0].name))]
+    dispatch = Dispatch(chain)
+    assert [name for name, _ in dispatch(interaction)] == expected
+    assert [name for name, _ in dispatch(interaction)] == expected  # from its memo
+
+
+def test_single_tool_call_meets_only_the_extractors_of_its_tool():
+    """A shell call goes to the terminal extractor, a browser call to the GUI one, any other
+    tool to the tool extractor; two calls go to all three."""
+    dispatch = Dispatch(build_extractors(BUILT_IN))
+
+    def names(*tools: str) -> list[str]:
+        calls = tuple(_CALLS[t] for t in tools)
+        answers = tuple(Message("tool", "ok", tool_call_id=c.id) for c in calls)
+        action = Message("assistant", tool_calls=calls)
+        return [n for n, _ in dispatch(Interaction("s#1", "s", (), action, answers))]
+
+    assert names("bash") == ["terminal"]
+    assert names("browser") == ["gui"]
+    assert names("search") == ["tool"]
+    assert names("bash", "search") == ["tool", "terminal", "gui"]
 
 
 def test_next_state_kinds():
