@@ -38,7 +38,8 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 def kill_loop(broker, tmp_path, sessions: int, turns: int, kills: int, seed: int) -> dict:
     """Produce the stream in ``kills + 1`` chunks; start the daemon, let it consume a random
-    while, SIGKILL it, produce the next chunk, repeat; finally let one run drain the topic."""
+    share of what is left, SIGKILL it, produce the next chunk, repeat; finally let one run
+    drain the topic."""
     rng = random.Random(seed)
     topic, group = f"kill-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:6]}"
     broker.create_topic(topic, PARTITIONS)
@@ -60,12 +61,16 @@ def _kill_and_drain(broker, topic, records, chunk, kills, rng, daemon, state) ->
     for n in range(kills):
         broker.produce(topic, records[n * chunk:(n + 1) * chunk])
         before = sum(processed_offsets(state).values())
-        daemon.start()
-        # Consuming: the daemon is ready, then the fault lands at a random moment.
-        assert wait_for(lambda: daemon.http("/readyz")[0] == 200, 90), "daemon never ready"
-        wait_for(lambda: False, rng.uniform(0.05, 1.5), 0.05)  # the random delay is the fault
-        daemon.kill()
         produced = min((n + 1) * chunk, len(records))
+        counted = checkpoint_counter(state, "records") if before else 0.0
+        # The fault lands at a random point of what is left to consume: after a random share
+        # of it has been counted live. (A random delay instead landed mostly after the daemon
+        # had caught up, once it got fast enough to drain a chunk in a tenth of a second.)
+        target = counted + rng.uniform(0.05, 0.95) * max(1, produced - before)
+        daemon.start()
+        assert wait_for(lambda: daemon.http("/readyz")[0] == 200, 90), "daemon never ready"
+        wait_for(lambda: daemon.metric("nextstate_records_total") >= target, 30, 0.005)
+        daemon.kill()
         if sum(processed_offsets(state).values()) < produced:
             killed_mid_stream += 1
         assert sum(processed_offsets(state).values()) >= before  # checkpoints never regress
