@@ -130,6 +130,13 @@ def looks_like_otlp_proto(value: bytes) -> bool:
     return value[:1] == b"\n" and value.lstrip()[:1] not in (b"{", b"[")
 
 
+def _operation(attributes: dict[str, Any]) -> str | None:
+    """The span's ``gen_ai.operation.name``; ``None`` unless a string (an array or map
+    value names no operation we know, and is not hashable)."""
+    operation = attributes.get("gen_ai.operation.name")
+    return operation if type(operation) is str else None
+
+
 def decode_batch(value: bytes) -> list[tuple[WireRecord, str]]:
     """Every usable GenAI span of an OTLP batch as ``(record, shape)``, in batch order.
 
@@ -143,12 +150,12 @@ def decode_batch(value: bytes) -> list[tuple[WireRecord, str]]:
     for span, a in zip(spans, attrs, strict=True):
         if isinstance(a.get("gen_ai.conversation.id"), str):
             conversation.setdefault(span.traceId, a["gen_ai.conversation.id"])
-        if a.get("gen_ai.operation.name") in _MODEL_CALLS:
+        if _operation(a) in _MODEL_CALLS:
             model_call_traces.add(span.traceId)
     out: list[tuple[WireRecord, str]] = []
     bad: list[BadRecord] = []
     for span, a in zip(spans, attrs, strict=True):
-        operation = a.get("gen_ai.operation.name")
+        operation = _operation(a)
         session = str(a.get("gen_ai.conversation.id") or conversation.get(span.traceId)
                       or _hex_id(span.traceId))
         try:

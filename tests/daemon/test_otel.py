@@ -199,6 +199,23 @@ def test_a_malformed_span_skips_only_itself():
     assert exc.value.reason == "schema"
 
 
+@pytest.mark.parametrize("value", [{"arrayValue": {"values": [{"stringValue": "chat"}]}},
+                                   {"kvlistValue": {"values": []}}])
+def test_an_operation_name_that_is_no_string_skips_only_its_span(value):
+    """``gen_ai.operation.name`` as an array or a map (found by atheris: it reached a set
+    look-up as an unhashable list) names no operation: that span is skipped, the others come
+    through."""
+    batch = json.loads(collector_json(agent_run("conv-1", None)))
+    expected = [s for _, s in decode_records(json.dumps(batch).encode(), None)]
+    spans = batch["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    odd = json.loads(json.dumps(spans[0]))
+    for kv in odd["attributes"]:
+        if kv["key"] == "gen_ai.operation.name":
+            kv["value"] = value
+    spans.insert(0, odd)
+    assert [s for _, s in decode_records(json.dumps(batch).encode(), None)] == expected
+
+
 def test_malformed_otlp_batch_is_a_bad_record():
     """A JSON list that is not ResourceSpans, or broken protobuf, is rejected with a reason."""
     with pytest.raises(BadRecord) as schema:
