@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nextstate.daemon.config import load_config
+from nextstate.daemon.config import DaemonConfig, load_config
 from nextstate.daemon.demo.agent import SYSTEM_PROMPT, PolicyAgent, candidates
 from nextstate.daemon.demo.env import TOOL_SCHEMAS, make_task, run_tool
 from nextstate.daemon.demo.transport import FileTransport, Transport
@@ -127,10 +127,13 @@ class Deployment:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.transport = transport or FileTransport(self.workdir / "records.jsonl")
+        # Seeded buffers: the trainer's samples, and with them the whole run, repeat for a
+        # seed (unseeded, two runs of one seed differed by up to 0.45 in late success).
+        buffers = [{**spec, "seed": settings.seed} for spec in DaemonConfig().buffers]
         config = load_config(None, source=self.transport.source,
                              state_dir=str(self.workdir / "state"),
                              timeseries_interval_s=settings.timeseries_interval_s,
-                             metrics_port=-1)
+                             metrics_port=-1, buffers=buffers)
         self.pipeline = Pipeline(config)
         torch.set_num_threads(settings.torch_threads)
         self.agent = PolicyAgent(TinyPolicy(settings.policy, seed=settings.seed),
