@@ -370,13 +370,7 @@ class SQLiteStorage(Storage):
                     self._new_segments[chain] = (stored if queued is None else queued[0],
                                                  context)
                     entry.known = context
-                    chars = 0
-                    for index in range(stored, wanted):  # _chars(context, stored) in line
-                        chars += len(context[index].content)
-                    entry.chars += chars
-                    self._history_chars += chars
-                    if self._history_chars > self._cache_chars:
-                        self._bound_histories()
+                    self._grow(entry, _chars(context[stored:]))
                     return chain
             else:
                 mine, theirs = known[wanted - 1], context[-1]

@@ -106,14 +106,7 @@ class Storage(abc.ABC):
         seq = self.next_seq
         self._put(slot, seq, item, priority, version)
         self.next_seq = seq + 1
-        # _place spelled out (one call less per stored tuple).
-        code = _SOURCE_CODES.get(item.source, OTHER_SOURCE)
-        seqs[slot] = seq
-        self._source_view[slot] = code
-        self._version_view[slot] = version
-        self._priority_view[slot] = priority
-        self._counts_view[code] += 1
-        self._size += 1
+        self._place(slot, seq, source_code(item.source), version, priority)
 
     def evict(self, slot: int) -> None:
         """Remove a slot's tuple; its key stays deduplicated within the horizon."""
@@ -162,12 +155,12 @@ class Storage(abc.ABC):
         self._free = []
 
     def _place(self, slot: int, seq: int, code: int, version: int, priority: float) -> None:
-        """Record metadata of an already-stored tuple (used when rebuilding a layout)."""
-        self.seq[slot] = seq
-        self.source[slot] = code
-        self.version[slot] = version
-        self.priority[slot] = priority
-        self.source_counts[code] += 1
+        """Record metadata of a stored tuple (on write, and when rebuilding a layout)."""
+        self._seq_view[slot] = seq
+        self._source_view[slot] = code
+        self._version_view[slot] = version
+        self._priority_view[slot] = priority
+        self._counts_view[code] += 1
         self._size += 1
 
     def _finish_layout(self) -> None:

@@ -62,7 +62,6 @@ EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_S
 Position = tuple[str, int, int]  # (topic, partition, offset) of a record
 _NO_USAGE = Usage()  # immutable: one for every transcript action
 _role = operator.attrgetter("role")
-_ARRAYS = (msgspec.Raw, bytes, SplicedArray)  # request messages not decoded yet (ingest)
 
 
 class _Pending(msgspec.Struct, gc=False):
@@ -299,7 +298,7 @@ class SessionJoiner:
         messages: Any = record.request.messages
         held = self.sessions.get(session_id)
         array = partial = None
-        if type(messages) in _ARRAYS:
+        if type(messages) in wire.LAZY_ARRAYS:
             # A lazily decoded request (ingest): the messages after the bytes it shares with
             # the session's previous request are decoded, the others are placeholders (a
             # session's records stay O(new) objects, not O(history)).

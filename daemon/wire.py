@@ -166,6 +166,9 @@ class SplicedArray(msgspec.Struct, gc=False):
         return self.value[self.start:self.end]
 
 
+LAZY_ARRAYS = (msgspec.Raw, bytes, SplicedArray)
+"""Types of request messages not decoded yet (see :data:`M`)."""
+
 # msgspec resolves the forward reference of WireResponse.usage at decoder build time.
 DECODER = msgspec.json.Decoder(WireRecord[list[WireMessage]])
 LAZY_DECODER = msgspec.json.Decoder(WireRecord[msgspec.Raw])
@@ -216,7 +219,7 @@ def decode_messages(array: msgspec.Raw | bytes) -> list[WireMessage]:
 def typed(record: WireRecord[Any]) -> WireRecord[list[WireMessage]]:
     """The record with its request messages decoded (as :func:`decode` returns it)."""
     request = record.request
-    if request is None or type(request.messages) not in (msgspec.Raw, bytes, SplicedArray):
+    if request is None or type(request.messages) not in LAZY_ARRAYS:
         return record
     array = request.messages
     if type(array) is SplicedArray:
