@@ -1,13 +1,19 @@
 """The ``nextstate`` command.
 
     nextstate run    --config nextstate.toml | --source file:PATH [--state-dir DIR]
-    nextstate stats  --state-dir DIR
-    nextstate export --state-dir DIR --format tuples|rewards [--buffer NAME] --out FILE
-    nextstate export --state-dir DIR --format sft|dpo|kto [--buffer NAME] --out F.jsonl|.parquet
-    nextstate report --state-dir DIR --out DIR
+    nextstate stats  --state-dir DIR [DIR ...]
+    nextstate export --state-dir DIR [DIR ...] --format tuples|rewards [--buffer NAME] --out FILE
+    nextstate export --state-dir DIR [DIR ...] --format sft|dpo|kto [--buffer NAME]
+                     --out F.jsonl|.parquet
+    nextstate report --state-dir DIR [DIR ...] --out DIR
     nextstate train  --state-dir DIR
     nextstate demo
     nextstate eval-extractors
+
+stats, export and report read several state dirs as one (the buffer shards of daemons scaled
+out in one consumer group): ``--state-dir a b``, ``--state-dir a --state-dir b`` or a shell
+glob ``--state-dir shards/*``. stats sums the shards' counters; export writes every shard's
+tuples to one file, a tuple stored on two shards once; report sums the counters' time series.
 """
 
 from __future__ import annotations
@@ -200,14 +206,39 @@ def _load_stats(state_dir: Path) -> YieldStats:
     return stats
 
 
+def _state_dir_argument(parser: argparse.ArgumentParser) -> None:
+    # extend, not append with a default: argparse would add the given dirs to the default.
+    parser.add_argument("--state-dir", action="extend", nargs="+", metavar="DIR",
+                        help="the daemon's state dir (default nextstate-state); several "
+                             "(repeat the flag or list them) read the shards of a scaled-out "
+                             "group as one")
+
+
+def _state_dirs(args: argparse.Namespace) -> list[Path]:
+    from nextstate.daemon.report import distinct_dirs
+
+    return distinct_dirs(args.state_dir or ["nextstate-state"])
+
+
+def _missing(dirs: Sequence[Path], what: str, message: str) -> bool:
+    """Print ``message`` for each dir without ``what`` in it; whether any was."""
+    missing = [d for d in dirs if not (d / what).exists()]
+    for state_dir in missing:
+        print(message.format(state_dir), file=sys.stderr)
+    return bool(missing)
+
+
 def stats_main(args: argparse.Namespace) -> int:
-    """``nextstate stats``: the yield summary per source, and what the buffers hold."""
-    state_dir = Path(args.state_dir)
-    if not (state_dir / CHECKPOINT_FILE).exists():
-        print(f"nextstate: no checkpoint in {state_dir} (has the daemon run there?)",
-              file=sys.stderr)
+    """``nextstate stats``: the yield summary per source, and what the buffers hold; over
+    several state dirs, their counters summed, then one line per dir."""
+    dirs = _state_dirs(args)
+    if _missing(dirs, CHECKPOINT_FILE, "nextstate: no checkpoint in {} (has the daemon run "
+                "there?)"):
         return 2
-    stats = _load_stats(state_dir)
+    shards = [_load_stats(state_dir) for state_dir in dirs]
+    stats = YieldStats()
+    for shard in shards:
+        stats.merge(shard)
     rows = stats.summary()
     n = int(rows["all"]["interactions"])
     print(f"interactions: {n:,}   records: {int(stats.total('records')):,}   "
@@ -219,52 +250,55 @@ def stats_main(args: argparse.Namespace) -> int:
               f"{row['share_with_signal']:>17.3f}{row['confidence_weighted']:>15.3f}")
     for kind in ("evaluative", "directive", "preference"):
         print(f"{kind} tuples: {int(stats.total('tuples', kind=kind)):,}")
+    if len(dirs) > 1:
+        print(f"{len(dirs)} state dirs:")
+        for state_dir, shard in zip(dirs, shards, strict=True):
+            print(f"  {state_dir}: interactions {int(shard.total('interactions')):,}   "
+                  f"records {int(shard.total('records')):,}   "
+                  f"tuples {int(shard.total('tuples')):,}   "
+                  f"per interaction {shard.signal_per_interaction():.3f}")
     return 0
 
 
 def export_main(args: argparse.Namespace) -> int:
-    """``nextstate export``: every stored tuple (``tuples``) or one row per reward."""
+    """``nextstate export``: every stored tuple (``tuples``) or one row per reward, from one
+    state dir or several shards (a key two shards hold is written once)."""
     from nextstate.buffers import BufferSet, BufferSpec
+    from nextstate.daemon.export import shard_tuples
 
-    state_dir = Path(args.state_dir)
-    buffers_dir = state_dir / "buffers"
-    if not buffers_dir.exists():
-        print(f"nextstate: no buffers in {state_dir}", file=sys.stderr)
+    dirs = _state_dirs(args)
+    if _missing(dirs, "buffers", "nextstate: no buffers in {}"):
         return 2
     config = load_config(args.config) if args.config else DaemonConfig()
     specs = [msgspec.convert(spec, BufferSpec) for spec in config.buffers]
-    buffers = BufferSet.open(buffers_dir, specs)
-    if args.format in ("sft", "dpo", "kto"):
-        from nextstate.daemon.export import trl_rows, write_rows
-
-        try:
-            tuples = (t for name, buffer in buffers.buffers.items()
-                      if not args.buffer or name == args.buffer for t in buffer.iter_tuples())
-            written = write_rows(trl_rows(tuples, args.format), args.out)
-        finally:
-            buffers.close()
-        print(f"wrote {written:,} {args.format} rows to {args.out}")
-        return 0
-    encoder = msgspec.json.Encoder()
-    written = 0
+    shards: list[BufferSet] = []
     try:
+        for state_dir in dirs:
+            shards.append(BufferSet.open(state_dir / "buffers", specs))
+        tuples = shard_tuples(shards, args.buffer)
+        if args.format in ("sft", "dpo", "kto"):
+            from nextstate.daemon.export import trl_rows, write_rows
+
+            written = write_rows(trl_rows(tuples, args.format), args.out)
+            print(f"wrote {written:,} {args.format} rows to {args.out}")
+            return 0
+        encoder = msgspec.json.Encoder()
+        written = 0
         with open(args.out, "wb") as out:
-            for name, buffer in buffers.buffers.items():
-                if args.buffer and name != args.buffer:
-                    continue
-                for t in buffer.iter_tuples():
-                    if args.format == "rewards":
-                        if t.kind != "evaluative":
-                            continue
-                        row: object = {"session_id": t.session_id,
-                                       "interaction_id": t.interaction_id, "source": t.source,
-                                       "reward": t.reward, "confidence": t.confidence}
-                    else:
-                        row = t
-                    out.write(encoder.encode(row) + b"\n")
-                    written += 1
+            for t in tuples:
+                if args.format == "rewards":
+                    if t.kind != "evaluative":
+                        continue
+                    row: object = {"session_id": t.session_id,
+                                   "interaction_id": t.interaction_id, "source": t.source,
+                                   "reward": t.reward, "confidence": t.confidence}
+                else:
+                    row = t
+                out.write(encoder.encode(row) + b"\n")
+                written += 1
     finally:
-        buffers.close()
+        for shard in shards:
+            shard.close()
     print(f"wrote {written:,} rows to {args.out}")
     return 0
 
@@ -300,9 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     p = sub.add_parser("stats", help="yield summary per source")
-    p.add_argument("--state-dir", default="nextstate-state")
+    _state_dir_argument(p)
     p = sub.add_parser("export", help="export stored tuples as JSON lines")
-    p.add_argument("--state-dir", default="nextstate-state")
+    _state_dir_argument(p)
     p.add_argument("--config", help="the daemon's config (for its buffer names)")
     p.add_argument("--format", choices=["tuples", "rewards", "sft", "dpo", "kto"],
                    default="tuples", help="sft|dpo|kto: TRL conversational datasets "

@@ -14,19 +14,57 @@ Every row also has ``reward``, ``confidence``, ``hint``, ``source``, ``session_i
 ``interaction_id``. Messages are ``{"role", "content", "tool_calls", "tool_call_id"}``, every
 key in every message (Arrow needs one schema), tool calls in OpenAI's form with the
 arguments as the JSON text the model produced.
+
+Scaled-out daemons keep one buffer shard each; :func:`shard_tuples` reads several shards as
+one, exporting a tuple stored on two of them once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from nextstate.extractors.types import Message, ScoredTuple
 
+if TYPE_CHECKING:
+    from nextstate.buffers import BufferSet
+
 FORMATS = ("sft", "dpo", "kto")
+
+
+def shard_tuples(shards: Sequence[BufferSet], buffer: str | None = None
+                 ) -> Iterator[ScoredTuple]:
+    """Every tuple the shards' buffers hold: buffer by buffer (the first shard's buffer
+    order), within a buffer shard by shard in the order given, each shard oldest first.
+
+    A key (interaction, extractor, kind) that several shards hold in the same buffer comes
+    once, from the first shard that holds it: a daemon killed between processing a record and
+    committing its offset leaves its tuples for the partition's next owner to store again
+    (README, Scale-out). A tuple that one shard routes to two buffers comes once per buffer,
+    as a single shard's export always gave it.
+
+    Args:
+        shards: the buffer sets of the shards, opened with the same buffer specs.
+        buffer: only the buffer of this name (all if None).
+    """
+    if not shards:
+        return
+    for name in shards[0].buffers:
+        if buffer and name != buffer:
+            continue
+        if len(shards) == 1:  # one shard holds each key once per buffer: nothing to skip
+            yield from shards[0].buffers[name].iter_tuples()
+            continue
+        seen: set[tuple[str, str, str]] = set()
+        for shard in shards:
+            for t in shard.buffers[name].iter_tuples():
+                key = t.key
+                if key not in seen:
+                    seen.add(key)
+                    yield t
 
 
 def message_row(message: Message) -> dict[str, Any]:

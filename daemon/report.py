@@ -1,7 +1,7 @@
 """``nextstate report`` and ``nextstate stats``: the signal yield and deployment metrics.
 
-``nextstate report --state-dir DIR [--since 1h] --out OUT [--prices prices.toml]`` reads the
-daemon's counter time series (``<state_dir>/timeseries.sqlite``, see
+``nextstate report --state-dir DIR [DIR ...] [--since 1h] --out OUT [--prices prices.toml]``
+reads the daemon's counter time series (``<state_dir>/timeseries.sqlite``, see
 :mod:`nextstate.daemon.timeseries`) and writes one PNG per metric plus ``report.html``, a
 single self-contained page (the PNGs are embedded) with each metric's definition beside its
 plot. The definitions live in :data:`METRIC_DEFINITIONS` so that the page and the README say
@@ -9,7 +9,10 @@ the same thing.
 
 Every rate is a ratio of counter *increases* over a time bin (counter resets, as after a
 restart without state, are handled like Prometheus' ``increase``), never of raw totals, so a
-plot shows how the yield changes over time.
+plot shows how the yield changes over time. Several state dirs (the shards of daemons
+scaled out in one consumer group) make one report: their counters' increases are summed at
+every time any shard sampled (:meth:`Counters.merge`), and every rate is computed from
+those sums.
 
 The price table (``--prices``) is TOML, USD per 1M tokens::
 
@@ -162,6 +165,45 @@ class Counters:
             step[dropped] = values[1:][dropped]  # a reset: the counter restarted from zero
             monotonic = np.concatenate([[0.0], np.cumsum(step)])
             self._series.setdefault(name[: -len("_total")], []).append((labels, monotonic))
+
+    @classmethod
+    def merge(cls, parts: Sequence[Counters]) -> Counters:
+        """The counters of several shards as one: at every time any part sampled, each
+        series' increase summed over the parts.
+
+        A part's increase at a time is the one at its last sample at or before it (0 before
+        its first): a shard's counters hold between its samples, and the shards sample at
+        times of their own. Each part's resets were already folded into its increases, so the
+        sum only grows. Gauges never enter (they are ratios; every rate is computed from the
+        summed counters). Like a single part, the merged increases start at 0: a zero sample
+        is put first when some part already counted at the earliest time.
+
+        Example:
+            >>> a = Counters([(1.0, {"tuples_total": 2.0}), (3.0, {"tuples_total": 5.0})], True)
+            >>> b = Counters([(2.0, {"tuples_total": 4.0})], True)
+            >>> merged = Counters.merge([a, b])
+            >>> merged.ts.tolist(), merged.increase("tuples").tolist()
+            ([1.0, 1.0, 2.0, 3.0], [0.0, 2.0, 6.0, 9.0])
+        """
+        parts = [part for part in parts if len(part)]
+        ts = np.unique(np.concatenate([part.ts for part in parts])) if parts else np.zeros(0)
+        # Per part, the index of its last sample at or before each merged time (-1: none).
+        at = [np.searchsorted(part.ts, ts, side="right") - 1 for part in parts]
+        summed: dict[tuple[str, tuple[tuple[str, str], ...]], np.ndarray] = {}
+        for part, index in zip(parts, at, strict=True):
+            for name, series in part._series.items():
+                for labels, monotonic in series:
+                    values = np.where(index >= 0, monotonic[np.maximum(index, 0)], 0.0)
+                    key = (name, tuple(sorted(labels.items())))
+                    summed[key] = summed[key] + values if key in summed else values
+        if len(ts) and any(values[0] for values in summed.values()):
+            ts = np.concatenate([ts[:1], ts])
+            summed = {key: np.concatenate([[0.0], values]) for key, values in summed.items()}
+        merged = cls([], from_zero=False)
+        merged.ts = ts
+        for (name, labels), values in sorted(summed.items()):
+            merged._series.setdefault(name, []).append((dict(labels), values))
+        return merged
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -520,10 +562,15 @@ def write_report(samples: Sequence[tuple[float, dict[str, float]]], out: str | P
                  prices: Prices | None = None, from_zero: bool = True,
                  title: str = "nextstate report") -> Path:
     """Write the PNGs and ``report.html`` for a series into ``out``; returns the page."""
+    return write_counters_report(Counters(samples, from_zero=from_zero), out, prices, title)
+
+
+def write_counters_report(counters: Counters, out: str | Path, prices: Prices | None = None,
+                          title: str = "nextstate report") -> Path:
+    """:func:`write_report` from counters already read (one shard's or several merged)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prices = prices or {}
-    counters = Counters(samples, from_zero=from_zero)
     summary = summarize(counters, prices)
     plots = draw_plots(counters, summary, prices, out)
     page = out / "report.html"
@@ -534,7 +581,9 @@ def write_report(samples: Sequence[tuple[float, dict[str, float]]], out: str | P
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nextstate report", description=__doc__.split("\n")[0])
-    parser.add_argument("--state-dir", required=True, help="the daemon's state directory")
+    parser.add_argument("--state-dir", required=True, action="extend", nargs="+",
+                        metavar="DIR", help="the daemon's state directory; several (repeat "
+                        "the flag or list them) report the shards of a scaled-out group as one")
     parser.add_argument("--since", help="window start: 1h, 30m, 3600 (seconds ago) or ISO time")
     parser.add_argument("--out", required=True, help="folder for the PNGs and report.html")
     parser.add_argument("--prices", help="TOML price table, USD per 1M tokens per model")
@@ -544,13 +593,30 @@ def _parser() -> argparse.ArgumentParser:
 def report_main(argv: list[str], now: Callable[[], float] = time.time) -> int:
     """Entry point of ``nextstate report``; returns the exit status."""
     args = _parser().parse_args(argv)
+    dirs = distinct_dirs(args.state_dir)
     try:
         since = parse_since(args.since, now()) if args.since else None
         prices = load_prices(args.prices) if args.prices else {}
-        samples = read_series(default_path(args.state_dir), since=since)
+        shards = [read_series(default_path(state_dir), since=since) for state_dir in dirs]
     except (ValueError, FileNotFoundError, OSError, tomllib.TOMLDecodeError) as exc:
         print(f"nextstate report: {exc}", file=sys.stderr)
         return 2
-    page = write_report(samples, args.out, prices, from_zero=since is None)
-    print(f"{len(samples)} samples -> {page}")
+    if len(shards) == 1:
+        page = write_report(shards[0], args.out, prices, from_zero=since is None)
+        print(f"{len(shards[0])} samples -> {page}")
+        return 0
+    counters = Counters.merge([Counters(samples, from_zero=since is None)
+                               for samples in shards])
+    page = write_counters_report(counters, args.out, prices,
+                                 title=f"nextstate report ({len(dirs)} state dirs)")
+    print(f"{sum(map(len, shards))} samples from {len(dirs)} state dirs -> {page}")
     return 0
+
+
+def distinct_dirs(values: Sequence[str]) -> list[Path]:
+    """``--state-dir`` values as paths, in the order given, each directory once (named twice,
+    as ``st`` and ``./st``, its counters would be summed twice)."""
+    dirs: dict[Path, Path] = {}
+    for value in values:
+        dirs.setdefault(Path(value).resolve(), Path(value))
+    return list(dirs.values())

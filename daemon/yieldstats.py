@@ -330,6 +330,26 @@ class YieldStats:
         }
         self._forget_series()  # they point into the counters just replaced
 
+    def merge(self, other: YieldStats) -> None:
+        """Add ``other``'s counters to these (the shards of one scaled-out deployment).
+
+        Every series is a count or a sum, so the shards' series add up; the ratios
+        (:meth:`summary`, :meth:`signal_per_interaction`) are then computed from the sums.
+        The rolling window behind ``signal_per_interaction_window`` is a live gauge of one
+        process and is not merged. Series new to ``self`` are appended in ``other``'s order;
+        the series the hot path holds stay valid (values are added in place).
+
+        Example:
+            >>> a, b = YieldStats(), YieldStats()
+            >>> a.observe_record("transcript"); b.observe_record("transcript")
+            >>> b.observe_dead_letter("decode")
+            >>> a.merge(b)
+            >>> a.total("records"), a.total("dead_letters")
+            (2.0, 1.0)
+        """
+        for (name, labels), value in list(other._counters.items()):
+            self._cell(name, labels)[0] += value[0]
+
 
 def _same_calls(message: Message, action: Message) -> bool:
     """Whether two messages call the same tools with the same arguments, in the same order."""

@@ -88,3 +88,34 @@ def test_buffer_filter_limits_the_rows(state_dir, tmp_path):
     assert cli_main(["export", "--state-dir", str(state_dir), "--format", "kto",
                      "--buffer", "preference", "--out", str(out)]) == 0
     assert out.read_text() == ""
+
+
+def test_shards_export_each_key_once(state_dir, tmp_path):
+    """Over two shards, a key both store is written once (the first shard's copy), in every
+    format; a tuple only the second shard holds comes after the first shard's."""
+    again = tuple_from(_interaction(1, CALL), extractor="user", kind="evaluative",
+                       source="user", reward=0.8, confidence=0.5)  # the key of s1#2's
+    only_here = tuple_from(_interaction(4, BAD), extractor="judge", kind="preference",
+                           source="judge", chosen=CALL, rejected=BAD)
+    specs = [msgspec.convert(s, BufferSpec) for s in DaemonConfig().buffers]
+    other = tmp_path / "other"
+    buffers = BufferSet.open(other / "buffers", specs)
+    buffers.extend([again, only_here])
+    buffers.close()
+    shards = ["--state-dir", str(state_dir), "--state-dir", str(other)]
+    out = tmp_path / "tuples.jsonl"
+    assert cli_main(["export", *shards, "--format", "tuples", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["interaction_id"], r["extractor"], r["kind"]) for r in rows] == [
+        ("s0#2", "tool", "evaluative"), ("s1#2", "user", "evaluative"),
+        ("s2#2", "user", "evaluative"), ("s2#2", "user", "directive"),
+        ("s3#2", "judge", "preference"), ("s4#2", "judge", "preference")]
+    rows_of = {}
+    for fmt in ("rewards", "dpo", "kto"):
+        out = tmp_path / f"{fmt}.jsonl"
+        assert cli_main(["export", *shards, "--format", fmt, "--out", str(out)]) == 0
+        rows_of[fmt] = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["interaction_id"], r["confidence"]) for r in rows_of["rewards"]] == [
+        ("s0#2", 0.6), ("s1#2", 1.0), ("s2#2", 1.0)]  # s1#2: the first shard's copy
+    assert [r["interaction_id"] for r in rows_of["dpo"]] == ["s3#2", "s4#2"]
+    assert [r["interaction_id"] for r in rows_of["kto"]] == ["s0#2", "s1#2", "s2#2"]

@@ -149,6 +149,32 @@ def test_counter_reset_is_an_increase_not_a_drop():
     assert list(counters.increase("tuples")) == [0, 5, 8, 10, 12]
 
 
+def test_merged_counters_sum_each_shards_increase_at_every_sample_time():
+    """Shards sampled at their own times: each one's increase holds until its next sample,
+    a reset in one shard is still an increase, gauges stay out, and the sum starts at 0."""
+    a = Counters([(10.0, {"tuples_total": 2.0, "signal_per_interaction": 9.0}),
+                  (30.0, {"tuples_total": 5.0}),
+                  (40.0, {"tuples_total": 1.0})],  # restarted without state
+                 from_zero=True)
+    b = Counters([(20.0, {"tuples_total": 4.0, 'records_total{shape="x"}': 3.0}),
+                  (50.0, {"tuples_total": 7.0, 'records_total{shape="x"}': 3.0})],
+                 from_zero=True)
+    merged = Counters.merge([a, b])
+    assert merged.ts.tolist() == [10.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+    assert merged.increase("tuples").tolist() == [0, 2, 6, 9, 10, 13]
+    assert merged.increase("records", shape="x").tolist() == [0, 0, 3, 3, 3, 3]
+    assert merged.label_values("records", "shape") == ["x"]
+    assert merged.increase("signal_per_interaction").tolist() == [0] * 6
+    # A --since window counts from each shard's first sample in it: no zero is put first.
+    window = Counters.merge([Counters([(10.0, {"tuples_total": 100.0}),
+                                       (30.0, {"tuples_total": 105.0})], from_zero=False),
+                             Counters([(20.0, {"tuples_total": 50.0}),
+                                       (40.0, {"tuples_total": 53.0})], from_zero=False)])
+    assert window.ts.tolist() == [10.0, 20.0, 30.0, 40.0]
+    assert window.increase("tuples").tolist() == [0, 0, 5, 8]
+    assert len(Counters.merge([Counters([], from_zero=True)])) == 0
+
+
 def test_parse_since_and_prices(tmp_path):
     """Relative and ISO ``--since`` values and the price table parse; bad input is rejected."""
     assert parse_since("1h", now=10_000.0) == 6400.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from nextstate.daemon.yieldstats import YieldCollector, YieldStats, parse_series_key, series_key
@@ -61,6 +62,38 @@ def test_collector_exposes_prometheus_families_and_state_round_trips():
     restored = YieldStats()
     restored.load_state_dict(stats.state_dict())
     assert restored.snapshot() == stats.snapshot()
+
+
+def test_merge_sums_the_shards_counters_and_counting_goes_on():
+    """Merged shards: every series is the sum, ratios come from the sums, and the merged
+    stats keep counting into the series they held before the merge."""
+    a, b = YieldStats(clock=lambda: 1000.0), YieldStats(clock=lambda: 1000.0)
+    first, second, third = interaction(1), interaction(2), interaction(3)
+    a.observe_record("exchange")
+    a.observe_interaction(first, [tuple_from(first, extractor="tool", kind="evaluative",
+                                             source="tool", confidence=0.5)])
+    for item in (second, third):
+        b.observe_record("exchange")
+        b.observe_interaction(item, [])
+    b.observe_dead_letter("decode")
+    b.set_total("judge_calls", (), 4)
+    a.merge(b)
+    assert a.total("records", shape="exchange") == 3
+    assert a.total("interactions") == 3 and a.total("tuples") == 1
+    assert a.total("dead_letters", reason="decode") == 1 and a.total("judge_calls") == 4
+    assert a.total("prompt_tokens", model="m") == 300
+    assert a.signal_per_interaction() == pytest.approx(1 / 3)  # not (1.0 + 0.0) / 2
+    assert a.summary()["tool"]["confidence_weighted"] == pytest.approx(0.5 / 3)
+    a.observe_record("exchange")
+    a.observe_interaction(first, [tuple_from(first, extractor="tool", kind="evaluative",
+                                             source="tool")])
+    assert a.total("records") == 4 and a.total("tuples", source="tool") == 2
+    assert b.total("records") == 2  # the merged-in stats are left as they were
+    restored = YieldStats()
+    restored.load_state_dict(b.state_dict())
+    total = YieldStats()
+    total.merge(restored)
+    assert total.snapshot() == {**b.snapshot(), "signal_per_interaction_window": 0.0}
 
 
 def test_series_keys_round_trip():
