@@ -90,6 +90,12 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
         print(f"nextstate: source must be kafka or file:PATH, not {config.source!r}",
               file=sys.stderr)
         return 2
+    path = config.source.removeprefix("file:")
+    if not is_kafka and path != "-" and not Path(path).is_file():
+        # Before the pipeline opens its state dir: a typo must not leave an empty state behind
+        # (a later ``stats`` there would show zeros instead of this error).
+        print(f"nextstate: no input file {path!r} (source {config.source!r})", file=sys.stderr)
+        return 2
     try:
         dead_letters = sources.kafka_dead_letters(config) if is_kafka else None
     except sources.KafkaError as exc:

@@ -69,7 +69,7 @@ def _kill_and_drain(broker, topic, records, chunk, kills, rng, daemon, state) ->
         target = counted + rng.uniform(0.05, 0.95) * max(1, produced - before)
         daemon.start()
         assert wait_for(lambda: daemon.http("/readyz")[0] == 200, 90), "daemon never ready"
-        wait_for(lambda: daemon.metric("nextstate_records_total") >= target, 30, 0.005)
+        wait_for(lambda t=target: daemon.metric("nextstate_records_total") >= t, 30, 0.005)
         daemon.kill()
         if sum(processed_offsets(state).values()) < produced:
             killed_mid_stream += 1
