@@ -62,7 +62,9 @@ _force_setattr = msgspec.structs.force_setattr
 
 def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None = None
                    ) -> list[tuple[WireRecord, str]]:
-    """Decode one record into ``(record, shape)`` pairs (empty: nothing usable in a batch).
+    """Decode one record into ``(record, shape)`` pairs: a plain list of one, or for an OTLP
+    batch an :class:`otel.SpanBatch` (its usable spans, maybe none, and in ``rejected`` the
+    spans that fit no record, each ready for the dead letters on its own).
 
     An OpenAI exchange keeps its request messages undecoded (``msgspec.Raw``, or a
     :class:`wire.SplicedArray` when the known ones were cut out before decoding, its

@@ -19,10 +19,13 @@ that asked for it):
 - The session is ``gen_ai.conversation.id`` (from the span itself, else from any span of
   the same trace in the batch, e.g. a parent ``invoke_agent``), else the trace id (hex).
 
-Spans of other operations (embeddings, HTTP, DB...) are skipped, and so (logged) is a GenAI
-span with malformed messages, unless nothing else in the batch is usable. For several daemons in one
-consumer group, the collector must key records by trace (the OTel Collector's Kafka exporter:
-``partition_traces_by_id: true``), so that one session stays on one partition.
+Spans of other operations (embeddings, HTTP, DB...) are skipped. A span that fits no record
+(malformed messages or attributes, a bad start time) costs the batch only itself: the batch's
+:attr:`SpanBatch.rejected` holds it as a :class:`RejectedSpan`, a one-span batch of its own
+with the reason, for the dead letters; so does :meth:`SpanBatch.reject` for a span the join
+rejects. For several daemons in one consumer group, the collector must key records by trace
+(the OTel Collector's Kafka exporter: ``partition_traces_by_id: true``), so that one session
+stays on one partition.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import base64
 from typing import Any
 
 import msgspec
-import structlog
 
 from nextstate.daemon.wire import (
     BadRecord,
@@ -44,8 +46,6 @@ from nextstate.daemon.wire import (
     WireToolCall,
     WireUsage,
 )
-
-log = structlog.get_logger("nextstate.otel")
 
 EXCHANGE_SHAPE = "otel_span"
 TOOL_SHAPE = "otel_tool"
@@ -137,43 +137,197 @@ def _operation(attributes: dict[str, Any]) -> str | None:
     return operation if type(operation) is str else None
 
 
-def decode_batch(value: bytes) -> list[tuple[WireRecord, str]]:
-    """Every usable GenAI span of an OTLP batch as ``(record, shape)``, in batch order.
+class RejectedSpan(msgspec.Struct, frozen=True):
+    """A span of an OTLP batch that fits no record, as the dead letters take it.
+
+    Attributes:
+        index: the span's place in the batch (counting every span, GenAI or not).
+        reason: the :class:`BadRecord` reason.
+        detail: which span (its index and id) and why.
+        value: the span alone as an OTLP batch in the batch's encoding (JSON envelope, Rotel
+            list or protobuf), with its resource and scope, and the batch's conversation id
+            for its trace when another span carried it: fed to the daemon on its own, it is
+            read (and rejected) as it was in the batch.
+    """
+
+    index: int
+    reason: str
+    detail: str
+    value: bytes
+
+
+class SpanBatch(list[tuple[WireRecord, str]]):
+    """The usable GenAI spans of an OTLP batch as ``(record, shape)`` pairs, in batch order,
+    and the spans that fit no record in :attr:`rejected`.
+
+    A list like any decode's result, so its callers iterate it as they do one record's; the
+    pipeline tells it from one record's (a plain list) by its type.
+    """
+
+    __slots__ = ("_attrs", "_sources", "_traces", "_value", "rejected")
+
+    def __init__(self, value: bytes, traces: list[ResourceSpans],
+                 attrs: list[dict[str, Any] | None]) -> None:
+        super().__init__()
+        self.rejected: list[RejectedSpan] = []
+        self._value, self._traces, self._attrs = value, traces, attrs
+        self._sources: list[int] = []  # each pair's span, as its index in the batch
+
+    def reject(self, n: int, error: BadRecord) -> RejectedSpan:
+        """Pair ``n``'s span, rejected after decoding (by the join) for ``error``."""
+        index = self._sources[n]
+        return _rejected(self._value, self._traces, index, self._attrs[index],
+                         self[n][0].session_id, error)
+
+
+def decode_batch(value: bytes) -> SpanBatch:
+    """Every usable GenAI span of an OTLP batch as ``(record, shape)``, in batch order; the
+    GenAI spans that fit no record in the batch's :attr:`~SpanBatch.rejected`.
 
     Raises:
         BadRecord: the batch is not valid OTLP (``decode``/``schema``).
     """
-    spans = [s for rs in _traces(value) for ss in rs.scopeSpans for s in ss.spans]
-    attrs = [_attributes(s) for s in spans]
+    traces = _traces(value)
+    spans = [s for rs in traces for ss in rs.scopeSpans for s in ss.spans]
+    attrs: list[dict[str, Any] | None] = []
+    unreadable: dict[int, BadRecord] = {}
+    for i, span in enumerate(spans):
+        try:
+            attrs.append(_attributes(span))
+        except BadRecord as exc:
+            attrs.append(None)
+            unreadable[i] = exc
     conversation: dict[str, str] = {}
     model_call_traces: set[str] = set()
     for span, a in zip(spans, attrs, strict=True):
+        if a is None:
+            continue
         if isinstance(a.get("gen_ai.conversation.id"), str):
             conversation.setdefault(span.traceId, a["gen_ai.conversation.id"])
         if _operation(a) in _MODEL_CALLS:
             model_call_traces.add(span.traceId)
-    out: list[tuple[WireRecord, str]] = []
-    bad: list[BadRecord] = []
-    for span, a in zip(spans, attrs, strict=True):
+    out = SpanBatch(value, traces, attrs)
+    for i, (span, a) in enumerate(zip(spans, attrs, strict=True)):
+        if a is None:
+            out.rejected.append(_rejected(value, traces, i, None, None, unreadable[i]))
+            continue
         operation = _operation(a)
         session = str(a.get("gen_ai.conversation.id") or conversation.get(span.traceId)
                       or _hex_id(span.traceId))
         try:
             if operation in _MODEL_CALLS or (operation == "invoke_agent"
                                              and span.traceId not in model_call_traces):
-                record = _exchange(session, span, a)
-                if record is not None:
-                    out.append((record, EXCHANGE_SHAPE))
+                record, shape = _exchange(session, span, a), EXCHANGE_SHAPE
             elif operation == "execute_tool":
-                out.append((_tool_result(session, span, a), TOOL_SHAPE))
-        except BadRecord as exc:
-            # One malformed span must not cost the batch's other sessions their spans.
-            log.warning("otel_span_skipped", reason=exc.reason, detail=exc.detail[:300],
-                        trace_id=_hex_id(span.traceId), span_id=_hex_id(span.spanId))
-            bad.append(exc)
-    if bad and not out:
-        raise bad[0]  # nothing usable: the whole batch goes to the dead letters
+                record, shape = _tool_result(session, span, a), TOOL_SHAPE
+            else:
+                continue
+        except (BadRecord, RecursionError) as error:
+            # One malformed span must not cost the batch's other spans: it goes apart.
+            exc = error if isinstance(error, BadRecord) else BadRecord(
+                "decode", "GenAI messages attribute: JSON nested too deeply")
+            out.rejected.append(_rejected(value, traces, i, a, session, exc))
+            continue
+        if record is not None:  # None: an exchange without its messages (capture off)
+            out.append((record, shape))
+            out._sources.append(i)
     return out
+
+
+def _rejected(value: bytes, traces: list[ResourceSpans], index: int,
+              a: dict[str, Any] | None, session: str | None, error: BadRecord) -> RejectedSpan:
+    """Span ``index`` of the batch (its attributes ``a``, its session), rejected for ``error``."""
+    r, s, k = _locate(traces, index)
+    span = traces[r].scopeSpans[s].spans[k]
+    # A session that came from another span of its trace: the span alone must carry it.
+    inherited = a is not None and not a.get("gen_ai.conversation.id") \
+        and session != _hex_id(span.traceId)
+    conversation = session if inherited else None
+    try:
+        if looks_like_otlp_proto(value):
+            alone = _one_span_proto(value, r, s, k, conversation)
+        else:
+            alone = _one_span_json(value, r, s, k, conversation)
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+        # Not seen (the batch's decode read these bytes): the whole batch, so nothing is lost.
+        alone = value
+    span_id = _hex_id(span.spanId)[:32] or "no id"
+    return RejectedSpan(index, error.reason, f"span {index} ({span_id}): {error.detail}", alone)
+
+
+def _locate(traces: list[ResourceSpans], index: int) -> tuple[int, int, int]:
+    """The resource, scope and place in the scope of the batch's span ``index``."""
+    for r, resource in enumerate(traces):
+        for s, scope in enumerate(resource.scopeSpans):
+            if index < len(scope.spans):
+                return r, s, index
+            index -= len(scope.spans)
+    raise IndexError(index)
+
+
+class _RawScopeSpans(msgspec.Struct, omit_defaults=True):
+    scope: msgspec.Raw = msgspec.Raw()
+    spans: list[msgspec.Raw] = []
+    schemaUrl: msgspec.Raw = msgspec.Raw()
+
+
+class _RawResourceSpans(msgspec.Struct, omit_defaults=True):
+    resource: msgspec.Raw = msgspec.Raw()
+    scopeSpans: list[_RawScopeSpans] = []
+    schemaUrl: msgspec.Raw = msgspec.Raw()
+
+
+class _RawTracesData(msgspec.Struct, omit_defaults=True):
+    resourceSpans: list[_RawResourceSpans] = []
+
+
+_RAW_ENVELOPE = msgspec.json.Decoder(_RawTracesData)
+_RAW_LIST = msgspec.json.Decoder(list[_RawResourceSpans])
+_RAW_FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _one_span_json(value: bytes, r: int, s: int, k: int, conversation: str | None) -> bytes:
+    """Span ``k`` of scope ``s`` of resource ``r`` as a JSON batch of its own, its bytes (and
+    its resource's and scope's) as they were, in the batch's form (envelope or list)."""
+    listed = value.lstrip()[:1] == b"["
+    resources = _RAW_LIST.decode(value) if listed else _RAW_ENVELOPE.decode(value).resourceSpans
+    resource = resources[r]
+    scope = resource.scopeSpans[s]
+    span = scope.spans[k]
+    if conversation is not None:
+        try:
+            fields = _RAW_FIELDS.decode(span)
+            attributes = _RAW_ARRAY.decode(fields.get("attributes", b"[]"))
+        except UnicodeDecodeError:  # a field name that is no UTF-8 (the decode skipped it)
+            pass  # the span as it was: alone, its session is its trace id
+        else:  # after the span's own: the last of a key is the one read
+            attributes.append(msgspec.Raw(msgspec.json.encode(
+                {"key": "gen_ai.conversation.id", "value": {"stringValue": conversation}})))
+            span = msgspec.Raw(msgspec.json.encode({**fields, "attributes": attributes}))
+    alone = msgspec.structs.replace(resource, scopeSpans=[
+        msgspec.structs.replace(scope, spans=[span])])
+    return msgspec.json.encode([alone] if listed else _RawTracesData([alone]))
+
+
+def _one_span_proto(value: bytes, r: int, s: int, k: int, conversation: str | None) -> bytes:
+    """:func:`_one_span_json` for a protobuf batch (it was parsed once already)."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData as PbTracesData
+
+    batch = PbTracesData()
+    batch.ParseFromString(value)
+    out = PbTracesData()
+    resource = out.resource_spans.add()
+    resource.CopyFrom(batch.resource_spans[r])
+    del resource.scope_spans[:]
+    scope = resource.scope_spans.add()
+    scope.CopyFrom(batch.resource_spans[r].scope_spans[s])
+    del scope.spans[:]
+    span = scope.spans.add()
+    span.CopyFrom(batch.resource_spans[r].scope_spans[s].spans[k])
+    if conversation is not None:
+        span.attributes.add(key="gen_ai.conversation.id").value.string_value = conversation
+    return out.SerializeToString()
 
 
 def _traces(value: bytes) -> list[ResourceSpans]:

@@ -28,7 +28,7 @@ import msgspec
 import structlog
 
 from nextstate.buffers import BufferSet, BufferSpec
-from nextstate.daemon import ingest, wire
+from nextstate.daemon import ingest, otel, wire
 from nextstate.daemon.config import DaemonConfig
 from nextstate.daemon.deadletter import DeadLetterSink, FileDeadLetters
 from nextstate.daemon.join import SessionJoiner
@@ -130,13 +130,15 @@ class Pipeline:
     # -- records ----------------------------------------------------------------------------
     def process(self, value: bytes, key: bytes | None, topic: str, partition: int,
                 offset: int) -> None:
-        """Process one record; bad ones go to the dead-letter sink with their reason."""
+        """Process one record; bad ones go to the dead-letter sink with their reason (an OTLP
+        batch's bad spans each on their own, see :meth:`_feed_spans`)."""
         tp = (topic, partition)
         replay = offset < self.processed.get(tp, 0)
         seen = self.seen
         if offset >= seen.get(tp, 0):
             seen[tp] = offset + 1
         self.records_since_checkpoint += 1
+        position = (topic, partition, offset)
         try:
             if len(value) > self.config.join.max_record_bytes:
                 raise BadRecord("too_large", f"{len(value)} bytes > join.max_record_bytes="
@@ -148,23 +150,18 @@ class Pipeline:
                     if record.ts is not None:
                         self.event_time = max(self.event_time, wire.parse_ts(record.ts))
             now = self.now()
-            position = (topic, partition, offset)
-            if len(decoded) == 1:  # the usual case: one wire record per Kafka record
+            if type(decoded) is list:  # the usual case: one wire record per Kafka record
                 record, shape = decoded[0]
                 closed = self.joiner.feed(record, shape, now, position, len(value))
-            else:
-                closed = []
-                share = len(value) // max(1, len(decoded))
-                for record, shape in decoded:
-                    closed += self.joiner.feed(record, shape, now, position, share)
+            else:  # an OTLP batch: its spans joined, or dead-lettered, each on its own
+                decoded, closed = self._feed_spans(decoded, key, now, position, len(value),
+                                                   replay)
         except (BadRecord, RecursionError) as error:
             # RecursionError: msgspec's guard against absurdly deep nesting (hostile input).
             exc = error if isinstance(error, BadRecord) else BadRecord(
                 "decode", "JSON nested too deeply")
             if not replay:
-                self.dead_letters.send(value, key, exc.reason, exc.detail, topic, partition,
-                                       offset)
-                self.stats.observe_dead_letter(exc.reason)
+                self._dead_letter(value, key, exc.reason, exc.detail, position)
             return
         if self.joiner.evicted != self._evicted_seen:
             self._count_evictions()
@@ -185,6 +182,41 @@ class Pipeline:
         if self.use_event_time and \
                 self.event_time - self._last_series >= self.config.timeseries_interval_s:
             self.record_timeseries(self.event_time)
+
+    def _feed_spans(self, batch: list[tuple[wire.WireRecord, str]], key: bytes | None,
+                    now: float, position: tuple[str, int, int], size: int, replay: bool
+                    ) -> tuple[list[tuple[wire.WireRecord, str]], list[Interaction]]:
+        """Join an OTLP batch's spans one by one; returns those joined and the interactions
+        they closed (it raises no :class:`BadRecord`: the batch is past its decode).
+
+        A span the join rejects goes to the dead letters on its own, like those the decode
+        rejected (each as a one-span batch, with the batch's position and the span's place
+        in the detail): one bad span costs the batch nothing else, and a replay of the batch
+        joins the same spans again.
+        """
+        assert isinstance(batch, otel.SpanBatch)
+        joined: list[tuple[wire.WireRecord, str]] = []
+        closed: list[Interaction] = []
+        rejected = list(batch.rejected)
+        share = size // max(1, len(batch))
+        for n, (record, shape) in enumerate(batch):
+            try:
+                closed += self.joiner.feed(record, shape, now, position, share)
+            except (BadRecord, RecursionError) as error:
+                exc = error if isinstance(error, BadRecord) else BadRecord(
+                    "decode", "JSON nested too deeply")
+                rejected.append(batch.reject(n, exc))
+            else:
+                joined.append((record, shape))
+        if not replay:
+            for span in sorted(rejected, key=lambda span: span.index):  # in batch order
+                self._dead_letter(span.value, key, span.reason, span.detail, position)
+        return joined, closed
+
+    def _dead_letter(self, value: bytes, key: bytes | None, reason: str, detail: str,
+                     position: tuple[str, int, int]) -> None:
+        self.dead_letters.send(value, key, reason, detail, *position)
+        self.stats.observe_dead_letter(reason)
 
     def now(self) -> float:
         """The pipeline's clock: the latest record time when replaying logs, else wall time."""

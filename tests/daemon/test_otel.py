@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nextstate.daemon.ingest import decode_records
+from nextstate.daemon.join import SessionJoiner
 from nextstate.daemon.pipeline import Pipeline
 from nextstate.daemon.wire import BadRecord
 from tests.daemon.test_pipeline import config_for, stored
@@ -181,22 +186,98 @@ def test_tool_span_without_captured_content_is_its_own_interaction(tmp_path):
     assert json.loads(evaluative.action.tool_calls[0].arguments) == {"day": "someday"}
 
 
-def test_a_malformed_span_skips_only_itself():
-    """A chat span whose messages attribute is not JSON is skipped; the batch's good spans
-    still come through; a batch of only such spans is a bad record."""
-    batch = json.loads(collector_json(agent_run("conv-1", None)))
-    spans = batch["resourceSpans"][0]["scopeSpans"][0]["spans"]
-    broken = json.loads(json.dumps(spans[0]))
-    for kv in broken["attributes"]:
-        if kv["key"] == "gen_ai.output.messages":
-            kv["value"] = {"stringValue": "[{not json"}
-    spans.insert(0, broken)
-    shapes = [s for _, s in decode_records(json.dumps(batch).encode(), None)]
-    assert shapes == ["otel_span", "otel_tool", "otel_span"]
-    only_bad = {"resourceSpans": [{"scopeSpans": [{"spans": [broken]}]}]}
+def odd_run(conversation: str) -> list:
+    """A traced run with two bad chat spans under its ``invoke_agent``: the first's output
+    messages are no JSON (the decode rejects it), the second's input holds a message of an
+    unknown role (the join rejects it)."""
+    exporter = in_memory.InMemorySpanExporter()
+    provider = sdk_trace.TracerProvider()
+    provider.add_span_processor(sdk_trace.export.SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("agent")
+    with tracer.start_as_current_span("invoke_agent odd") as agent:
+        agent.set_attribute("gen_ai.operation.name", "invoke_agent")
+        agent.set_attribute("gen_ai.conversation.id", conversation)
+        with tracer.start_as_current_span("chat gpt-4o") as span:
+            span.set_attribute("gen_ai.operation.name", "chat")
+            span.set_attribute("gen_ai.input.messages", json.dumps([ASK]))
+            span.set_attribute("gen_ai.output.messages", "[{not json")
+        wizard = {"role": "wizard", "parts": [{"type": "text", "content": "abracadabra"}]}
+        _chat(tracer, [ASK, wizard], {"role": "assistant", "parts": [
+            {"type": "text", "content": "Pardon?"}]}, None)
+    provider.shutdown()
+    return list(exporter.get_finished_spans())
+
+
+ENCODINGS = {"collector_json": collector_json, "rotel_list": rotel_json, "protobuf": protobuf}
+
+
+def alone(value: bytes) -> tuple[dict, dict, dict]:
+    """A one-span batch (any encoding): its resource, its scope, and its span's attributes."""
+    if value[:1] == b"\n":
+        from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+        data = json_format.MessageToDict(TracesData.FromString(value))
+    else:
+        data = json.loads(value)
+    (resource,) = data if isinstance(data, list) else data["resourceSpans"]
+    (scope,) = resource["scopeSpans"]
+    (span,) = scope["spans"]
+    return resource, scope, {kv["key"]: next(iter(kv["value"].values()))
+                             for kv in span["attributes"]}
+
+
+@pytest.mark.parametrize("encode", ENCODINGS.values(), ids=ENCODINGS)
+def test_a_malformed_span_is_rejected_alone_as_a_batch_of_its_own(encode):
+    """A chat span whose output messages are no JSON costs the batch only itself: the other
+    spans come through, and it is rejected as a one-span batch in the batch's encoding (its
+    resource, its scope, the conversation id its parent carried) that, decoded alone, is
+    rejected again for the same reason."""
+    value = encode(agent_run("conv-1", None) + odd_run("conv-2"))
+    batch = decode_records(value, None)
+    assert [(r.session_id, s) for r, s in batch] == [
+        ("conv-1", "otel_span"), ("conv-1", "otel_tool"), ("conv-1", "otel_span"),
+        ("conv-2", "otel_span")]
+    (rejected,) = batch.rejected
+    assert (rejected.index, rejected.reason) == (4, "schema")
+    assert rejected.detail.startswith("span 4 (") and "GenAI messages attribute" in \
+        rejected.detail
+    assert rejected.value[:1] == value[:1]
+    resource, scope, attributes = alone(rejected.value)
+    assert "telemetry.sdk.language" in {kv["key"] for kv in resource["resource"]["attributes"]}
+    assert scope["scope"]["name"] == "agent"
+    assert attributes["gen_ai.output.messages"] == "[{not json"
+    assert attributes["gen_ai.conversation.id"] == "conv-2"  # from its invoke_agent parent
+    again = decode_records(rejected.value, None)
+    assert list(again) == []
+    assert again.rejected == [msgspec.structs.replace(
+        rejected, index=0, detail=rejected.detail.replace("span 4 ", "span 0 "),
+        value=again.rejected[0].value)]
+
+
+@pytest.mark.parametrize("encode", ENCODINGS.values(), ids=ENCODINGS)
+def test_a_span_the_join_rejects_decodes_alone_as_it_did_in_its_batch(encode):
+    """The span of a pair the join rejects (a message of unknown role), cut out of its batch,
+    decodes alone to the same record, in the same session (the conversation id its parent
+    carried comes with it)."""
+    batch = decode_records(encode(odd_run("conv-2")), None)
+    ((record, shape),) = batch
     with pytest.raises(BadRecord) as exc:
-        decode_records(json.dumps(only_bad).encode(), None)
-    assert exc.value.reason == "schema"
+        SessionJoiner().feed(record, shape, 0.0)
+    assert exc.value.reason == "unknown_role"
+    rejected = batch.reject(0, exc.value)
+    assert (rejected.index, rejected.reason) == (1, "unknown_role")
+    assert rejected.detail.startswith("span 1 (") and "wizard" in rejected.detail
+    again = decode_records(rejected.value, None)
+    assert list(again) == [(record, shape)] and again.rejected == []
+    assert record.session_id == "conv-2"
+
+
+def test_only_malformed_spans_make_a_batch_of_rejects_not_a_bad_record():
+    """A valid batch whose GenAI spans are all malformed yields no record and every span
+    rejected on its own (a batch that is not OTLP at all stays one bad record)."""
+    batch = decode_records(collector_json(odd_run("conv-2")[:1] * 2), None)
+    assert list(batch) == []
+    assert [(r.index, r.reason) for r in batch.rejected] == [(0, "schema"), (1, "schema")]
 
 
 @pytest.mark.parametrize("value", [{"arrayValue": {"values": [{"stringValue": "chat"}]}},
@@ -224,3 +305,121 @@ def test_malformed_otlp_batch_is_a_bad_record():
     with pytest.raises(BadRecord) as broken:
         decode_records(b"\n\xff\xff\xff", None)
     assert broken.value.reason == "decode"
+
+
+def _letters(state_dir) -> list[dict]:
+    path = state_dir / "dlq.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_batch_with_bad_spans_loses_nothing_else(tmp_path):
+    """One batch: two sessions' runs around a trace with a span the decode rejects and one
+    the join rejects. Both sessions' interactions are stored; each bad span is a dead letter
+    of its own (its reason, its place in the detail, the batch's key and offset) that, re-fed
+    alone, is rejected again for the same reason; the batch replayed after a restart joins
+    its spans again and adds no dead letter."""
+    value = collector_json(agent_run("conv-a", None) + odd_run("conv-c")
+                           + agent_run("conv-b", "ConnectionError: weather API down"))
+    pipeline = Pipeline(config_for(tmp_path))
+    pipeline.process(value, b"k", "otlp_traces", 0, 7)
+    pipeline.finish()
+    pipeline.close()
+    tuples = {(t.session_id, t.kind): t for t in stored(tmp_path / "state")}
+    assert tuples[("conv-a", "evaluative")].reward > 0
+    assert tuples[("conv-b", "evaluative")].reward < 0
+    assert {session for session, _ in tuples} == {"conv-a", "conv-b"}
+    assert pipeline.stats.total("interactions", shape="otel_span") == 4
+    assert pipeline.stats.total("records", shape="otel_span") == 4
+    assert pipeline.stats.total("records", shape="otel_tool") == 2
+    letters = _letters(tmp_path / "state")
+    assert [(e["reason"], e["source"], e["partition"], e["offset"], e["key"])
+            for e in letters] == [("schema", "otlp_traces", 0, 7, "k"),
+                                  ("unknown_role", "otlp_traces", 0, 7, "k")]
+    assert letters[0]["error"].startswith("span 4 (")
+    assert letters[1]["error"].startswith("span 5 (") and "wizard" in letters[1]["error"]
+    assert pipeline.stats.total("dead_letters", reason="schema") == 1
+    assert pipeline.stats.total("dead_letters", reason="unknown_role") == 1
+    for n, entry in enumerate(letters):
+        again = Pipeline(config_for(tmp_path / f"again{n}"))
+        again.process(entry["value"].encode(), None, "otlp_traces.dlq", 0, 0)
+        again.close()
+        (letter,) = _letters(tmp_path / f"again{n}" / "state")
+        assert letter["reason"] == entry["reason"]
+        assert letter["error"] == re.sub(r"^span \d+ ", "span 0 ", entry["error"])
+    restarted = Pipeline(config_for(tmp_path))
+    restarted.process(value, b"k", "otlp_traces", 0, 7)  # re-read below the checkpoint
+    assert restarted.joiner.pending_count == 2  # conv-a's and conv-b's last exchanges
+    restarted.close()
+    assert len(_letters(tmp_path / "state")) == 2
+    assert restarted.stats.total("dead_letters") == 2
+
+
+def _kv(key: str, value: str | int) -> dict:
+    return {"key": key, "value": {"stringValue": value} if isinstance(value, str)
+            else {"intValue": str(value)}}
+
+
+def _span(kind: str, trace: str, n: int) -> dict:
+    """A span of one kind (see SPAN_KINDS) in ``trace``, its id from ``n``."""
+    chat = [_kv("gen_ai.operation.name", "chat"),
+            _kv("gen_ai.input.messages", json.dumps([ASK])),
+            _kv("gen_ai.output.messages", json.dumps([{"role": "assistant", "parts": [
+                {"type": "text", "content": f"answer {n}"}]}]))]
+    attributes = {
+        "chat": chat,
+        "chat_own_conversation": [*chat, _kv("gen_ai.conversation.id", f"own-{n}")],
+        "tool": [_kv("gen_ai.operation.name", "execute_tool"), _kv("gen_ai.tool.call.id", "c1"),
+                 _kv("gen_ai.tool.call.result", "ok")],
+        "conversation_carrier": [_kv("gen_ai.operation.name", "invoke_agent"),
+                                 _kv("gen_ai.conversation.id", f"conv-{trace[:1]}")],
+        "http": [_kv("http.request.method", "GET"), _kv("http.response.status_code", 200)],
+        "bad_messages": [*chat[:2], _kv("gen_ai.output.messages", "[{not json")],
+        "bad_start": [_kv("gen_ai.operation.name", "execute_tool")],
+        "bad_int": [*chat, {"key": "n", "value": {"intValue": "x8"}}],
+    }[kind]
+    return {"traceId": trace, "spanId": f"{n:016x}", "name": kind, "kind": 3,
+            "startTimeUnixNano": "17x" if kind == "bad_start" else str(1760000000 + n) + "0" * 9,
+            "attributes": attributes}
+
+
+SPAN_KINDS = ["chat", "chat_own_conversation", "tool", "conversation_carrier", "http",
+              "bad_messages", "bad_start", "bad_int"]
+BAD_KINDS = {"bad_messages": "schema", "bad_start": "schema", "bad_int": "schema"}
+SPANS = st.tuples(st.sampled_from(SPAN_KINDS), st.sampled_from(["a" * 32, "b" * 32]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.lists(SPANS, max_size=4), max_size=3), max_size=3),
+       st.booleans())
+def test_every_span_is_a_record_or_a_reject_that_decodes_alone_the_same(resources, listed):
+    """Batches of several resources and scopes, good and bad spans mixed: each GenAI span is a
+    record or a reject, in batch order; a reject decoded alone is rejected again for the same
+    reason, and any record's span cut out as a reject decodes alone to the same record."""
+    kinds: list[str] = []
+    places: list[tuple[int, int]] = []  # each span's resource and scope
+    data = []
+    for r, scopes in enumerate(resources):
+        resource: dict = {"resource": {"attributes": [_kv("service.name", f"svc-{r}")]},
+                          "scopeSpans": [], "schemaUrl": "https://opentelemetry.io/schemas/1"}
+        for s, spans in enumerate(scopes):
+            resource["scopeSpans"].append({"scope": {"name": f"scope-{r}-{s}"}, "spans": [
+                _span(kind, trace, len(kinds) + k) for k, (kind, trace) in enumerate(spans)]})
+            kinds += [kind for kind, _ in spans]
+            places += [(r, s)] * len(spans)
+        data.append(resource)
+    value = json.dumps(data if listed else {"resourceSpans": data}).encode()
+    batch = decode_records(value, None)
+    assert [(r.index, r.reason) for r in batch.rejected] == [
+        (i, BAD_KINDS[k]) for i, k in enumerate(kinds) if k in BAD_KINDS]
+    assert len(batch) == sum(k in ("chat", "chat_own_conversation", "tool") for k in kinds)
+    for rejected in batch.rejected:
+        again = decode_records(rejected.value, None)
+        assert list(again) == [] and [(r.reason, r.detail) for r in again.rejected] == [
+            (rejected.reason, re.sub(r"^span \d+ ", "span 0 ", rejected.detail))]
+        resource, scope, _ = alone(rejected.value)
+        r, s = places[rejected.index]
+        assert resource["resource"]["attributes"] == [_kv("service.name", f"svc-{r}")]
+        assert resource["schemaUrl"] and scope["scope"] == {"name": f"scope-{r}-{s}"}
+    for n, pair in enumerate(batch):
+        cut = batch.reject(n, BadRecord("unknown_role", "as if the join rejected it"))
+        assert list(decode_records(cut.value, None)) == [pair]
