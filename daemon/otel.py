@@ -126,8 +126,37 @@ def looks_like_otlp_json(value: bytes) -> bool:
 
 
 def looks_like_otlp_proto(value: bytes) -> bool:
-    """A binary ``TracesData`` starts with field 1 (tag byte 0x0a) and is not JSON."""
-    return value[:1] == b"\n" and value.lstrip()[:1] not in (b"{", b"[")
+    """A binary ``TracesData`` starts with field 1 (tag byte 0x0a) and is not JSON.
+
+    Its first length byte can be whitespace, ``[`` or ``{`` (a first ResourceSpans of 9, 10,
+    13, 32, 91 or 123 bytes), so what reads as JSON after a leading newline is still taken
+    for protobuf when the bytes are TracesData's framing to the last byte.
+    """
+    if value[:1] != b"\n":
+        return False
+    return value.lstrip()[:1] not in (b"{", b"[") or _framed_as_traces(value)
+
+
+def _framed_as_traces(value: bytes) -> bool:
+    """Whether ``value`` is a run of field-1 length-delimited entries (TracesData's
+    ``resource_spans``) ending exactly at its last byte: JSON text after a newline is not."""
+    at, end = 0, len(value)
+    while at < end:
+        if value[at] != 0x0A:
+            return False
+        at += 1
+        length = shift = 0
+        while True:  # the entry's length, a base-128 varint
+            if at >= end or shift > 63:
+                return False
+            byte = value[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        at += length
+    return at == end
 
 
 def _operation(attributes: dict[str, Any]) -> str | None:

@@ -423,3 +423,19 @@ def test_every_span_is_a_record_or_a_reject_that_decodes_alone_the_same(resource
     for n, pair in enumerate(batch):
         cut = batch.reject(n, BadRecord("unknown_role", "as if the join rejected it"))
         assert list(decode_records(cut.value, None)) == [pair]
+
+
+@pytest.mark.parametrize("first_length", [9, 10, 13, 32, 91, 123])
+def test_protobuf_whose_first_length_byte_reads_as_json_is_still_protobuf(first_length):
+    """A first ResourceSpans of 91 bytes starts the batch with ``\\n[`` (123: ``\\n{``; 9,
+    10, 13, 32: whitespace): still decoded as protobuf, not rejected as broken JSON."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
+
+    real = TracesData.FromString(protobuf(agent_run("conv-9", None)))
+    pad = ResourceSpans(schema_url="x" * (first_length - 2))  # tag, length, the URL
+    assert pad.ByteSize() == first_length
+    batch = TracesData(resource_spans=[pad, *real.resource_spans]).SerializeToString()
+    assert batch[:2] == bytes([0x0A, first_length])
+    records = decode_records(batch, None)
+    assert [shape for _, shape in records] == ["otel_span", "otel_tool", "otel_span"]
+    assert {r.session_id for r, _ in records} == {"conv-9"}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))  # the tests' record builders (tests.records)
 import atheris  # noqa: E402  (installed with the test extras)
 import structlog  # noqa: E402
 
-# Skipped OTel spans are logged as warnings: quiet, at a million inputs.
+# Warnings the decoders and the join log (e.g. evictions) are silenced: quiet, at a million inputs.
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
 
 with atheris.instrument_imports(include=["nextstate"]):
