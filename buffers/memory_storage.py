@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from nextstate.buffers.storage import FREE, Key, Storage, source_code
+from nextstate.buffers.storage import FREE, Key, Storage, session_key, source_code
 from nextstate.buffers.versions import parse_policy_version
 from nextstate.extractors.types import ScoredTuple
 
@@ -79,7 +79,10 @@ class MemoryStorage(Storage):
         self._recent.clear()
 
     def state_dict(self) -> dict[str, Any]:
-        """Layout, priorities, the msgpack payload of every stored tuple and recent keys."""
+        """Layout, priorities, the msgpack payload of every stored tuple and recent keys.
+
+        Source, version and session key are derived from the payloads on load, not stored.
+        """
         state = self._layout_state()
         state["payloads"] = [
             _ENCODER.encode(self._items[slot]) for slot in self.occupied_slots().tolist()
@@ -103,7 +106,8 @@ class MemoryStorage(Storage):
             self._items[slot] = item
             self._live[item.key] = slot
             self._place(slot, int(seqs[slot]), source_code(item.source),
-                        parse_policy_version(item.policy_version), float(priorities[slot]))
+                        parse_policy_version(item.policy_version), float(priorities[slot]),
+                        session_key(item.session_id))
         self._finish_layout()
         self._recent = {(a, b, c): int(seq) for a, b, c, seq in state["recent"]}
         self.next_seq = int(state["next_seq"])

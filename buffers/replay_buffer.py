@@ -29,7 +29,8 @@ class SampleBatch:
         indices: their slots, to pass back to :meth:`ReplayBuffer.update_priorities`.
             A slot is reused once its tuple is evicted: an update for a slot written
             over since the sample applies to the new tuple (as in cpprb and TorchRL).
-        weights: importance weights (prioritized: ``(N P(i))^-beta / max``) times the
+        weights: importance weights (prioritized: ``(N P(i))^-beta / max``, where P(i) is
+            the grouped draw's per-tuple probability with ``session_group > 1``) times the
             staleness decay; 1.0 for uniform sampling of fresh tuples.
     """
 
@@ -94,9 +95,10 @@ class ReplayBuffer:
         if spec.sampler == "prioritized":
             sampler = PrioritizedSampler(spec.capacity, spec.alpha, spec.beta,
                                          spec.priority_eps, spec.max_staleness,
-                                         spec.staleness_decay)
+                                         spec.staleness_decay, spec.session_group)
         else:
-            sampler = UniformSampler(spec.capacity, spec.max_staleness, spec.staleness_decay)
+            sampler = UniformSampler(spec.capacity, spec.max_staleness, spec.staleness_decay,
+                                     spec.session_group)
         writer = EvictingWriter(spec.eviction, spec.source_quotas)
         return cls(storage, sampler, writer, seed=spec.seed, name=spec.name)
 

@@ -36,6 +36,12 @@ class BufferSpec:
     """Prioritized: importance-weight exponent (1 = full correction)."""
     priority_eps: float = 1e-3
     """Added to every priority so that no stored tuple has zero chance of being sampled."""
+    session_group: int = 1
+    """Draw batches as groups of up to this many tuples of one session: an anchor drawn by
+    ``sampler`` and the session's turns before it, so the trainer forwards their shared
+    context once (``trainers/packing.py``). Per-tuple sampling stays uniform, or
+    prioritized with importance weights for the grouped draw (``samplers.Sampler.sample``).
+    1: every tuple drawn on its own. Best a divisor of the trainer's ``micro_batch_size``."""
     max_staleness: int | None = None
     """Tuples whose action is more than this many policy versions older than the
     ``current_version`` passed to ``sample`` are dropped from sampling (kept in storage).
@@ -71,6 +77,8 @@ class BufferSpec:
                 raise ValueError(f"quota of {source!r} must be in (0, 1], got {fraction}")
         if self.alpha < 0 or self.beta < 0 or self.priority_eps <= 0:
             raise ValueError("alpha and beta must be >= 0 and priority_eps > 0")
+        if self.session_group < 1:
+            raise ValueError(f"session_group must be >= 1, got {self.session_group}")
         if self.max_staleness is not None and self.max_staleness < 0:
             raise ValueError("max_staleness must be >= 0")
         if not 0.0 < self.staleness_decay <= 1.0:

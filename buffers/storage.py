@@ -37,6 +37,21 @@ def source_name(code: int) -> str:
     return SOURCES[code] if code < OTHER_SOURCE else "other"
 
 
+def session_key(session_id: str) -> int:
+    """The int64 a session id is kept as in the slot metadata: ``hash(session_id)``.
+
+    Salted per process (``PYTHONHASHSEED``), so it is never stored: storages derive it again
+    on open or load, and samplers only compare keys for equality (which slots share a
+    session), so what they draw does not depend on the salt. ``str`` caches its hash, so
+    this costs a few nanoseconds per tuple; two sessions of a buffer share a key with
+    probability ~``n**2 / 2**65``.
+
+    >>> session_key("s") == session_key("s") != session_key("t")
+    True
+    """
+    return hash(session_id)
+
+
 class Storage(abc.ABC):
     """Slots, their metadata, and the bookkeeping every storage shares.
 
@@ -48,6 +63,9 @@ class Storage(abc.ABC):
         source: per slot, :func:`source_code` of its tuple's source.
         version: per slot, the parsed policy version (-1 unknown).
         priority: per slot, the raw (non-negative) priority.
+        session: per slot, :func:`session_key` of its tuple's session, for samplers that
+            draw a session's tuples together (compare for equality only; left as it was
+            when a slot is emptied: read it for occupied slots only).
         next_seq: the sequence number the next stored tuple gets.
     """
 
@@ -60,6 +78,7 @@ class Storage(abc.ABC):
         self.source = np.zeros(capacity, dtype=np.int8)
         self.version = np.full(capacity, -1, dtype=np.int64)
         self.priority = np.zeros(capacity, dtype=np.float64)
+        self.session = np.zeros(capacity, dtype=np.int64)
         self.source_counts = np.zeros(OTHER_SOURCE + 1, dtype=np.int64)
         # Views of the same memory for the per-tuple paths (write, evict): setting one
         # element through a memoryview costs half what numpy's __setitem__ does, and a
@@ -69,6 +88,7 @@ class Storage(abc.ABC):
         self._source_view = memoryview(self.source)
         self._version_view = memoryview(self.version)
         self._priority_view = memoryview(self.priority)
+        self._session_view = memoryview(self.session)
         self._counts_view = memoryview(self.source_counts)
         self.next_seq = 0
         self._size = 0
@@ -104,9 +124,10 @@ class Storage(abc.ABC):
         if seqs[slot] != FREE:
             raise ValueError(f"slot {slot} is occupied: evict it first")
         seq = self.next_seq
+        session = hash(item.session_id)  # session_key, in line: this runs per stored tuple
         self._put(slot, seq, item, priority, version)
         self.next_seq = seq + 1
-        self._place(slot, seq, source_code(item.source), version, priority)
+        self._place(slot, seq, source_code(item.source), version, priority, session)
 
     def evict(self, slot: int) -> None:
         """Remove a slot's tuple; its key stays deduplicated within the horizon."""
@@ -149,17 +170,20 @@ class Storage(abc.ABC):
         self.source[:] = 0
         self.version[:] = -1
         self.priority[:] = 0.0
+        self.session[:] = 0
         self.source_counts[:] = 0
         self._size = 0
         self._high_water = 0
         self._free = []
 
-    def _place(self, slot: int, seq: int, code: int, version: int, priority: float) -> None:
+    def _place(self, slot: int, seq: int, code: int, version: int, priority: float,
+               session: int) -> None:
         """Record metadata of a stored tuple (on write, and when rebuilding a layout)."""
         self._seq_view[slot] = seq
         self._source_view[slot] = code
         self._version_view[slot] = version
         self._priority_view[slot] = priority
+        self._session_view[slot] = session
         self._counts_view[code] += 1
         self._size += 1
 

@@ -40,6 +40,7 @@ specs = st.builds(
     eviction=st.sampled_from(["fifo", "lowest_priority"]),
     source_quotas=st.one_of(st.none(), st.just({"tool": 0.5}), st.just({"user": 0.25})),
     sampler=st.sampled_from(["uniform", "prioritized"]),
+    session_group=st.sampled_from([1, 1, 3]),
     max_staleness=st.one_of(st.none(), st.integers(0, 4)),
     staleness_decay=st.sampled_from([1.0, 0.5]),
     dedup_horizon=st.just(1000),

@@ -11,7 +11,7 @@ import pytest
 
 from nextstate.buffers import ReplayBuffer
 from nextstate.buffers.sqlite_storage import SQLiteStorage
-from nextstate.buffers.storage import FREE
+from nextstate.buffers.storage import FREE, session_key
 from nextstate.extractors.types import Message, ScoredTuple
 
 OLD_SCHEMA = """
@@ -297,6 +297,27 @@ def test_a_file_of_the_old_schema_opens_reads_and_grows(tmp_path):
     reopened = SQLiteStorage(path, 10)
     assert list(reopened.iter_tuples()) == old[1:] + new
     assert reopened.get(np.flatnonzero(reopened.seq != FREE)) == old[1:] + new
+    live = np.flatnonzero(reopened.seq != FREE)
+    assert reopened.session[live].tolist() == [session_key(t.session_id) for t in old[1:] + new]
+    reopened.close()
+
+
+def test_session_keys_are_derived_on_open_from_chains_and_inline_payloads(tmp_path):
+    """A reopened file gives every live slot its session's key: from the chain's session for
+    chained contexts, from the payload for inline ones (a branch, an empty context)."""
+    path = tmp_path / "b.sqlite3"
+    store = SQLiteStorage(path, 10)
+    a, b = history("a", 6), history("b", 4)
+    items = [scored("a", 2, a[:2]), scored("b", 1, b[:1]), scored("a", 4, a[:4]),
+             scored("b", 3, history("b", 3, edit=0)),  # a branch: inline
+             scored("c", 0, ())]                       # empty: inline
+    write(store, items)
+    store.close()
+    assert rows(path, "SELECT count(*) FROM tuples WHERE chain IS NULL") == [(2,)]
+    reopened = SQLiteStorage(path, 10)
+    live = reopened.occupied_slots()
+    live = live[np.argsort(reopened.seq[live])]
+    assert reopened.session[live].tolist() == [session_key(t.session_id) for t in items]
     reopened.close()
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from nextstate.buffers.memory_storage import MemoryStorage
 from nextstate.buffers.sqlite_storage import SQLiteStorage
-from nextstate.buffers.storage import FREE
+from nextstate.buffers.storage import FREE, session_key
 from nextstate.buffers.versions import parse_policy_version
 
 from .conftest import make_tuple
@@ -95,6 +95,32 @@ def test_state_dict_round_trip(make_storage):
     np.testing.assert_array_equal(again["seq"], state["seq"])
     np.testing.assert_array_equal(again["priority"], state["priority"])
     assert list(other.iter_tuples()) == list(store.iter_tuples())
+
+
+def test_session_keys_are_written_and_restored(make_storage, tmp_path):
+    """Each slot holds its tuple's session key from the write on; a state_dict round trip
+    and a reopen of the file restore the keys of the occupied slots."""
+    store = make_storage(16)
+    items = [make_tuple(i) for i in range(10)]
+    slots = fill(store, items)
+    expected = [session_key(t.session_id) for t in items]
+    assert store.session[slots].tolist() == expected
+    assert len(set(expected)) == 7 and session_key("session-3") == session_key("session-3")
+    store.evict(slots[4])
+    live = store.occupied_slots()
+    keys = store.session[live]
+    other = make_storage(16, name="b") if isinstance(store, MemoryStorage) else store
+    other.load_state_dict(store.state_dict())
+    np.testing.assert_array_equal(other.occupied_slots(), live)
+    np.testing.assert_array_equal(other.session[live], keys)
+    if isinstance(store, SQLiteStorage):
+        store.close()
+        reopened = SQLiteStorage(store.path, 16)
+        live = reopened.occupied_slots()
+        by_seq = dict(zip(reopened.seq[live].tolist(), reopened.session[live].tolist(),
+                          strict=True))
+        assert by_seq == {seq: key for seq, key in enumerate(expected) if seq != 4}
+        reopened.close()
 
 
 def test_sqlite_reopen_restores_tuples_priorities_and_dedup(tmp_path):
