@@ -8,12 +8,19 @@
 3. **Prefix sharing** on a realistic multi-turn stream (10-turn tool-using sessions, every
    turn scored): forward tokens per tuple when a session's tuples share one micro-batch vs
    forwarding every tuple's full sequence. Target: >= 3x fewer.
+4. **Session-grouped sampling** in real training: a replay buffer holding many such sessions
+   (``--sessions`` x 10 turns, turns of all sessions interleaved as they arrive), sampled by
+   ``Trainer.step`` with ``session_group`` g = 1, 4, 8 (``BufferSpec.session_group``):
+   forward tokens per tuple and tuples/s of the whole step (sampling, fetch, packing,
+   forward, backward, AdamW), uniform and prioritized.
 
-Run: ``python benchmarks/bench_trainer.py`` (about a minute; single torch thread).
+Run: ``python benchmarks/bench_trainer.py`` (a few minutes; single torch thread);
+``--only grouped`` runs section 4 alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import tempfile
@@ -23,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nextstate.buffers import BufferSpec, ReplayBuffer
 from nextstate.extractors.types import Message, ScoredTuple, ToolCall
 from nextstate.trainers.config import TrainerConfig
 from nextstate.trainers.packing import pack_prefixes
@@ -127,9 +135,87 @@ def time_trainer(shape: TinyConfig, batches: list[list[ScoredTuple]], share: boo
         return time.perf_counter() - start, forward
 
 
+def interleaved_sessions(sessions: int, turns: int = 10) -> list[ScoredTuple]:
+    """``sessions`` 10-turn sessions running at once: turn k of every session, then k+1."""
+    per_session = [session_tuples(s, turns) for s in range(sessions)]
+    return [per_session[s][k] for k in range(turns) for s in range(sessions)]
+
+
+def time_grouped(shape: TinyConfig, stream: list[ScoredTuple], sampler: str, group: int,
+                 steps: int, warmup: int = 2) -> tuple[float, float, float, float]:
+    """Train from a buffer holding ``stream``, drawing session groups of ``group``.
+
+    Returns:
+        ``(forward tokens/tuple, unshared tokens/tuple, tuples/s, sample ms/step)`` over
+        ``steps`` steps after ``warmup`` ones.
+    """
+    spec = BufferSpec("main", capacity=len(stream), sampler=sampler, session_group=group,
+                      seed=0)
+    buffer = ReplayBuffer.from_spec(spec, None)
+    buffer.extend(stream)
+    config = TrainerConfig(batch_size=32, micro_batch_size=8, publish_every=0, opd_weight=0,
+                           dpo_weight=0)
+    policy = TinyPolicy(shape, seed=0)
+    for t in stream:  # tokenize once up front, as in steady state (the cache holds them)
+        policy.encode(t.context, t.action)
+    sample_s = 0.0
+
+    class Timed:
+        def sample(self, batch_size: int, current_version: int | None = None):
+            nonlocal sample_s
+            start = time.perf_counter()
+            batch = buffer.sample(batch_size, current_version)
+            sample_s += time.perf_counter() - start
+            return batch
+
+        def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
+            buffer.update_priorities(indices, priorities)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, policy, {"main": Timed()}, Path(tmp))
+        for _ in range(warmup):
+            trainer.step()
+        sample_s = 0.0
+        forward = unshared = tuples = 0.0
+        start = time.perf_counter()
+        for _ in range(steps):
+            metrics = trainer.step()
+            forward += metrics["charts/forward_tokens"]
+            unshared += metrics["charts/forward_tokens_unshared"]
+            tuples += metrics["charts/tuples"]
+        elapsed = time.perf_counter() - start
+    return forward / tuples, unshared / tuples, tuples / elapsed, sample_s / steps * 1e3
+
+
+def grouped_section(shape: TinyConfig, sessions: int, steps: int) -> None:
+    """Section 4: g = 1 vs 4 vs 8 on a buffer of many interleaved sessions."""
+    stream = interleaved_sessions(sessions)
+    print(f"session-grouped sampling: a buffer of {sessions} sessions x 10 turns "
+          f"({len(stream)} tuples, interleaved), Trainer.step with batch 32, micro-batch 8, "
+          f"{steps} steps each")
+    for sampler in ("uniform", "prioritized"):
+        base = None
+        for group in (1, 4, 8):
+            fwd, full, rate, sample_ms = time_grouped(shape, stream, sampler, group, steps)
+            base = base or (fwd, rate)
+            print(f"  {sampler:11s} g={group}: {full:5.0f} -> {fwd:5.0f} forward tokens/tuple "
+                  f"({full / fwd:4.2f}x shared), {rate:6.1f} tuples/s, sampling "
+                  f"{sample_ms:5.2f} ms/step; vs g=1: {base[0] / fwd:4.2f}x fewer tokens, "
+                  f"{rate / base[1]:4.2f}x tuples/s")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=["grouped"], help="run one section only")
+    parser.add_argument("--sessions", type=int, default=200,
+                        help="sessions in the buffer of section 4")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per g in section 4")
+    args = parser.parse_args()
     torch.set_num_threads(1)
     shape = TinyConfig(d_model=64, n_layers=2, n_heads=4, max_length=4096)
+    if args.only == "grouped":
+        grouped_section(shape, args.sessions, args.steps)
+        return
 
     # --- 1 + 2: overhead and tokens/s on short tuples (where per-step overhead shows most)
     short = [t for s in range(40) for t in session_tuples(s, turns=2)]
@@ -171,6 +257,9 @@ def main() -> None:
     on, _ = time_trainer(shape, sessions, share=True)
     print(f"  Trainer.step on whole 10-turn sessions: {off / 3:.2f} s/step unshared, "
           f"{on / 3:.2f} s/step shared ({off / on:.2f}x faster)")
+
+    # --- 4: session-grouped sampling from a buffer of many sessions -----------------------
+    grouped_section(shape, args.sessions, args.steps)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ class TrainerConfig:
     micro_batch_size: int = 8
     """Tuples per forward/backward; gradients accumulate over the micro-batches of a step.
     Tuples of one session go to the same micro-batch so their shared prefix is forwarded
-    once."""
+    once. A batch drawn independently from a large buffer rarely holds two tuples of one
+    session: a buffer's ``session_group`` (``BufferSpec``, ``[[buffers]]``) draws them in
+    groups (a multiple of it here splits fewer groups between micro-batches)."""
     share_prefixes: bool = True
     """Forward a prefix shared by several sequences once (see ``packing.py``)."""
     max_staleness: int = 8

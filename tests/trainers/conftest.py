@@ -29,6 +29,19 @@ def make_tuple(kind: str = "evaluative", *, action: Message = GOOD, reward: floa
                        reward=reward, **fields)
 
 
+def session_turns(session: int, turns: int) -> list[ScoredTuple]:
+    """One multi-turn session: turn k's context is turn k-1's context, action and result."""
+    context: tuple[Message, ...] = (Message(role="system", content="You are a weather bot."),)
+    out = []
+    for k in range(turns):
+        context += (Message(role="user", content=f"Session {session}, turn {k}: and Oslo?"),)
+        action = Message(role="assistant", content=f"Checking ({session}/{k}).")
+        out.append(make_tuple(action=action, context=context, session=f"s{session}",
+                              index=len(context), reward=(-1.0) ** k, policy_version="0"))
+        context += (action, Message(role="tool", content=f"{k} degrees"))
+    return out
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Tiny models run fastest single-threaded; spinning OpenMP threads on a busy 2-core

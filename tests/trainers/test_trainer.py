@@ -14,7 +14,7 @@ from nextstate.trainers.config import TrainerConfig
 from nextstate.trainers.sampling import ListBuffer
 from nextstate.trainers.trainer import Trainer
 
-from .conftest import BAD, CONTEXT, GOOD, make_tuple
+from .conftest import BAD, CONTEXT, GOOD, make_tuple, session_turns
 
 
 def _config(**overrides) -> TrainerConfig:
@@ -237,6 +237,28 @@ def test_trains_from_a_real_buffer_set(tiny_policy, tmp_path) -> None:
             metrics = trainer.step()
     assert metrics["charts/tuples"] == 8
     assert policy.action_logprobs(CONTEXT, GOOD).sum() > good0
+
+
+def test_session_groups_forward_each_shared_context_once(tiny_policy, tmp_path) -> None:
+    """From a buffer of many interleaved sessions, session_group=4 draws batches whose tuples
+    share their context in fours: far fewer forward tokens per tuple than session_group=1."""
+    from nextstate.buffers import BufferSpec, ReplayBuffer
+
+    sessions = [session_turns(s, 6) for s in range(30)]
+    stream = [sessions[s][k] for k in range(6) for s in range(30)]
+    per_tuple = {}
+    for group in (1, 4):
+        buffer = ReplayBuffer.from_spec(BufferSpec("main", capacity=256, session_group=group,
+                                                   seed=0), None)
+        buffer.extend(stream)
+        trainer = Trainer(_config(micro_batch_size=8), tiny_policy(), {"main": buffer},
+                          tmp_path / f"g{group}")
+        steps = [trainer.step() for _ in range(3)]
+        assert all(m["charts/tuples"] == 8 for m in steps)
+        per_tuple[group] = sum(m["charts/forward_tokens"] for m in steps) / 24
+        if group == 4:   # two groups of 4 per micro-batch: each forwarded as one sequence
+            assert all(m["charts/prefix_share_ratio"] >= 2.0 for m in steps)
+    assert per_tuple[4] * 2 < per_tuple[1]
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
