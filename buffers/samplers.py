@@ -374,8 +374,10 @@ class PrioritizedSampler(Sampler):
         return self._tree.find(targets)
 
     def _base_weights(self, storage: Storage, slots: np.ndarray) -> np.ndarray:
+        return self._weights(storage, self._tree.masses(slots))
+
+    def _weights(self, storage: Storage, masses: np.ndarray) -> np.ndarray:
         # (N * m_i / total) ** -beta, normalised by the batch maximum (the smallest mass).
-        masses = self._tree.masses(slots)
         weights = (masses * (len(storage) / self._total)) ** -self.beta
         weights /= weights.max()
         return weights
@@ -387,9 +389,7 @@ class PrioritizedSampler(Sampler):
         self._sampleable_count(storage)
         masses = np.concatenate([self._tree.masses(window.ravel()).reshape(window.shape)
                                  .mean(axis=1) for window in ahead])[:slots.size]
-        weights = (masses * (len(storage) / self._total)) ** -self.beta
-        weights /= weights.max()
-        return weights
+        return self._weights(storage, masses)
 
     def state_dict(self) -> dict[str, Any]:
         """Base state plus alpha, beta and eps (masses are rebuilt from storage)."""
