@@ -558,16 +558,10 @@ def render_html(summary: dict[str, object], plots: dict[str, Path], title: str) 
     return "\n".join(parts)
 
 
-def write_report(samples: Sequence[tuple[float, dict[str, float]]], out: str | Path,
-                 prices: Prices | None = None, from_zero: bool = True,
+def write_report(counters: Counters, out: str | Path, prices: Prices | None = None,
                  title: str = "nextstate report") -> Path:
-    """Write the PNGs and ``report.html`` for a series into ``out``; returns the page."""
-    return write_counters_report(Counters(samples, from_zero=from_zero), out, prices, title)
-
-
-def write_counters_report(counters: Counters, out: str | Path, prices: Prices | None = None,
-                          title: str = "nextstate report") -> Path:
-    """:func:`write_report` from counters already read (one shard's or several merged)."""
+    """Write the PNGs and ``report.html`` for the counters (one state dir's, or several
+    merged) into ``out``; returns the page."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prices = prices or {}
@@ -601,13 +595,12 @@ def report_main(argv: list[str], now: Callable[[], float] = time.time) -> int:
     except (ValueError, FileNotFoundError, OSError, tomllib.TOMLDecodeError) as exc:
         print(f"nextstate report: {exc}", file=sys.stderr)
         return 2
-    if len(shards) == 1:
-        page = write_report(shards[0], args.out, prices, from_zero=since is None)
+    parts = [Counters(samples, from_zero=since is None) for samples in shards]
+    if len(parts) == 1:
+        page = write_report(parts[0], args.out, prices)
         print(f"{len(shards[0])} samples -> {page}")
         return 0
-    counters = Counters.merge([Counters(samples, from_zero=since is None)
-                               for samples in shards])
-    page = write_counters_report(counters, args.out, prices,
+    page = write_report(Counters.merge(parts), args.out, prices,
                                  title=f"nextstate report ({len(dirs)} state dirs)")
     print(f"{sum(map(len, shards))} samples from {len(dirs)} state dirs -> {page}")
     return 0
