@@ -220,6 +220,11 @@ class DaemonConfig:
     event_time: str = "auto"
     """The clock of idle timeouts and the time series: ``event`` (the records' ``ts``, for
     replaying logs), ``wall``, or ``auto`` (event time for file sources, wall for Kafka)."""
+    event_time_lateness_s: float | None = None
+    """With event time: how far a record's ``ts`` may lie behind the latest ``ts`` read before
+    it (logs merged from several hosts, sessions exported one after another). Sessions go idle
+    by a clock this far behind the latest time, so a session is not closed while its next
+    record may still come. Unset: the largest lag seen so far, which adapts to the input."""
     timeseries_interval_s: float = 10.0
     """How often the yield counters are appended to the time series."""
     metrics_host: str = "127.0.0.1"

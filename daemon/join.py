@@ -471,11 +471,15 @@ class SessionJoiner:
 
     # -- closing ----------------------------------------------------------------------------
     def close_idle(self, now: float) -> list[Interaction]:
-        """Close and forget sessions idle for longer than ``idle_timeout_s``."""
+        """Close and forget sessions idle for longer than ``idle_timeout_s``.
+
+        Sessions are checked in the order their latest records came, from the head, which is
+        O(1) when none is idle. With event time out of order, a session idle behind one that
+        is not waits for it: a session may close late, never early.
+        """
         closed: list[Interaction] = []
         horizon = now - self.idle_timeout_s
         while self.sessions:
-            # Insertion order is recency order: only the head can be idle; O(1) when none is.
             session_id, session = next(iter(self.sessions.items()))
             if session.last_seen > horizon:
                 break

@@ -108,7 +108,11 @@ class Pipeline:
         # Replayed logs carry their own time: idle timeouts and the time series follow it.
         self.use_event_time = config.event_time == "event" or (
             config.event_time == "auto" and config.source.startswith("file:"))
-        self.event_time = 0.0
+        self.event_time = 0.0  # the latest record time read
+        # How far records' times went back behind the latest read before them: sessions go
+        # idle by a clock this far behind (see idle_clock), unless the config fixes it.
+        self.event_lateness = config.event_time_lateness_s or 0.0
+        self._adapt_lateness = config.event_time_lateness_s is None
         self.processed: dict[tuple[str, int], int] = {}  # next offset to process, durable
         # Offsets the source committed to the broker (Kafka): a group offset that vanished
         # later tells a broker that came back empty from a commit that never happened.
@@ -145,11 +149,8 @@ class Pipeline:
                                 f"{self.config.join.max_record_bytes}")
             # An OTLP batch holds many spans; the joiner lends the request bytes it holds.
             decoded = ingest.decode_records(value, key, self.joiner)
-            if self.use_event_time:
-                for record, _ in decoded:
-                    if record.ts is not None:
-                        self.event_time = max(self.event_time, wire.parse_ts(record.ts))
-            now = self.now()
+            now = self._read_event_time(decoded, replay) if self.use_event_time \
+                else self.clock()
             if type(decoded) is list:  # the usual case: one wire record per Kafka record
                 record, shape = decoded[0]
                 closed = self.joiner.feed(record, shape, now, position, len(value))
@@ -218,6 +219,36 @@ class Pipeline:
         """The pipeline's clock: the latest record time when replaying logs, else wall time."""
         return self.event_time if self.use_event_time and self.event_time else self.clock()
 
+    def idle_clock(self) -> float:
+        """The clock sessions go idle by: with event time, the latest record time less the
+        lateness (a watermark: a session's next record may still come up to that far back)."""
+        if self.use_event_time and self.event_time:
+            return self.event_time - self.event_lateness
+        return self.clock()
+
+    def _read_event_time(self, decoded: list[tuple[wire.WireRecord, str]], replay: bool
+                         ) -> float:
+        """The time a record happened (a batch's latest span), which its session was last
+        seen at; moves the latest time read and, unless fixed, the lateness (not for a
+        replayed record: the checkpoint holds both as they were after it)."""
+        own = None
+        for record, _ in decoded:
+            if record.ts is not None:
+                ts = wire.parse_ts(record.ts)
+                own = ts if own is None or ts > own else own
+        if own is None:  # no time of its own: as late as anything read
+            return self.now()
+        if replay:
+            return own
+        if own > self.event_time:
+            self.event_time = own
+        elif self._adapt_lateness and self.event_time - own > self.event_lateness:
+            if self.event_time - own >= 2 * max(self.event_lateness, 1.0):  # a few lines a run
+                log.info("event_time_lateness", seconds=round(self.event_time - own, 3),
+                         was=round(self.event_lateness, 3))
+            self.event_lateness = self.event_time - own
+        return own
+
     def _count_evictions(self) -> None:
         for reason, count in self.joiner.evictions.items():
             delta = count - self._evictions_seen.get(reason, 0)
@@ -266,7 +297,7 @@ class Pipeline:
         """Periodic work: close idle sessions, write waiting tuples to the buffers, append to
         the time series when due."""
         now = self.now()
-        closed = self.joiner.close_idle(now)
+        closed = self.joiner.close_idle(self.idle_clock())
         if closed:
             self.emit(closed)
         self.write_pending()
@@ -320,6 +351,8 @@ class Pipeline:
         state = {"processed": [[t, p, o] for (t, p), o in self.processed.items()],
                  "committed": [[t, p, o] for (t, p), o in self.committed.items()],
                  "stats": self.stats.state_dict(), "saved_at": self.clock()}
+        if self.use_event_time:  # a resumed replay closes idle sessions as this run would
+            state["event_time"] = [self.event_time, self.event_lateness]
         _atomic_write(self.state_dir / CHECKPOINT_FILE, json.dumps(state).encode())
         self.records_since_checkpoint = 0
         marks = self.joiner.low_watermarks()
@@ -350,6 +383,10 @@ class Pipeline:
         self.processed = {(t, p): o for t, p, o in state.get("processed", [])}
         self.committed = {(t, p): o for t, p, o in state.get("committed", [])}
         self.stats.load_state_dict(state.get("stats", {}))
+        if self.use_event_time and "event_time" in state:
+            self.event_time, lateness = state["event_time"]
+            if self._adapt_lateness:
+                self.event_lateness = lateness
         log.info("checkpoint_loaded", path=str(path), partitions=len(self.processed))
 
     def close(self, durable: bool = True) -> None:

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import msgspec
+import structlog.testing
 
 from nextstate.buffers import BufferSet, BufferSpec
 from nextstate.daemon.cli import main as cli_main
@@ -209,6 +210,69 @@ def test_file_replay_follows_event_time_for_series_and_idle_timeouts(tmp_path):
     assert pipeline.stats.total("interactions_closed", closed_by="end_of_input") == 1
     times = [ts for ts, _ in read_series(tmp_path / "state" / "timeseries.sqlite")]
     assert times[0] == 1_000_000 and times[-1] == 1_000_000 + 3_600 + 2
+
+
+def test_sessions_out_of_time_order_in_a_file_are_not_closed_as_idle(tmp_path):
+    """A log whose sessions run an hour apart but are interleaved in the file (merged from
+    two hosts): every action still meets its next state, as in the same log in time order.
+    The idle clock trails the latest time by the largest lag read; fixed at 0, the early
+    session is closed as idle the moment the late one is read."""
+    early = weather_session("early", "Error: HTTP 500")
+    late = weather_session("late", '{"temp_c": 3}')
+    for n, (a, b) in enumerate(zip(early, late, strict=True)):
+        a["ts"], b["ts"] = 1_000_000 + 10 * n, 1_003_600 + 10 * n
+    interleaved = [r for pair in zip(late, early, strict=True) for r in pair]
+
+    def tuples(name: str, records: list[dict], **overrides) -> tuple[set, Pipeline]:
+        source = tmp_path / f"{name}.jsonl"
+        write_lines(source, records)
+        config = config_for(tmp_path / name, source=f"file:{source}", **overrides)
+        pipeline = run(config, source)
+        return {(t.interaction_id, t.reward, t.hint) for t in stored(tmp_path / name / "state")}, \
+            pipeline
+
+    in_order, _ = tuples("in_order", early + late)
+    with structlog.testing.capture_logs() as logs:
+        mixed, pipeline = tuples("interleaved", interleaved)
+    assert [e["seconds"] for e in logs if e["event"] == "event_time_lateness"] == [3_600]
+    assert mixed == in_order and len(in_order) == 2  # the tool error and the good result
+    assert pipeline.stats.total("interactions_closed", closed_by="idle_timeout") == 0
+    assert pipeline.event_lateness == 3_600
+
+    fixed, pipeline = tuples("fixed", interleaved, event_time_lateness_s=0.0)
+    assert pipeline.stats.total("interactions_closed", closed_by="idle_timeout") >= 1
+    assert fixed != in_order
+
+
+def test_a_resumed_file_run_keeps_the_lateness_it_had_learned(tmp_path):
+    """The idle clock's lateness, learned from records before a restart, is in the checkpoint:
+    the run over the rest of the file closes sessions as one run over the whole file does."""
+    def timed(sid: str, result: str, start: float, end: bool) -> list[dict]:
+        records = weather_session(sid, result)
+        if end:
+            records.append({"type": "session_end", "session_id": sid})
+        for n, record in enumerate(records):
+            record["ts"] = start + 10 * n
+        return records
+
+    def mixed(a: list[dict], b: list[dict]) -> list[dict]:
+        return [r for pair in zip(a, b, strict=True) for r in pair]
+
+    # Two sessions an hour apart, interleaved and ended: nothing pending when the run stops.
+    before = mixed(timed("x", "Error: HTTP 500", 3_600, True), timed("y", "{}", 0, True))
+    after = mixed(timed("z", "Error: HTTP 404", 40, False), timed("w", "{}", 3_640, False))
+    whole = tmp_path / "whole.jsonl"
+    write_lines(whole, before + after)
+    one_run = run(config_for(tmp_path / "one", source=f"file:{whole}"), whole)
+
+    grown = tmp_path / "grown.jsonl"
+    write_lines(grown, before)
+    run(config_for(tmp_path / "two", source=f"file:{grown}"), grown)
+    write_lines(grown, before + after)  # the log grows; the next run reads the new lines
+    resumed = run(config_for(tmp_path / "two", source=f"file:{grown}"), grown)
+    assert resumed.stats.total("records") == one_run.stats.total("records") == 14
+    assert resumed.stats.total("interactions_closed", closed_by="idle_timeout") == 0
+    assert stored(tmp_path / "two" / "state") == stored(tmp_path / "one" / "state")
 
 
 def test_tuples_reach_the_buffers_by_the_next_tick(tmp_path):

@@ -18,10 +18,10 @@ from nextstate.daemon.report import report_main
 
 SAMPLE = Path(__file__).parents[2] / "daemon" / "sample_interactions.jsonl"
 FORMATS = ("tuples", "rewards", "sft", "dpo", "kto")
-# With file sources the join's clock is the records' event time, and a session's idle time
-# counts from the latest time in its file: split over two files, a session could go idle in
-# one and not in the other. Sessions here close at their end or the file's end only.
-CONFIG = "[join]\nidle_timeout_s = 1e9\n"
+# The defaults. The sample's records run back in time by up to 1,396 s (sessions
+# interleaved), and each file's idle clock trails its latest time by the largest such lag:
+# no session goes idle in one shard and not in the whole file.
+CONFIG = ""
 
 
 def _session(n: int, line: bytes) -> str:
