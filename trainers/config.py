@@ -45,11 +45,12 @@ class TrainerConfig:
     batch_size: int = 32
     """Tuples per optimizer step (summed over buffers)."""
     micro_batch_size: int = 8
-    """Tuples per forward/backward; gradients accumulate over the micro-batches of a step.
-    Tuples of one session go to the same micro-batch so their shared prefix is forwarded
+    """Most tuples per forward/backward; gradients accumulate over the micro-batches of a
+    step. Micro-batches are cut between sessions (one is cut short rather than split a
+    session, unless the session alone holds more), so a session's shared prefix is forwarded
     once. A batch drawn independently from a large buffer rarely holds two tuples of one
     session: a buffer's ``session_group`` (``BufferSpec``, ``[[buffers]]``) draws them in
-    groups (a multiple of it here splits fewer groups between micro-batches)."""
+    groups."""
     share_prefixes: bool = True
     """Forward a prefix shared by several sequences once (see ``packing.py``)."""
     max_staleness: int = 8

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -169,8 +170,8 @@ class Trainer:
         items.sort(key=lambda it: (it.tuple.session_id, len(it.tuple.context)))
         counts = Counter(it.tuple.kind for it in items)
         totals: Counter[str] = Counter()
-        for lo in range(0, len(items), cfg.micro_batch_size):
-            losses, stats = self._micro_batch(items[lo:lo + cfg.micro_batch_size], counts)
+        for micro in session_micro_batches(items, cfg.micro_batch_size):
+            losses, stats = self._micro_batch(micro, counts)
             total = (cfg.pg_weight * losses.get("pg", 0.0) + cfg.opd_weight * losses.get(
                 "opd", 0.0) + cfg.dpo_weight * losses.get("dpo", 0.0)
                 + cfg.kl_weight * losses.get("kl", 0.0))
@@ -474,3 +475,23 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         if "policy" in state:
             self.policy.load_state_dict(state["policy"])
+
+
+def session_micro_batches(items: Sequence[_Item], size: int) -> list[list[_Item]]:
+    """Cut a step's items (sorted by session) into micro-batches of at most ``size``, between
+    sessions where it can: a session's tuples share their prefix only within one micro-batch.
+    A session with more than ``size`` tuples fills micro-batches of its own."""
+    batches: list[list[_Item]] = []
+    current: list[_Item] = []
+    for _, run in itertools.groupby(items, key=lambda it: it.tuple.session_id):
+        tuples = list(run)
+        if current and len(current) + len(tuples) > size:
+            batches.append(current)
+            current = []
+        while len(tuples) > size:
+            batches.append(tuples[:size])
+            tuples = tuples[size:]
+        current += tuples
+    if current:
+        batches.append(current)
+    return batches

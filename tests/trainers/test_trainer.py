@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -259,6 +260,28 @@ def test_session_groups_forward_each_shared_context_once(tiny_policy, tmp_path) 
         if group == 4:   # two groups of 4 per micro-batch: each forwarded as one sequence
             assert all(m["charts/prefix_share_ratio"] >= 2.0 for m in steps)
     assert per_tuple[4] * 2 < per_tuple[1]
+
+
+@pytest.mark.parametrize("runs", [[1] * 9, [3, 3, 3], [2, 5, 1, 4, 4], [11, 2], [4, 4, 7, 1]])
+def test_micro_batches_cut_between_sessions(runs) -> None:
+    """A step's items (sorted by session) are cut between sessions: at most ``size`` per
+    micro-batch, in order, and a session is split only when it alone holds more than that."""
+    from nextstate.trainers.trainer import _Item, session_micro_batches
+
+    items = [_Item("main", i, 1.0, None, make_tuple(session=f"s{s}", index=i))
+             for s, n in enumerate(runs) for i in range(n)]
+    size = 4
+    batches = session_micro_batches(items, size)
+    assert [it for b in batches for it in b] == items
+    assert all(0 < len(b) <= size for b in batches)
+    for s, n in enumerate(runs):
+        holding = [b for b in batches if any(it.tuple.session_id == f"s{s}" for it in b)]
+        assert len(holding) == -(-n // size)  # one micro-batch, or as few as its size allows
+    # Only a micro-batch that the next session would overflow is cut short.
+    for b, after in itertools.pairwise(batches):
+        first = after[0].tuple.session_id
+        if b[-1].tuple.session_id != first:
+            assert len(b) + sum(1 for it in items if it.tuple.session_id == first) > size
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
