@@ -32,7 +32,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -54,7 +54,7 @@ class KafkaConfig:
     """Consumer group: run several daemons with one group id to split the partitions."""
     dlq_topic: str | None = None
     """Where undecodable records go; default ``<topic>.dlq``."""
-    auto_offset_reset: str = "earliest"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     """Where a group with no committed offset (or an out-of-range one) starts: earliest|latest."""
     client_id: str = "nextstate"
     """Client id reported to the brokers."""
@@ -217,7 +217,7 @@ class DaemonConfig:
     """Flush buffers, checkpoint and commit offsets at least this often."""
     commit_every_records: int = 5_000
     """... or after this many records, whichever comes first."""
-    event_time: str = "auto"
+    event_time: Literal["auto", "event", "wall"] = "auto"
     """The clock of idle timeouts and the time series: ``event`` (the records' ``ts``, for
     replaying logs), ``wall``, or ``auto`` (event time for file sources, wall for Kafka)."""
     event_time_lateness_s: float | None = None
@@ -231,9 +231,9 @@ class DaemonConfig:
     """Address of the metrics/health server (loopback unless you mean otherwise)."""
     metrics_port: int = 9464
     """Port of the metrics/health server; 0 picks a free one, -1 disables it."""
-    log_format: str = "auto"
+    log_format: Literal["auto", "json", "console"] = "auto"
     """``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise)."""
-    progress: str = "auto"
+    progress: Literal["auto", "on", "off"] = "auto"
     """Progress line on stderr: ``on``, ``off`` or ``auto`` (on a terminal)."""
 
     @property

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
 import msgspec
+import pytest
 import structlog.testing
 
 from nextstate.buffers import BufferSet, BufferSpec
@@ -273,6 +275,15 @@ def test_a_resumed_file_run_keeps_the_lateness_it_had_learned(tmp_path):
     assert resumed.stats.total("records") == one_run.stats.total("records") == 14
     assert resumed.stats.total("interactions_closed", closed_by="idle_timeout") == 0
     assert stored(tmp_path / "two" / "state") == stored(tmp_path / "one" / "state")
+
+
+@pytest.mark.parametrize("key", ["event_time", "log_format", "progress",
+                                 "kafka.auto_offset_reset"])
+def test_a_mistyped_choice_is_a_config_error_naming_the_key(key):
+    """A value outside a field's choices fails at load (``event_time = "evnt"`` used to run
+    on wall time without a word)."""
+    with pytest.raises(ValueError, match=re.escape(f"$.{key}")):
+        load_config(None, **{key: "evnt"})
 
 
 def test_tuples_reach_the_buffers_by_the_next_tick(tmp_path):
