@@ -36,4 +36,5 @@ bench: install
 	$(BIN)/python benchmarks/bench_daemon_kafka.py
 	$(BIN)/python benchmarks/bench_extractors.py
 	$(BIN)/python benchmarks/bench_buffers.py
+	$(BIN)/python benchmarks/bench_scaling.py
 	$(BIN)/python benchmarks/bench_trainer.py
