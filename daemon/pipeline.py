@@ -297,13 +297,18 @@ class Pipeline:
         """Periodic work: close idle sessions, write waiting tuples to the buffers, append to
         the time series when due."""
         now = self.now()
-        closed = self.joiner.close_idle(self.idle_clock())
-        if closed:
-            self.emit(closed)
+        self.close_idle()
         self.write_pending()
         if not self.use_event_time and \
                 now - self._last_series >= self.config.timeseries_interval_s:
             self.record_timeseries(now)
+
+    def close_idle(self) -> None:
+        """Close the sessions gone idle by :meth:`idle_clock` and score what they held (a
+        file run in event time calls it after every record; the tuples wait for a tick)."""
+        closed = self.joiner.close_idle(self.idle_clock())
+        if closed:
+            self.emit(closed)
 
     def finish(self) -> None:
         """End of input: close every pending join."""

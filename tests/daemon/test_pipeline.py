@@ -166,13 +166,21 @@ def test_extractor_errors_do_not_stop_the_pipeline(tmp_path):
 
 
 def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
-    """--follow keeps reading lines appended to the file, and stops cleanly when asked."""
+    """--follow keeps reading lines appended to the file, checkpoints while the file has
+    nothing new (its tuples durable before 256 lines come), and stops cleanly when asked."""
     from tests.kafka_broker import wait_for
+
+    def checkpointed(counter: str) -> float:
+        try:
+            state = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
+        except (OSError, ValueError):
+            return 0.0
+        return sum(value for name, _, value in state["stats"]["counters"] if name == counter)
 
     source = tmp_path / "in.jsonl"
     records = weather_session("a", "Error: HTTP 500")
     write_lines(source, records[:1])
-    pipeline = Pipeline(config_for(tmp_path))
+    pipeline = Pipeline(config_for(tmp_path, commit_interval_s=0.05))
     stop = threading.Event()
     worker = threading.Thread(target=run_file, args=(pipeline, str(source), stop, Health(),
                                                      Progress(pipeline.stats, False)),
@@ -183,6 +191,10 @@ def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
         with source.open("ab") as fh:
             fh.write(line(records[1]) + b"\n")
         assert wait_for(lambda: pipeline.stats.total("interactions") == 1, 10)
+        # A checkpoint writes the buffers first: the tuple is durable once it is counted.
+        assert wait_for(lambda: checkpointed("tuples") == 1, 10)
+        assert json.loads((tmp_path / "state" / "file_offsets.json").read_text()) == {
+            f"file:{source.resolve()}": 1}  # the pending exchange's line is read again
     finally:
         stop.set()
         worker.join(10)
