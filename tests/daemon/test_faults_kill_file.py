@@ -4,15 +4,14 @@ uninterrupted run leaves it."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
 
 from tests.daemon.test_faults_support import (
-    EXTRACTORS,
     DaemonProcess,
     checkpoint_counter,
+    daemon_toml,
     stream_records,
 )
 from tests.daemon.test_pipeline import stored
@@ -22,15 +21,7 @@ from tests.kafka_broker import wait_for
 def _config(tmp_path: Path, name: str, source: Path) -> tuple[Path, Path]:
     state = tmp_path / name
     config = tmp_path / f"{name}.toml"
-    config.write_text(f"""
-source = "file:{source}"
-state_dir = "{state}"
-extractors = {json.dumps(EXTRACTORS)}
-metrics_port = 0
-log_format = "json"
-progress = "off"
-commit_every_records = 150
-""")
+    config.write_text(daemon_toml(f"file:{source}", state, commit_every_records=150))
     return config, state
 
 

@@ -38,12 +38,12 @@ def stream_records(sessions: int, turns: int, seed: int = 0) -> list[tuple[bytes
 EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
 
 
-def write_config(path: Path, state_dir: Path, bootstrap: str, topic: str, group: str,
-                 extra: str = "", kafka_extra: str = "", commit_interval_s: float = 0.5,
-                 commit_every_records: int = 200) -> Path:
-    """A daemon TOML config for tests: short group timeouts, frequent checkpoints."""
-    path.write_text(f"""
-source = "kafka"
+def daemon_toml(source: str, state_dir: Path, commit_interval_s: float = 0.5,
+                commit_every_records: int = 200) -> str:
+    """The top of a test daemon's TOML config: a free metrics port, JSON logs, frequent
+    checkpoints."""
+    return f"""
+source = "{source}"
 state_dir = "{state_dir}"
 extractors = {json.dumps(EXTRACTORS)}
 metrics_port = 0
@@ -51,7 +51,15 @@ log_format = "json"
 progress = "off"
 commit_interval_s = {commit_interval_s}
 commit_every_records = {commit_every_records}
-{extra}
+"""
+
+
+def write_config(path: Path, state_dir: Path, bootstrap: str, topic: str, group: str,
+                 extra: str = "", kafka_extra: str = "", commit_interval_s: float = 0.5,
+                 commit_every_records: int = 200) -> Path:
+    """A daemon TOML config for tests: short group timeouts, frequent checkpoints."""
+    path.write_text(daemon_toml("kafka", state_dir, commit_interval_s, commit_every_records)
+                    + f"""{extra}
 [kafka]
 bootstrap_servers = ["{bootstrap}"]
 topic = "{topic}"
