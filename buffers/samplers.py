@@ -192,14 +192,12 @@ class Sampler(abc.ABC):
                ) -> dict[int, np.ndarray]:
         """Session key -> the session's sampleable slots in insertion order, for the session
         ``keys`` (one pass over the metadata; stale tuples found are dropped)."""
-        hw = storage.high_water
-        sessions = storage.session[:hw]
+        sessions = storage.session[:storage.high_water]
         keys = np.unique(keys)
-        mask = np.isin(sessions, keys)
-        mask &= storage.seq[:hw] != FREE
+        slots = _slots_of(sessions, keys)
+        slots = slots[storage.seq[slots] != FREE]
         if self._any_dropped:
-            mask &= ~self._dropped[:hw]
-        slots = np.flatnonzero(mask)
+            slots = slots[~self._dropped[slots]]
         if current_version is not None and self.max_staleness is not None:
             stale = self._too_stale(storage.version[slots], current_version)
             if stale.any():
@@ -249,6 +247,17 @@ class Sampler(abc.ABC):
         self._dropped[:] = False
         self._dropped[np.asarray(state["dropped"], dtype=np.int64)] = True
         self._any_dropped = bool(self._dropped.any())
+
+
+def _slots_of(sessions: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero(np.isin(sessions, keys))`` in one pass over ``sessions`` instead of
+    one per key: a table of the keys' low 16 bits picks the candidates (one in 65,536 of the
+    others passes), which are then compared exactly. It runs under the buffer lock: a
+    grouped batch from 1M tuples took 14 ms with ``np.isin``, 5.7 now (``bench_scaling.py``)."""
+    table = np.zeros(1 << 16, dtype=bool)
+    table[keys & 0xFFFF] = True
+    candidates = np.flatnonzero(table[sessions & 0xFFFF])
+    return candidates[np.isin(sessions[candidates], keys)]
 
 
 class UniformSampler(Sampler):

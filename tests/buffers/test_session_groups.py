@@ -220,3 +220,21 @@ def test_spec_wires_session_group_and_rejects_zero():
         BufferSpec("b", session_group=0)
     with pytest.raises(ValueError, match="session_group"):
         UniformSampler(4, session_group=0)
+
+
+def test_sessions_slots_are_found_as_isin_finds_them():
+    """The one-pass lookup of the drawn sessions' slots returns what ``np.isin`` does, with
+    keys of either sign and non-members sharing a key's low 16 bits (its candidate table)."""
+    from nextstate.buffers.samplers import _slots_of
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(-(2**63), 2**63 - 1, size=40, dtype=np.int64)
+    # Non-members with a key's low 16 bits: the table lets them through, the compare not.
+    lookalikes = (rng.integers(-(2**47), 2**47, size=200, dtype=np.int64) << 16) | (
+        keys[rng.integers(0, keys.size, size=200)] & 0xFFFF)
+    others = rng.integers(-(2**63), 2**63 - 1, size=5_000, dtype=np.int64)
+    sessions = rng.permutation(np.concatenate([np.repeat(keys, 3), lookalikes, others]))
+    for wanted in (keys[:1], keys[:8], keys, keys[:0]):
+        found = _slots_of(sessions, np.unique(wanted))
+        assert np.array_equal(found, np.flatnonzero(np.isin(sessions, wanted)))
+        assert found.size == 3 * wanted.size
