@@ -45,6 +45,7 @@ from nextstate.daemon.wire import (
     WireResponse,
     WireToolCall,
     WireUsage,
+    as_bad_record,
 )
 
 EXCHANGE_SHAPE = "otel_span"
@@ -253,8 +254,7 @@ def decode_batch(value: bytes) -> SpanBatch:
                 continue
         except (BadRecord, RecursionError) as error:
             # One malformed span must not cost the batch's other spans: it goes apart.
-            exc = error if isinstance(error, BadRecord) else BadRecord(
-                "decode", "GenAI messages attribute: JSON nested too deeply")
+            exc = as_bad_record(error, "GenAI messages attribute: ")
             out.rejected.append(_rejected(value, traces, i, a, session, exc))
             continue
         if record is not None:  # None: an exchange without its messages (capture off)

@@ -158,7 +158,7 @@ class Pipeline:
                 decoded, closed = self._feed_spans(decoded, key, now, position, len(value),
                                                    replay)
         except (BadRecord, RecursionError) as error:
-            exc = _as_bad_record(error)
+            exc = wire.as_bad_record(error)
             if not replay:
                 self._dead_letter(value, key, exc.reason, exc.detail, position)
             return
@@ -202,7 +202,7 @@ class Pipeline:
             try:
                 closed += self.joiner.feed(record, shape, now, position, share)
             except (BadRecord, RecursionError) as error:
-                rejected.append(batch.reject(n, _as_bad_record(error)))
+                rejected.append(batch.reject(n, wire.as_bad_record(error)))
             else:
                 joined.append((record, shape))
         if not replay:
@@ -427,11 +427,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _as_bad_record(error: BadRecord | RecursionError) -> BadRecord:
-    """The dead-letter reason of a rejected record or span. RecursionError is msgspec's guard
-    against absurdly deep nesting (hostile input)."""
-    if isinstance(error, BadRecord):
-        return error
-    return BadRecord("decode", "JSON nested too deeply")

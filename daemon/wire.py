@@ -39,6 +39,15 @@ class BadRecord(ValueError):
         self.detail = detail
 
 
+def as_bad_record(error: BadRecord | RecursionError, where: str = "") -> BadRecord:
+    """The dead-letter reason of a rejected record or span: ``error`` itself, or for a
+    RecursionError (msgspec's guard against absurdly deep nesting: hostile input) a
+    ``decode`` reject; ``where`` names the part that was nested too deeply."""
+    if isinstance(error, BadRecord):
+        return error
+    return BadRecord("decode", f"{where}JSON nested too deeply")
+
+
 class WireFunction(msgspec.Struct, frozen=True):
     name: str = ""
     arguments: str | dict[str, Any] | None = None
