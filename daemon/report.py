@@ -596,13 +596,14 @@ def report_main(argv: list[str], now: Callable[[], float] = time.time) -> int:
         print(f"nextstate report: {exc}", file=sys.stderr)
         return 2
     parts = [Counters(samples, from_zero=since is None) for samples in shards]
+    samples = f"{sum(map(len, shards))} samples"
     if len(parts) == 1:
-        page = write_report(parts[0], args.out, prices)
-        print(f"{len(shards[0])} samples -> {page}")
-        return 0
-    page = write_report(Counters.merge(parts), args.out, prices,
-                                 title=f"nextstate report ({len(dirs)} state dirs)")
-    print(f"{sum(map(len, shards))} samples from {len(dirs)} state dirs -> {page}")
+        counters, title = parts[0], "nextstate report"
+    else:
+        counters, title = Counters.merge(parts), f"nextstate report ({len(dirs)} state dirs)"
+        samples += f" from {len(dirs)} state dirs"
+    page = write_report(counters, args.out, prices, title=title)
+    print(f"{samples} -> {page}")
     return 0
 
 
