@@ -50,19 +50,28 @@ def join_us_per_record(sessions: int, rounds: int = 3) -> float:
     return (time.process_time() - start) / len(records) * 1e6
 
 
+_ACTION = Message(role="assistant", content="ok")
+
+
+def _turns(lo: int, n: int) -> list[ScoredTuple]:
+    """Tuples ``lo`` .. ``lo + n - 1``, ten turns per session."""
+    return [ScoredTuple(f"s{i // 10}#{i}", f"s{i // 10}", "bench", "evaluative", "user", (),
+                        _ACTION, reward=1.0) for i in range(lo, lo + n)]
+
+
+def _filled(spec: BufferSpec, tuples: list[ScoredTuple]) -> ReplayBuffer:
+    """An in-memory buffer holding ``tuples``, written in batches of 512 as the daemon does."""
+    buffer = ReplayBuffer.from_spec(spec, None)
+    for lo in range(0, len(tuples), 512):
+        buffer.extend(tuples[lo:lo + 512])
+    return buffer
+
+
 def overwrite_us_per_tuple(capacity: int) -> float:
     """CPU us per tuple written into a full in-memory buffer (each write evicts one)."""
-    action = Message(role="assistant", content="ok")
-    buffer = ReplayBuffer.from_spec(BufferSpec("bench", capacity=capacity, seed=0), None)
-
-    def batch(lo: int, n: int) -> list[ScoredTuple]:
-        return [ScoredTuple(f"s{i // 10}#{i}", f"s{i // 10}", "bench", "evaluative", "user",
-                            (), action, reward=1.0) for i in range(lo, lo + n)]
-
-    for lo in range(0, capacity, 512):
-        buffer.extend(batch(lo, min(512, capacity - lo)))
+    buffer = _filled(BufferSpec("bench", capacity=capacity, seed=0), _turns(0, capacity))
     measured = min(capacity, 100_000)
-    batches = [batch(capacity + lo, 512) for lo in range(0, measured, 512)]
+    batches = [_turns(capacity + lo, 512) for lo in range(0, measured, 512)]
     start = time.process_time()
     for tuples in batches:
         buffer.extend(tuples)
@@ -71,15 +80,11 @@ def overwrite_us_per_tuple(capacity: int) -> float:
 
 def grouped_draw_ms(capacity: int = 1_000_000, batches: int = 20) -> tuple[float, float]:
     """Wall ms per batch of 32 drawn with ``session_group`` 4 and 1 (10-turn sessions)."""
-    action = Message(role="assistant", content="ok")
-    tuples = [ScoredTuple(f"s{i // 10}#{i}", f"s{i // 10}", "bench", "evaluative", "user",
-                          (), action, reward=1.0) for i in range(capacity)]
+    tuples = _turns(0, capacity)
     out = []
     for group in (4, 1):
-        buffer = ReplayBuffer.from_spec(
-            BufferSpec("bench", capacity=capacity, session_group=group, seed=0), None)
-        for lo in range(0, capacity, 512):
-            buffer.extend(tuples[lo:lo + 512])
+        buffer = _filled(BufferSpec("bench", capacity=capacity, session_group=group, seed=0),
+                         tuples)
         buffer.sample(32)
         start = time.perf_counter()
         for _ in range(batches):
