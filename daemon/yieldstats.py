@@ -9,6 +9,14 @@ trajectory quality. It is the single source of truth: the Prometheus endpoint ex
 **Signal per interaction** = training tuples emitted per closed interaction. Beside it: the
 share of interactions that yield at least one tuple, and confidence-weighted tuples per
 interaction; each overall and per source (user, tool, terminal, gui, judge, feedback).
+
+**Model labels are bounded**: the token counters are labelled with the ``model`` string of the
+input records, so a stream with a new model per record would otherwise grow the series (in
+memory, ``/metrics``, every time-series snapshot and the checkpoint) without bound. As in the
+OpenTelemetry SDK's cardinality limit, the first ``max_models`` distinct models get their own
+series, later ones are counted under ``model="other"`` (:data:`OVERFLOW_MODEL`; totals stay
+exact) and ``model_labels_overflowed`` counts those interactions; a label is at most
+:data:`MODEL_LABEL_MAX_CHARS` characters of the model name.
 """
 
 from __future__ import annotations
@@ -17,12 +25,24 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from nextstate.extractors.types import SOURCES, Interaction, Message, ScoredTuple
 
 Labels = tuple[tuple[str, str], ...]
+
+log = structlog.get_logger("nextstate.yieldstats")
+
+# The model label of the interactions of any model beyond ``max_models`` distinct ones.
+OVERFLOW_MODEL = "other"
+# A model name is cut to this many characters in its label (a 10 MB name would otherwise be
+# copied into every snapshot, the checkpoint and each scrape).
+MODEL_LABEL_MAX_CHARS = 200
+# Label values of our own: always a series of their own, never counted against max_models.
+_RESERVED_MODELS = frozenset(("unknown", OVERFLOW_MODEL))
+_TOKEN_COUNTERS = frozenset(("prompt_tokens", "cached_tokens", "completion_tokens"))
 
 
 def series_key(name: str, labels: Labels = ()) -> str:
@@ -60,6 +80,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cached_tokens": ("Cache-read prompt tokens (usage.prompt_tokens_details.cached_tokens), "
                       "by model.", ("model",)),
     "completion_tokens": ("Completion tokens of the actions, by model.", ("model",)),
+    "model_labels_overflowed": ("Closed interactions whose tokens were counted under "
+                                'model="other", as max_models distinct models already had '
+                                "series of their own.", ()),
     "dead_letters": ("Records sent to the dead-letter queue, by reason.", ("reason",)),
     "judge_calls": ("LLM-judge calls made.", ()),
     "judge_tokens": ("LLM-judge tokens spent, by direction (prompt, completion).",
@@ -83,6 +106,13 @@ class YieldStats:
     Args:
         window_s: the rolling window of the ``signal_per_interaction_window`` gauge.
         clock: seconds, injectable for tests.
+        max_models: distinct model labels of the token counters; the interactions of any
+            later model are counted under ``model="other"`` (:data:`OVERFLOW_MODEL`) and in
+            ``model_labels_overflowed``. ``"unknown"`` (no model) and ``"other"`` do not
+            count against it. The models with a series of their own are found again from the
+            counters after :meth:`load_state_dict` and :meth:`merge` (the state format is
+            unchanged); a model that never reported tokens has none, and its place is free
+            again after a restart.
 
     Example:
         >>> stats = YieldStats()
@@ -91,12 +121,18 @@ class YieldStats:
         1.0
     """
 
-    __slots__ = ("_clock", "_counters", "_flag_cells", "_interaction_series", "_record_cells",
-                 "_signal_cells", "_tuple_series", "_window", "window_s")
+    __slots__ = ("_clock", "_counters", "_flag_cells", "_interaction_series", "_models",
+                 "_overflow_cell", "_overflow_logged", "_record_cells", "_signal_cells",
+                 "_tuple_series", "_window", "max_models", "window_s")
 
-    def __init__(self, window_s: float = 60.0, clock=time.time) -> None:
+    def __init__(self, window_s: float = 60.0, clock=time.time, max_models: int = 100) -> None:
         self.window_s = window_s
         self._clock = clock
+        self.max_models = max_models
+        # The model labels that have series of their own (at most max_models; more only when
+        # restored or merged so).
+        self._models: set[str] = set()
+        self._overflow_logged = False
         # (name, labels) -> [value]: a one-item list, so that the hot path keeps a reference
         # to each series it bumps (hashing a nested key tuple costs more than the addition).
         # A series is inserted when first counted, never replaced: references stay valid
@@ -117,6 +153,7 @@ class YieldStats:
                                  tuple[list[float], list[float], str, bool]] = {}
         self._signal_cells: dict[str, list[float]] = {}  # interactions_with_signal by source
         self._flag_cells: dict[str, list[float]] = {}  # actions_flagged by flag
+        self._overflow_cell: list[float] | None = None  # model_labels_overflowed
 
     def _cell(self, name: str, labels: Labels) -> list[float]:
         """The series ``(name, labels)``, inserted at 0.0 if new (the caller then adds to it)."""
@@ -153,13 +190,9 @@ class YieldStats:
                             tuples: Sequence[ScoredTuple]) -> None:
         """One closed interaction and the tuples extracted from it."""
         model = interaction.model or "unknown"
-        ikey = (interaction.shape, interaction.closed_by, model)
-        series = self._interaction_series.get(ikey)
+        series = self._interaction_series.get((interaction.shape, interaction.closed_by, model))
         if series is None:
-            series = self._interaction_series[ikey] = [
-                self._cell("interactions", (("shape", interaction.shape),)),
-                self._cell("interactions_closed", (("closed_by", interaction.closed_by),)),
-                None, None, None, model]
+            series = self._new_interaction_series(interaction, model)
         series[0][0] += 1.0
         series[1][0] += 1.0
         usage = interaction.usage
@@ -236,6 +269,47 @@ class YieldStats:
                 return
         window.append([second, 1.0, float(len(tuples)), confidence])
         self._trim(second)
+
+    def _new_interaction_series(self, interaction: Interaction, model: str) -> list:  # type: ignore[type-arg]
+        # The series are cached by their model label. The hot path looks them up by the
+        # model name, which finds them when name and label are the same; an overflowed or
+        # cut name comes here each time, so the cache holds labels only (a stream of new
+        # names cannot grow it) and each overflowed interaction is counted.
+        label = self._model_label(model)
+        key = (interaction.shape, interaction.closed_by, label)
+        series = self._interaction_series.get(key)
+        if series is None:
+            series = self._interaction_series[key] = [
+                self._cell("interactions", (("shape", interaction.shape),)),
+                self._cell("interactions_closed", (("closed_by", interaction.closed_by),)),
+                None, None, None, label]
+        return series
+
+    def _model_label(self, model: str) -> str:
+        """The label of ``model``: cut to MODEL_LABEL_MAX_CHARS, the overflow once full."""
+        label = model[:MODEL_LABEL_MAX_CHARS]
+        if label in self._models or label in _RESERVED_MODELS:
+            return label
+        if len(self._models) < self.max_models:
+            self._models.add(label)
+            return label
+        if self._overflow_cell is None:
+            self._overflow_cell = self._cell("model_labels_overflowed", ())
+        self._overflow_cell[0] += 1.0
+        if not self._overflow_logged:  # once: the counter tells how often since
+            self._overflow_logged = True
+            log.warning("model_labels_overflowed", max_models=self.max_models,
+                        model=label[:80], counted_as=OVERFLOW_MODEL)
+        return OVERFLOW_MODEL
+
+    def _learn_models(self, keys: Iterable[tuple[str, Labels]]) -> None:
+        # The models of restored or merged token series keep their series (no saved state
+        # of its own: older checkpoints hold the same counters).
+        for name, labels in keys:
+            if name in _TOKEN_COUNTERS:
+                for key, value in labels:
+                    if key == "model" and value not in _RESERVED_MODELS:
+                        self._models.add(value)
 
     def _flag(self, flag: str) -> None:
         cell = self._flag_cells.get(flag)
@@ -329,6 +403,8 @@ class YieldStats:
             for name, labels, value in state.get("counters", [])
         }
         self._forget_series()  # they point into the counters just replaced
+        self._models = set()
+        self._learn_models(self._counters)
 
     def merge(self, other: YieldStats) -> None:
         """Add ``other``'s counters to these (the shards of one scaled-out deployment).
@@ -349,6 +425,7 @@ class YieldStats:
         """
         for (name, labels), value in list(other._counters.items()):
             self._cell(name, labels)[0] += value[0]
+        self._learn_models(list(other._counters))  # counting goes on in the merged series
 
 
 def _same_calls(message: Message, action: Message) -> bool:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from nextstate.daemon.yieldstats import YieldCollector, YieldStats, parse_series_key, series_key
+from nextstate.daemon.yieldstats import (
+    MODEL_LABEL_MAX_CHARS,
+    YieldCollector,
+    YieldStats,
+    parse_series_key,
+    series_key,
+)
 from nextstate.extractors.types import Interaction, Message, ToolCall, Usage, tuple_from
 
 
@@ -192,3 +198,87 @@ def test_reading_the_series_survives_a_series_added_meanwhile():
     rest = list(reading)
     assert [first[0]] + [name for name, _, _ in rest] == ["records", "dead_letters"]
     assert stats.total("dead_letters") == 2.0
+
+
+def model_interaction(n: int, model: str, prompt_tokens: int = 100) -> Interaction:
+    return Interaction(f"s#{n}", "s", (), Message("assistant", "x"), model=model,
+                       usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=n + 1))
+
+
+def model_labels(stats: YieldStats, name: str = "prompt_tokens") -> dict[str, float]:
+    return {dict(labels)["model"]: value for n, labels, value in stats.items() if n == name}
+
+
+def test_model_labels_beyond_max_models_go_to_one_overflow_series():
+    """With max_models=3, the first 3 models keep their series and the 7 later ones share
+    model="other"; the token totals are those fed, and the overflowed interactions counted."""
+    stats = YieldStats(clock=lambda: 1000.0, max_models=3)
+    fed = {"prompt_tokens": 0, "completion_tokens": 0}
+    for n in range(10):
+        for _ in range(2):  # a model seen again stays under the label it got first
+            stats.observe_interaction(model_interaction(n, f"m{n}", prompt_tokens=10 + n), [])
+            fed["prompt_tokens"] += 10 + n
+            fed["completion_tokens"] += n + 1
+    stats.observe_interaction(model_interaction(10, ""), [])  # no model: "unknown", not a slot
+    prompt = model_labels(stats)
+    assert sorted(prompt) == ["m0", "m1", "m2", "other", "unknown"]
+    assert prompt["m1"] == 22 and prompt["other"] == 2 * sum(10 + n for n in range(3, 10))
+    assert sorted(model_labels(stats, "completion_tokens")) == ["m0", "m1", "m2", "other",
+                                                                "unknown"]
+    assert stats.total("prompt_tokens") == fed["prompt_tokens"] + 100
+    assert stats.total("completion_tokens") == fed["completion_tokens"] + 11
+    assert stats.total("model_labels_overflowed") == 14
+    assert stats.total("interactions") == 21
+    assert stats.snapshot()["model_labels_overflowed_total"] == 14
+
+
+def test_overflow_series_and_count_reach_prometheus():
+    """The overflow label and its counter are exposed like any other series."""
+    stats = YieldStats(max_models=1)
+    for n in range(3):
+        stats.observe_interaction(model_interaction(n, f"m{n}"), [])
+    registry = CollectorRegistry()
+    registry.register(YieldCollector(stats))
+    text = generate_latest(registry).decode()
+    assert 'nextstate_prompt_tokens_total{model="m0"} 100.0' in text
+    assert 'nextstate_prompt_tokens_total{model="other"} 200.0' in text
+    assert "nextstate_model_labels_overflowed_total 2.0" in text
+
+
+def test_a_long_model_name_is_cut_in_its_label():
+    """A 1 MB model name is a label of MODEL_LABEL_MAX_CHARS characters; names with the same
+    prefix share it, and take one place under max_models."""
+    stats = YieldStats(max_models=2)
+    long_name = "big-" + "x" * 1_000_000
+    stats.observe_interaction(model_interaction(1, long_name), [])
+    stats.observe_interaction(model_interaction(2, long_name + "y"), [])
+    stats.observe_interaction(model_interaction(3, "small"), [])
+    prompt = model_labels(stats)
+    assert sorted(len(label) for label in prompt) == [5, MODEL_LABEL_MAX_CHARS]
+    assert prompt[long_name[:MODEL_LABEL_MAX_CHARS]] == 200
+    assert max(len(key) for key in stats.snapshot()) < MODEL_LABEL_MAX_CHARS + 50
+    assert stats.total("model_labels_overflowed") == 0
+
+
+def test_model_limit_holds_after_load_state_dict_and_merge():
+    """After a restart the models that had series keep them and new ones still overflow;
+    checkpoints from before the limit (the same counters) load the same way."""
+    stats = YieldStats(max_models=3)
+    for n in range(5):
+        stats.observe_interaction(model_interaction(n, f"m{n}"), [])
+    restored = YieldStats(max_models=3)
+    restored.load_state_dict(stats.state_dict())
+    restored.observe_interaction(model_interaction(5, "m5"), [])  # a new, 4th model
+    restored.observe_interaction(model_interaction(6, "m1"), [])  # a known one
+    restored.observe_interaction(model_interaction(7, "m2"), [])
+    prompt = model_labels(restored)
+    assert sorted(prompt) == ["m0", "m1", "m2", "other"]
+    assert prompt["m1"] == prompt["m2"] == 200 and prompt["other"] == 300
+    assert restored.total("model_labels_overflowed") == 3
+    # A shard's models, merged in, keep their series too.
+    merged = YieldStats(max_models=3)
+    merged.merge(restored)
+    merged.observe_interaction(model_interaction(8, "m0"), [])
+    merged.observe_interaction(model_interaction(9, "m9"), [])
+    assert model_labels(merged) == {"m0": 200, "m1": 200, "m2": 200, "other": 400}
+    assert merged.total("model_labels_overflowed") == 4
