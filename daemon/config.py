@@ -224,7 +224,18 @@ class DaemonConfig:
     """With event time: how far a record's ``ts`` may lie behind the latest ``ts`` read before
     it (logs merged from several hosts, sessions exported one after another). Sessions go idle
     by a clock this far behind the latest time, so a session is not closed while its next
-    record may still come. Unset: the largest lag seen so far, which adapts to the input."""
+    record may still come. Unset: the largest lag seen so far, which adapts to the input, up
+    to ``event_time_max_lateness_s``."""
+    event_time_max_lateness_s: float = 86_400.0
+    """With event time and the lateness unset: the most it adapts to. A record further behind
+    (a host whose clock was never set) counts as read at the idle clock, so its session is
+    neither closed at once nor keeps every other session open; such records are counted
+    (``event_time_clamped{reason="late"}``). A day covers logs of a day's files concatenated."""
+    event_time_max_future_s: float = 300.0
+    """With event time: how far a record's ``ts`` may lie ahead of this machine's clock. A
+    later ``ts`` (a clock set wrong, nanoseconds read as milliseconds) is not believed: the
+    record counts as having no time of its own (``event_time_clamped{reason="future"}``), so
+    that one such record cannot close every open session and stop the time series."""
     timeseries_interval_s: float = 10.0
     """How often the yield counters are appended to the time series."""
     metrics_host: str = "127.0.0.1"

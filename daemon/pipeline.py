@@ -113,6 +113,9 @@ class Pipeline:
         # idle by a clock this far behind (see idle_clock), unless the config fixes it.
         self.event_lateness = config.event_time_lateness_s or 0.0
         self._adapt_lateness = config.event_time_lateness_s is None
+        # Record times past this are checked against the wall clock (read again only then).
+        self._believable_until = 0.0
+        self._clamped: dict[str, int] = {}  # records whose time was not taken as it was, by why
         self.processed: dict[tuple[str, int], int] = {}  # next offset to process, durable
         # Offsets the source committed to the broker (Kafka): a group offset that vanished
         # later tells a broker that came back empty from a commit that never happened.
@@ -230,7 +233,12 @@ class Pipeline:
                          ) -> float:
         """The time a record happened (a batch's latest span), which its session was last
         seen at; moves the latest time read and, unless fixed, the lateness (not for a
-        replayed record: the checkpoint holds both as they were after it)."""
+        replayed record: the checkpoint holds both as they were after it).
+
+        Two times are not taken as they are (each counted, see :meth:`_clamp`): one past the
+        wall clock by more than ``event_time_max_future_s`` (as if the record had none), and,
+        with the lateness adapting, one further behind than ``event_time_max_lateness_s``
+        (read at the idle clock)."""
         own = None
         for record, _ in decoded:
             if record.ts is not None:
@@ -238,16 +246,39 @@ class Pipeline:
                 own = ts if own is None or ts > own else own
         if own is None:  # no time of its own: as late as anything read
             return self.now()
-        if replay:
-            return own
-        if own > self.event_time:
+        if own > self._believable_until:
+            self._believable_until = self.clock() + self.config.event_time_max_future_s
+            if own > self._believable_until:  # from the future: as if it had no time
+                if not replay:
+                    self._clamp("future", own)
+                return self.now()
+        lag = self.event_time - own
+        if lag > self.event_lateness and self._adapt_lateness:
+            if lag > self.config.event_time_max_lateness_s:  # read at the idle clock
+                if not replay:
+                    self._clamp("late", own)
+                    self._grow_lateness(self.config.event_time_max_lateness_s)
+                return max(own, self.event_time - self.event_lateness)
+            if not replay:
+                self._grow_lateness(lag)
+        elif lag < 0 and not replay:
             self.event_time = own
-        elif self._adapt_lateness and self.event_time - own > self.event_lateness:
-            if self.event_time - own >= 2 * max(self.event_lateness, 1.0):  # a few lines a run
-                log.info("event_time_lateness", seconds=round(self.event_time - own, 3),
-                         was=round(self.event_lateness, 3))
-            self.event_lateness = self.event_time - own
         return own
+
+    def _grow_lateness(self, lag: float) -> None:
+        if lag > self.event_lateness:
+            if lag >= 2 * max(self.event_lateness, 1.0):  # a few lines a run
+                log.info("event_time_lateness", seconds=round(lag, 3),
+                         was=round(self.event_lateness, 3))
+            self.event_lateness = lag
+
+    def _clamp(self, reason: str, ts: float) -> None:
+        """Count a record whose own time was not taken as it was; log the 1st, 2nd, 4th..."""
+        count = self._clamped[reason] = self._clamped.get(reason, 0) + 1
+        self.stats.inc("event_time_clamped", (("reason", reason),))
+        if count & (count - 1) == 0:
+            log.warning("event_time_clamped", reason=reason, ts=ts, count=count,
+                        latest=self.event_time, wall_clock=round(self.clock(), 3))
 
     def _count_evictions(self) -> None:
         for reason, count in self.joiner.evictions.items():
@@ -392,6 +423,12 @@ class Pipeline:
             self.event_time, lateness = state["event_time"]
             if self._adapt_lateness:
                 self.event_lateness = lateness
+            if self.event_time > self.clock() + self.config.event_time_max_future_s:
+                # saved by a version that believed a time from the future: start the clock again
+                log.warning("event_time_reset", saved=self.event_time)
+                self.event_time = 0.0
+                if self._adapt_lateness:
+                    self.event_lateness = 0.0
         log.info("checkpoint_loaded", path=str(path), partitions=len(self.processed))
 
     def close(self, durable: bool = True) -> None:

@@ -254,7 +254,10 @@ def classify(record: WireRecord) -> str:
 
 
 def parse_ts(ts: float | str | None) -> float:
-    """Seconds since the epoch from a number (s or ms) or an ISO-8601 string; 0.0 if absent."""
+    """Seconds since the epoch from an ISO-8601 string or a number of seconds, milliseconds,
+    microseconds or nanoseconds (told apart by size: each unit's range from 1973 to 5138 does
+    not overlap the next one's); 0.0 if absent. A negative or non-finite number is rejected.
+    """
     if ts is None:
         return 0.0
     if isinstance(ts, str):
@@ -265,7 +268,16 @@ def parse_ts(ts: float | str | None) -> float:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
         return parsed.timestamp()
-    return ts / 1000.0 if ts > 1e11 else float(ts)
+    if ts < 1e11:  # seconds, the usual case (a NaN fails every comparison: checked below)
+        if ts >= 0:
+            return float(ts)
+    elif ts < 1e14:
+        return ts / 1e3
+    elif ts < 1e17:
+        return ts / 1e6
+    elif ts < 1e20:  # nanoseconds (Go's UnixNano, OpenTelemetry's time fields)
+        return ts / 1e9
+    raise BadRecord("schema", f"ts is not a time: {ts!r}")
 
 
 def score_value(value: float | bool | str | None) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -287,6 +288,74 @@ def test_a_resumed_file_run_keeps_the_lateness_it_had_learned(tmp_path):
     assert resumed.stats.total("records") == one_run.stats.total("records") == 14
     assert resumed.stats.total("interactions_closed", closed_by="idle_timeout") == 0
     assert stored(tmp_path / "two" / "state") == stored(tmp_path / "one" / "state")
+
+
+def timed_session(sid: str, result: str, start: float, step: float = 10.0) -> list[dict]:
+    records = weather_session(sid, result)
+    for n, record in enumerate(records):
+        record["ts"] = start + step * n
+    return records
+
+
+def session_tuples(state: Path, sid: str) -> set:
+    return {(t.interaction_id, t.reward, t.hint) for t in stored(state) if t.session_id == sid}
+
+
+def test_a_record_from_the_future_moves_no_clock(tmp_path):
+    """A record whose ts lies ahead of the wall clock (a host's clock set wrong) is not
+    believed. Before, the event clock jumped to it: every open session went idle at once
+    (its pending action closed without its next state) and the time series stopped there."""
+    from nextstate.daemon.timeseries import read_series
+
+    early = timed_session("early", "Error: HTTP 500", 1_000_000)
+    stray = timed_session("stray", "{}", time.time() + 30 * 86_400)[:1]
+    clean, mixed = tmp_path / "clean.jsonl", tmp_path / "mixed.jsonl"
+    write_lines(clean, early)
+    write_lines(mixed, early[:1] + stray + early[1:])
+    run(config_for(tmp_path / "clean", source=f"file:{clean}"), clean)
+    with structlog.testing.capture_logs() as logs:
+        pipeline = run(config_for(tmp_path / "mixed", source=f"file:{mixed}",
+                                  timeseries_interval_s=5.0), mixed)
+    kept = session_tuples(tmp_path / "mixed" / "state", "early")
+    assert kept == session_tuples(tmp_path / "clean" / "state", "early") and kept
+    assert pipeline.stats.total("interactions_closed", closed_by="idle_timeout") == 0
+    assert pipeline.stats.total("event_time_clamped", reason="future") == 1
+    assert [e["reason"] for e in logs if e["event"] == "event_time_clamped"] == ["future"]
+    times = [ts for ts, _ in read_series(tmp_path / "mixed" / "state" / "timeseries.sqlite")]
+    assert max(times) == early[-1]["ts"] and len(times) >= 3
+
+
+def test_a_record_from_a_clock_never_set_leaves_idle_timeouts_working(tmp_path):
+    """Records stamped near 1970 (a host whose clock was never set) among ones 11 days
+    later: the lateness stops at ``event_time_max_lateness_s`` (before, it grew to 11 days
+    and no session went idle for the rest of the run), and they count as read at the idle
+    clock, so their own session is not closed before its next record."""
+    early = timed_session("early", "Error: HTTP 500", 1_000_000)
+    stray = timed_session("stray", "Error: HTTP 404", 1.0)
+    later = timed_session("later", "{}", 1_000_000 + 2 * 86_400)  # early is idle by then
+    source, alone = tmp_path / "in.jsonl", tmp_path / "alone.jsonl"
+    write_lines(source, early[:1] + stray + early[1:] + later)
+    write_lines(alone, stray)
+    pipeline = run(config_for(tmp_path / "mixed", source=f"file:{source}"), source)
+    run(config_for(tmp_path / "alone", source=f"file:{alone}"), alone)
+    assert pipeline.event_lateness == 86_400
+    assert pipeline.stats.total("event_time_clamped", reason="late") == len(stray)
+    assert pipeline.stats.total("interactions_closed", closed_by="idle_timeout") >= 2
+    kept = session_tuples(tmp_path / "mixed" / "state", "stray")
+    assert kept == session_tuples(tmp_path / "alone" / "state", "stray") and kept
+
+
+def test_an_event_clock_saved_from_the_future_starts_again(tmp_path):
+    """A checkpoint from a version that believed a future ts does not carry it on."""
+    config = config_for(tmp_path, source="file:in.jsonl")
+    pipeline = Pipeline(config)
+    pipeline.event_time, pipeline.event_lateness = time.time() + 10 * 86_400, 5.0
+    pipeline.close()
+    with structlog.testing.capture_logs() as logs:
+        again = Pipeline(config)
+    assert (again.event_time, again.event_lateness) == (0.0, 0.0)
+    assert [e["event"] for e in logs if e["event"] == "event_time_reset"] == ["event_time_reset"]
+    again.close()
 
 
 @pytest.mark.parametrize("key", ["event_time", "log_format", "progress",

@@ -69,11 +69,20 @@ def test_feedback_values_map_to_scores(value, score):
     assert wire.score_value(value) == score
 
 
-def test_timestamps_in_seconds_millis_and_iso():
-    """ts accepts seconds, milliseconds and ISO-8601."""
-    assert wire.parse_ts(1_700_000_000) == 1_700_000_000
-    assert wire.parse_ts(1_700_000_000_000) == 1_700_000_000
+def test_timestamps_in_seconds_millis_micros_nanos_and_iso():
+    """ts accepts seconds, milliseconds, microseconds, nanoseconds and ISO-8601 (a time in
+    nanoseconds was read as milliseconds: the year 55,000, which every clock then believed)."""
+    for scale in (1, 10**3, 10**6, 10**9):
+        assert wire.parse_ts(1_700_000_000 * scale) == 1_700_000_000
+        assert wire.parse_ts(100_000_000.5 * scale) == pytest.approx(100_000_000.5)  # 1973
+    assert wire.parse_ts(0) == 0.0
     assert wire.parse_ts("2023-11-14T22:13:20Z") == 1_700_000_000
+
+
+@pytest.mark.parametrize("ts", [-1, float("nan"), float("inf"), 1e20])
+def test_a_timestamp_that_is_no_time_is_rejected(ts):
+    with pytest.raises(BadRecord, match="ts is not a time"):
+        wire.parse_ts(ts)
 
 
 @pytest.mark.parametrize("raw", [
