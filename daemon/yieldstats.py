@@ -21,6 +21,7 @@ exact) and ``model_labels_overflowed`` counts those interactions; a label is at 
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,10 +47,21 @@ _TOKEN_COUNTERS = frozenset(("prompt_tokens", "cached_tokens", "completion_token
 
 
 def series_key(name: str, labels: Labels = ()) -> str:
-    """The flat key of one series in a snapshot: ``name{a="x",b="y"}`` (labels sorted)."""
+    """The flat key of one series in a snapshot: ``name{a="x",b="y"}`` (labels sorted; values
+    escaped as in Prometheus' text format, as a model name from the input may hold ``",``)."""
     if not labels:
         return name
-    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels)) + "}"
+    return name + "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels)) + "}"
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(r"\\(.)")
 
 
 def parse_series_key(key: str) -> tuple[str, dict[str, str]]:
@@ -57,11 +69,8 @@ def parse_series_key(key: str) -> tuple[str, dict[str, str]]:
     if "{" not in key:
         return key, {}
     name, _, rest = key.partition("{")
-    labels: dict[str, str] = {}
-    for part in rest.rstrip("}").split('",'):
-        k, _, v = part.partition("=")
-        labels[k] = v.strip('"')
-    return name, labels
+    return name, {k: _UNESCAPE.sub(lambda m: "\n" if m[1] == "n" else m[1], v) if "\\" in v
+                  else v for k, v in _LABEL.findall(rest)}
 
 
 # name -> (help, label names). Counters unless listed in _GAUGES.

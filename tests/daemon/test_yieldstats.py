@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from nextstate.daemon.yieldstats import (
@@ -107,6 +109,15 @@ def test_series_keys_round_trip():
     key = series_key("tuples_total", (("source", "tool"), ("kind", "evaluative")))
     assert key == 'tuples_total{kind="evaluative",source="tool"}'
     assert parse_series_key(key) == ("tuples_total", {"kind": "evaluative", "source": "tool"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.text())
+def test_series_keys_round_trip_any_label_value(model, shape):
+    """A model name comes from the input: quotes, commas, backslashes and newlines in it are
+    escaped (before, ``a",shape="x`` read back as two labels in the time series)."""
+    key = series_key("prompt_tokens_total", (("model", model), ("shape", shape)))
+    assert parse_series_key(key) == ("prompt_tokens_total", {"model": model, "shape": shape})
 
 
 def test_counts_by_label_values_stay_apart():
