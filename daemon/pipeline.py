@@ -116,6 +116,9 @@ class Pipeline:
         # Record times past this are checked against the wall clock (read again only then).
         self._believable_until = 0.0
         self._clamped: dict[str, int] = {}  # records whose time was not taken as it was, by why
+        # Wall seconds a followed file has had nothing new: the event clocks run on by as much
+        # (see advance_quiet), so that the sessions of a quiet log still go idle.
+        self._quiet_s = 0.0
         self.processed: dict[tuple[str, int], int] = {}  # next offset to process, durable
         # Offsets the source committed to the broker (Kafka): a group offset that vanished
         # later tells a broker that came back empty from a commit that never happened.
@@ -141,6 +144,7 @@ class Pipeline:
         batch's bad spans each on their own, see :meth:`_feed_spans`)."""
         tp = (topic, partition)
         replay = offset < self.processed.get(tp, 0)
+        self._quiet_s = 0.0
         seen = self.seen
         if offset >= seen.get(tp, 0):
             seen[tp] = offset + 1
@@ -219,15 +223,26 @@ class Pipeline:
         self.stats.observe_dead_letter(reason)
 
     def now(self) -> float:
-        """The pipeline's clock: the latest record time when replaying logs, else wall time."""
-        return self.event_time if self.use_event_time and self.event_time else self.clock()
+        """The pipeline's clock: the latest record time when replaying logs (run on by the
+        time a followed file has been quiet), else wall time."""
+        if self.use_event_time and self.event_time:
+            return self.event_time + self._quiet_s
+        return self.clock()
 
     def idle_clock(self) -> float:
         """The clock sessions go idle by: with event time, the latest record time less the
         lateness (a watermark: a session's next record may still come up to that far back)."""
         if self.use_event_time and self.event_time:
-            return self.event_time - self.event_lateness
+            return self.event_time + self._quiet_s - self.event_lateness
         return self.clock()
+
+    def advance_quiet(self, seconds: float) -> None:
+        """A followed file has had nothing new for ``seconds`` of wall time since its last
+        record: with event time, the clocks run on by as much until the next record (a live
+        writer's next record would be that much later). Without it, a quiet log's sessions
+        never went idle and its time series stopped until the writer wrote again. The
+        lateness does not learn from it: the next record's lag is taken from its own time."""
+        self._quiet_s = seconds
 
     def _read_event_time(self, decoded: list[tuple[wire.WireRecord, str]], replay: bool
                          ) -> float:
@@ -330,7 +345,8 @@ class Pipeline:
         now = self.now()
         self.close_idle()
         self.write_pending()
-        if not self.use_event_time and \
+        # In event time the records move the series (see process); a quiet followed file, here.
+        if (not self.use_event_time or self._quiet_s) and \
                 now - self._last_series >= self.config.timeseries_interval_s:
             self.record_timeseries(now)
 

@@ -71,10 +71,14 @@ def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Healt
     if start:
         log.info("file_resume", source=topic, from_line=start)
     offset = 0
+    last_line_at = time.monotonic()
     for line in lines:
         if stop.is_set():
             break
-        if line is not None:
+        if line is None:  # a followed file with nothing new: its event clock runs on
+            pipeline.advance_quiet(time.monotonic() - last_line_at)
+        else:
+            last_line_at = time.monotonic()
             if offset >= start and line.strip():
                 pipeline.process(line.rstrip(b"\r\n"), None, topic, 0, offset)
                 if pipeline.use_event_time:

@@ -203,6 +203,37 @@ def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
     pipeline.close()
 
 
+def test_a_quiet_followed_log_still_closes_idle_sessions(tmp_path):
+    """Following a log in event time, the clocks run on by the wall time the file has had
+    nothing new: a session whose writer went quiet closes as idle, and the time series goes
+    on. Before, both waited for the writer's next line, however long it took."""
+    from nextstate.daemon.timeseries import read_series
+    from tests.kafka_broker import wait_for
+
+    source = tmp_path / "in.jsonl"
+    records = timed_session("a", "Error: HTTP 500", 1_000_000)
+    write_lines(source, records[:2])  # the call, its result and the answer left pending
+    pipeline = Pipeline(config_for(tmp_path, source=f"file:{source}", commit_interval_s=0.05,
+                                   timeseries_interval_s=0.2, **{"join.idle_timeout_s": 0.5}))
+    stop = threading.Event()
+    worker = threading.Thread(target=run_file, args=(pipeline, str(source), stop, Health(),
+                                                     Progress(pipeline.stats, False)),
+                              kwargs={"follow": True, "poll_s": 0.05})
+    worker.start()
+    try:
+        assert wait_for(lambda: pipeline.stats.total(
+            "interactions_closed", closed_by="idle_timeout") == 1, 10)
+        assert pipeline.stats.total("interactions_closed", closed_by="next_state") == 1
+        assert pipeline.event_lateness == 0.0  # the quiet time is not a lag
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+    pipeline.close()
+    times = [ts for ts, _ in read_series(tmp_path / "state" / "timeseries.sqlite")]
+    assert times == sorted(times) and times[-1] > records[1]["ts"] + 0.5
+
+
 def test_file_replay_follows_event_time_for_series_and_idle_timeouts(tmp_path):
     """Replaying a log, the time series spans the records' own times and sessions idle (in
     event time) close before the file ends."""
