@@ -138,7 +138,7 @@ class Pipeline:
         self._load_checkpoint()
 
     # -- records ----------------------------------------------------------------------------
-    def process(self, value: bytes, key: bytes | None, topic: str, partition: int,
+    def process(self, value: bytes | None, key: bytes | None, topic: str, partition: int,
                 offset: int) -> None:
         """Process one record; bad ones go to the dead-letter sink with their reason (an OTLP
         batch's bad spans each on their own, see :meth:`_feed_spans`)."""
@@ -151,6 +151,9 @@ class Pipeline:
         self.records_since_checkpoint += 1
         position = (topic, partition, offset)
         try:
+            if not value:  # a Kafka tombstone (no value): it crashed the loop, again each restart
+                value = b""
+                raise BadRecord("empty", "the record has no value (a Kafka tombstone?)")
             if len(value) > self.config.join.max_record_bytes:
                 raise BadRecord("too_large", f"{len(value)} bytes > join.max_record_bytes="
                                 f"{self.config.join.max_record_bytes}")

@@ -104,6 +104,29 @@ def test_consumer_group_end_to_end_with_restart_and_poison_record(broker, tmp_pa
     assert dead.value == poison[1] and headers["nextstate.reason"] == b"schema"
 
 
+def test_a_tombstone_goes_to_the_dead_letters_and_the_partition_reads_on(broker, tmp_path):
+    """A record with no value (a tombstone, as any producer may send) raised a TypeError out
+    of the poll loop: the daemon stopped, and again at the same offset after each restart."""
+    topic, group = f"tombstone-{uuid.uuid4().hex[:8]}", "nextstate-test"
+    broker.create_topic(topic, 1)
+    broker.create_topic(f"{topic}.dlq", 1)
+    session = weather_session("s0", "Error: missing required argument 'day'")
+    broker.produce(topic, [(b"s0", line(session[0])), (b"s0", None),
+                           *[(b"s0", line(r)) for r in session[1:]]])
+    with Daemon(kafka_config(broker, tmp_path, topic, group)) as daemon:
+        assert wait_for(lambda: _metric(daemon, "nextstate_interactions_total") == 2, 60)
+        assert wait_for(lambda: broker.committed(topic, group, 1)[0] is not None, 30)
+    assert daemon.result == [0]
+    assert {t.kind for t in stored(tmp_path / "state")} == {"evaluative", "directive"}
+    dlq = KafkaConsumer(f"{topic}.dlq", bootstrap_servers=broker.bootstrap,
+                        auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    (dead,) = list(dlq)
+    dlq.close()
+    headers = dict(dead.headers)
+    assert headers["nextstate.reason"] == b"empty" and headers["nextstate.origin"] == \
+        f"{topic}/0/1".encode()
+
+
 def _metric(daemon: Daemon, name: str) -> float:
     _, body = daemon.http("/metrics")
     return sum(float(row.rsplit(" ", 1)[1]) for row in body.decode().splitlines()

@@ -166,6 +166,17 @@ def test_extractor_errors_do_not_stop_the_pipeline(tmp_path):
     assert pipeline.stats.total("tuples", source="tool") == 1  # the tool error
 
 
+@pytest.mark.parametrize("value", [None, b""])
+def test_a_record_with_no_value_is_a_dead_letter(tmp_path, value):
+    """A Kafka tombstone (value None) raised a TypeError out of ``process``."""
+    pipeline = Pipeline(config_for(tmp_path, source="kafka"))
+    pipeline.process(value, b"s0", "t", 0, 7)
+    pipeline.close()
+    (dead,) = [json.loads(x) for x in (tmp_path / "state" / "dlq.jsonl").read_text().splitlines()]
+    assert (dead["reason"], dead["offset"], dead["value"]) == ("empty", 7, "")
+    assert pipeline.stats.total("dead_letters", reason="empty") == 1
+
+
 def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
     """--follow keeps reading lines appended to the file, checkpoints while the file has
     nothing new (its tuples durable before 256 lines come), and stops cleanly when asked."""
