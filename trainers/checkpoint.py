@@ -74,6 +74,7 @@ def publish(checkpoint_dir: Path, version: int, write: Callable[[Path], None],
     final = version_dir(checkpoint_dir, version)
     if final.exists():
         raise FileExistsError(f"version {version} already published at {final}")
+    _remove_stale_temps(checkpoint_dir)
     tmp = checkpoint_dir / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -87,6 +88,26 @@ def publish(checkpoint_dir: Path, version: int, write: Callable[[Path], None],
         for old in list_versions(checkpoint_dir)[:-keep]:
             shutil.rmtree(version_dir(checkpoint_dir, old), ignore_errors=True)
     return final
+
+
+def _remove_stale_temps(checkpoint_dir: Path) -> None:
+    """Remove the half-written versions of trainers that died mid-publish (a temp dir names
+    its writer's pid). Each is a whole policy: a crash loop would otherwise fill the disk.
+    A writer still alive (another trainer on this directory) keeps its temp dir."""
+    for entry in checkpoint_dir.glob(".tmp-v*-*"):
+        pid = entry.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        return True
+    return True
 
 
 def list_versions(checkpoint_dir: Path) -> list[int]:

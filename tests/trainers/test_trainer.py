@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -172,6 +175,22 @@ def test_publish_is_versioned_atomic_and_announced(tiny_policy, tmp_path) -> Non
     assert trainer.maybe_publish() is None
     torch.testing.assert_close(load_policy(latest).action_logprobs(CONTEXT, GOOD),
                                trainer.policy.action_logprobs(CONTEXT, GOOD), rtol=0, atol=0)
+
+
+def test_publish_removes_what_dead_trainers_half_wrote(tiny_policy, tmp_path) -> None:
+    """A trainer killed mid-publish leaves a temp dir (a whole policy); the next publish
+    removes it, but not one whose writer is still alive."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead, alive = int(child.stdout), os.getppid()
+    ckpt = tmp_path / "ckpt"
+    for pid in (dead, alive):
+        (ckpt / f".tmp-v000004-{pid}" / "policy").mkdir(parents=True)
+        (ckpt / f".tmp-v000004-{pid}" / "policy" / "weights").write_bytes(b"x" * 1000)
+    trainer = Trainer(_config(publish_every=1), tiny_policy(),
+                      {"main": ListBuffer([make_tuple(reward=1.0)])}, ckpt)
+    trainer.step()
+    assert sorted(p.name for p in ckpt.iterdir()) == [f".tmp-v000004-{alive}", "v000001"]
 
 
 def test_resume_continues_step_optimizer_and_training_exactly(tiny_policy, tmp_path) -> None:
