@@ -47,6 +47,10 @@ class Health:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    # Seconds a connection may take to send its request. Without it each idle connection held
+    # a thread forever: a scraper's half-open sockets, or a flood of them from a pod when the
+    # server binds beyond loopback, grew the threads without bound.
+    timeout = 10.0
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -83,12 +87,14 @@ class _Server(ThreadingHTTPServer):
 
 
 def start_http_server(host: str, port: int, registry: CollectorRegistry,
-                      health: Health) -> _Server:
+                      health: Health, request_timeout_s: float = _Handler.timeout) -> _Server:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on a background thread.
 
     Returns the server; ``server.server_address`` has the bound port (``port=0`` picks one).
+    A connection that sends no whole request within ``request_timeout_s`` is closed.
     """
-    server = _Server((host, port), _Handler)
+    handler = type("_TimedHandler", (_Handler,), {"timeout": request_timeout_s})
+    server = _Server((host, port), handler)
     server.registry = registry
     server.health = health
     threading.Thread(target=server.serve_forever, name="nextstate-http", daemon=True).start()
