@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from nextstate.daemon.config import DaemonConfig, load_config
 from nextstate.daemon.pipeline import CHECKPOINT_FILE, Pipeline
 from nextstate.daemon.service import Health, Progress, configure_logging, start_http_server
+from nextstate.daemon.statelock import StateDirLock, StateDirLocked, StateLockError
 from nextstate.daemon.yieldstats import YieldCollector, YieldStats
 
 log = structlog.get_logger("nextstate")
@@ -83,8 +84,6 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-    from nextstate.daemon import sources  # Kafka client import only when running
-
     is_kafka = config.source == "kafka"
     if not is_kafka and not config.source.startswith("file:"):
         print(f"nextstate: source must be kafka or file:PATH, not {config.source!r}",
@@ -96,6 +95,27 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
         # (a later ``stats`` there would show zeros instead of this error).
         print(f"nextstate: no input file {path!r} (source {config.source!r})", file=sys.stderr)
         return 2
+    # Before anything in the state dir is opened for writing, and before Kafka is reached (a
+    # second consumer in the group would set off a rebalance): one daemon per state dir.
+    state_lock = StateDirLock(config.state_path)
+    try:
+        state_lock.acquire()
+    except StateDirLocked as exc:
+        log.error("state_dir_locked", error=str(exc), state_dir=str(config.state_path),
+                  pid=exc.holder.get("pid"), host=exc.holder.get("host"),
+                  lock_file=str(state_lock.path))
+        return EXIT_STATE_DIR_LOCKED
+    except StateLockError as exc:
+        log.error("state_dir_unlockable", error=str(exc), state_dir=str(config.state_path))
+        return 2
+    with state_lock:  # held until the daemon returns (or the process dies: the OS drops it)
+        return _run_locked(config, stop, is_kafka)
+
+
+def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> int:
+    """``run_daemon`` once the state dir's lock is held."""
+    from nextstate.daemon import sources  # Kafka client import only when running
+
     try:
         dead_letters = sources.kafka_dead_letters(config) if is_kafka else None
     except sources.KafkaError as exc:
@@ -188,6 +208,9 @@ EXIT_STORAGE_FULL = 3
 """``nextstate run``'s exit code when the state directory's disk is full."""
 EXIT_KAFKA_UNAVAILABLE = 4
 """``nextstate run``'s exit code when no Kafka broker accepts it at start."""
+EXIT_STATE_DIR_LOCKED = 5
+"""``nextstate run``'s exit code when another daemon holds the state dir (its lock file,
+``daemon.lock``, see :mod:`nextstate.daemon.statelock`); nothing in the dir was touched."""
 
 
 def storage_full(exc: BaseException) -> bool:
