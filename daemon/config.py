@@ -32,9 +32,16 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+
+# Bounds checked when the config loads: ``max_sessions = 0`` or ``idle_timeout_s = -5`` ran
+# and silently joined nothing; ``max_poll_records = 0`` raised out of the first Kafka poll.
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -73,20 +80,20 @@ class KafkaConfig:
     """Client certificate (mutual TLS)."""
     ssl_keyfile: str | None = None
     """Client private key (mutual TLS)."""
-    poll_timeout_ms: int = 500
+    poll_timeout_ms: NonNegativeInt = 500
     """How long one poll waits for records."""
-    max_poll_records: int = 500
+    max_poll_records: AtLeastOne = 500
     """Records per poll at most."""
-    fetch_max_wait_ms: int = 100
+    fetch_max_wait_ms: NonNegativeInt = 100
     """How long the broker may hold a fetch that has no new records. Kafka's default is 500;
     a broker that answers only when this wait ends (Tansu does: measured p50 126 ms from
     produce to consume at 500, 27 ms at 100) adds up to this much to every record's latency.
     100 bounds that at 10 idle fetches/s per broker."""
-    session_timeout_ms: int = 10_000
+    session_timeout_ms: AtLeastOne = 10_000
     """Group session timeout: a member silent this long is considered dead."""
-    heartbeat_interval_ms: int = 3_000
+    heartbeat_interval_ms: AtLeastOne = 3_000
     """Heartbeat period (under a third of the session timeout)."""
-    max_poll_interval_ms: int = 300_000
+    max_poll_interval_ms: AtLeastOne = 300_000
     """Max time between polls before the member is evicted; also bounds rebalance waits."""
 
     def consumer_kwargs(self) -> dict[str, Any]:
@@ -157,16 +164,16 @@ class KafkaConfig:
 class JoinConfig:
     """How actions wait for their next state."""
 
-    idle_timeout_s: float = 300.0
+    idle_timeout_s: Positive = 300.0
     """Close a session's pending action with no next state after this long without records."""
-    max_sessions: int = 100_000
+    max_sessions: AtLeastOne = 100_000
     """Sessions held at most; the least recently seen is closed and counted beyond it."""
-    max_pending_bytes: int = 1 << 30
+    max_pending_bytes: AtLeastOne = 1 << 30
     """Bytes of pending join state held at most (each session's latest record); the least
     recently seen sessions are forgotten and counted (``join_evictions``) beyond it."""
-    max_record_bytes: int = 16 << 20
+    max_record_bytes: AtLeastOne = 16 << 20
     """Larger records go to the dead-letter queue (reason ``too_large``) undecoded."""
-    max_feedback_per_action: int = 64
+    max_feedback_per_action: AtLeastOne = 64
     """Feedback records kept on one pending action; the oldest is dropped beyond it."""
 
 
@@ -210,37 +217,37 @@ class DaemonConfig:
     policy: dict[str, Any] = field(default_factory=lambda: {"kind": "tiny"})
     """The policy to train: ``kind = "tiny"`` (built-in) or ``kind = "hf"`` with ``path`` and
     an optional ``lora`` table."""
-    train_max_lag: int = 0
+    train_max_lag: NonNegativeInt = 0
     """With ``train``: pause consumption (backpressure) while more than this many stored tuples
     are ahead of what the trainer has sampled (steps x batch size); 0 never pauses."""
-    commit_interval_s: float = 5.0
+    commit_interval_s: NonNegative = 5.0
     """Flush buffers, checkpoint and commit offsets at least this often."""
-    commit_every_records: int = 5_000
+    commit_every_records: AtLeastOne = 5_000
     """... or after this many records, whichever comes first."""
     event_time: Literal["auto", "event", "wall"] = "auto"
     """The clock of idle timeouts and the time series: ``event`` (the records' ``ts``, for
     replaying logs), ``wall``, or ``auto`` (event time for file sources, wall for Kafka)."""
-    event_time_lateness_s: float | None = None
+    event_time_lateness_s: NonNegative | None = None
     """With event time: how far a record's ``ts`` may lie behind the latest ``ts`` read before
     it (logs merged from several hosts, sessions exported one after another). Sessions go idle
     by a clock this far behind the latest time, so a session is not closed while its next
     record may still come. Unset: the largest lag seen so far, which adapts to the input, up
     to ``event_time_max_lateness_s``."""
-    event_time_max_lateness_s: float = 86_400.0
+    event_time_max_lateness_s: NonNegative = 86_400.0
     """With event time and the lateness unset: the most it adapts to. A record further behind
     (a host whose clock was never set) counts as read at the idle clock, so its session is
     neither closed at once nor keeps every other session open; such records are counted
     (``event_time_clamped{reason="late"}``). A day covers logs of a day's files concatenated."""
-    event_time_max_future_s: float = 300.0
+    event_time_max_future_s: NonNegative = 300.0
     """With event time: how far a record's ``ts`` may lie ahead of this machine's clock. A
     later ``ts`` (a clock set wrong, nanoseconds read as milliseconds) is not believed: the
     record counts as having no time of its own (``event_time_clamped{reason="future"}``), so
     that one such record cannot close every open session and stop the time series."""
-    timeseries_interval_s: float = 10.0
+    timeseries_interval_s: Positive = 10.0
     """How often the yield counters are appended to the time series."""
     metrics_host: str = "127.0.0.1"
     """Address of the metrics/health server (loopback unless you mean otherwise)."""
-    metrics_port: int = 9464
+    metrics_port: Annotated[int, msgspec.Meta(ge=-1, le=65535)] = 9464
     """Port of the metrics/health server; 0 picks a free one, -1 disables it."""
     log_format: Literal["auto", "json", "console"] = "auto"
     """``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise)."""

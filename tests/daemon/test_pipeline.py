@@ -409,6 +409,20 @@ def test_a_mistyped_choice_is_a_config_error_naming_the_key(key):
         load_config(None, **{key: "evnt"})
 
 
+@pytest.mark.parametrize(("key", "value"), [
+    ("join.idle_timeout_s", -5.0), ("join.idle_timeout_s", 0.0), ("join.max_sessions", 0),
+    ("join.max_pending_bytes", -1), ("join.max_feedback_per_action", 0),
+    ("kafka.max_poll_records", 0), ("commit_every_records", 0), ("commit_interval_s", -1.0),
+    ("event_time_lateness_s", -3.0), ("timeseries_interval_s", 0.0), ("metrics_port", 70_000),
+])
+def test_a_value_out_of_bounds_is_a_config_error_naming_the_key(key, value):
+    """``max_sessions = 0`` or ``idle_timeout_s = -5`` ran and joined nothing without a word;
+    ``max_poll_records = 0`` raised a ValueError out of the first Kafka poll."""
+    with pytest.raises(ValueError, match=re.escape(f"$.{key}")):
+        load_config(None, **{key: value})
+    load_config(None, **{key: 1})  # the bound, not the field, refused it
+
+
 def test_tuples_reach_the_buffers_by_the_next_tick(tmp_path):
     """Emitted tuples wait for a batch, but every tick writes them: a trainer sampling the
     buffers in the daemon sees them without waiting for a checkpoint."""

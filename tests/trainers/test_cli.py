@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
 
 from nextstate.buffers import BufferSet, BufferSpec
 from nextstate.trainers.checkpoint import latest_checkpoint, read_manifest
 from nextstate.trainers.cli import train_main
+from nextstate.trainers.config import TrainerConfig
 
 from .conftest import BAD, make_tuple, session_turns
 
@@ -58,3 +62,20 @@ def test_train_main_takes_session_group_from_the_buffers_table(tmp_path, capsys)
     logged = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[:-1]]
     assert len(logged) == 3
     assert all(m["charts/prefix_share_ratio"] >= 2.0 for m in logged)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("staleness_mode", "dorp"), ("schedule", "cosin"), ("batch_size", 0),
+    ("micro_batch_size", 0), ("lr", -1e-4), ("batch_size", "32"), ("betas", [0.9, 1.5]),
+    ("buffer_mix", {"evaluative": -1.0}), ("staleness_decay", 0.0), ("torch_threads", 0),
+])
+def test_a_bad_trainer_config_value_is_an_error_naming_the_key(key, value) -> None:
+    """The trainer config took any value: ``staleness_mode = "dorp"`` down-weighted stale
+    tuples without a word, ``lr = -1e-4`` trained away from the rewards."""
+    with pytest.raises(ValueError, match=re.escape(f"$.{key}")):
+        TrainerConfig.from_mapping({key: value})
+
+
+def test_a_trainer_config_file_converts_its_values() -> None:
+    config = TrainerConfig.from_mapping({"betas": [0.8, 0.99], "lr": 1, "buffer_mix": {"a": 2}})
+    assert (config.betas, config.lr, config.buffer_mix) == ((0.8, 0.99), 1.0, {"a": 2.0})
