@@ -36,6 +36,10 @@ class TrainerConfig:
     reference forward entirely."""
     clip_eps: Positive = 0.2
     """PPO ratio clip range (ratios against logged behaviour log-probs)."""
+    dual_clip: Annotated[float, msgspec.Meta(gt=1)] = 3.0
+    """Dual-clip PPO: with a negative advantage, a token's surrogate is at least
+    ``dual_clip * A``, so an action whose logged log-probs lie far below the policy's own
+    cannot blow the loss up."""
     baseline_momentum: Fraction = 0.01
     """Per-source running-mean baseline: exact mean over the first 1/momentum rewards, an
     exponential moving average after."""

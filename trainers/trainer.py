@@ -138,6 +138,7 @@ class Trainer:
         self.baseline = RunningBaseline(config.baseline_momentum)
         self.global_step = 0
         self.policy_version = 0
+        self.skipped_steps = 0  # optimizer steps not taken: the gradient was not finite
         self.last_published_step = 0
         self.tuples_seen: Counter[str] = Counter()
         self.last_losses: dict[str, float] = {}
@@ -201,6 +202,7 @@ class Trainer:
             "charts/tokens_per_s": totals["forward_tokens"] / elapsed,
             "charts/action_tokens_per_s": totals["action_tokens"] / elapsed,
             "charts/behaviour_logprobs_used": totals["behaviour_used"],
+            "charts/skipped_steps": float(self.skipped_steps),
             "charts/step_time_s": elapsed,
         }
         for key in ("advantage_sum", "opd_adv_sum", "dpo_margin_sum"):
@@ -292,7 +294,7 @@ class Trainer:
                                 for it in evaluative], device=device)
             weight = torch.tensor([it.weight * it.tuple.confidence for it in evaluative],
                                   device=device)
-            per_seq = pg_loss(logp, old, adv, credit, cfg.clip_eps)
+            per_seq = pg_loss(logp, old, adv, credit, cfg.clip_eps, cfg.dual_clip)
             losses["pg"] = (per_seq * weight).sum() / counts["evaluative"]
             stats["advantage_sum"] += float(adv.sum())
             for it, a in zip(evaluative, adv.tolist(), strict=True):
@@ -310,7 +312,7 @@ class Trainer:
             weight = torch.tensor([it.weight * it.tuple.confidence for it in directive],
                                   device=device)
             per_seq, adv = opd_loss(logp, teacher_lp, old, valid, cfg.opd_adv_clip,
-                                    cfg.clip_eps)
+                                    cfg.clip_eps, cfg.dual_clip)
             losses["opd"] = (per_seq * weight).sum() / counts["directive"]
             per_tuple_adv = (adv.abs().sum(1) / valid.sum(1).clamp_min(1)).tolist()
             stats["opd_adv_sum"] += float((adv.sum(1) / valid.sum(1).clamp_min(1)).sum())
@@ -351,6 +353,12 @@ class Trainer:
         else:
             grads = [p.grad.norm() for p in params if p.grad is not None]
             norm = float(torch.stack(grads).norm()) if grads else 0.0
+        if not math.isfinite(norm):
+            # One NaN or inf gradient would make every weight NaN, and the next published
+            # version with them: the step is not taken (and counted) instead.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -363,9 +371,10 @@ class Trainer:
             by_buffer.setdefault(it.buffer, []).append(it)
             self.tuples_seen[it.tuple.source] += 1
         for name, group in by_buffer.items():
+            priorities = np.array([it.priority + _PRIORITY_EPS for it in group])
+            kept = np.isfinite(priorities)  # a NaN loss keeps the tuple's old priority
             self.buffers[name].update_priorities(
-                np.array([it.index for it in group], dtype=np.int64),
-                np.array([it.priority + _PRIORITY_EPS for it in group]))
+                np.array([it.index for it in group], dtype=np.int64)[kept], priorities[kept])
         rewards: dict[str, list[float]] = {}
         for it in items:
             if it.tuple.kind == "evaluative":

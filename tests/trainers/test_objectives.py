@@ -34,6 +34,27 @@ def test_pg_clipped_token_gets_no_gradient() -> None:
     assert logp.grad.tolist()[0] == pytest.approx([-0.5, 0.0])
 
 
+@pytest.mark.parametrize("logged", [-9999.0, -30.0, -4.0])
+def test_pg_negative_advantage_is_dual_clipped_and_stays_finite(logged) -> None:
+    """A token logged far less likely than the policy now makes it (OpenAI logs -9999.0 for
+    tokens it would not sample): with A = -1 the surrogate stops at 3A, no gradient. Before,
+    r = e^9998 made the loss and every gradient NaN, and at -30 the loss was 1e10."""
+    logp = _logp(0.5, 0.5)
+    old = torch.tensor([[math.log(0.5), logged]])
+    loss = pg_loss(logp, old, torch.tensor([-1.0]), torch.ones(1, 2), clip_eps=0.2)
+    assert loss.item() == pytest.approx((1.0 + 3.0) / 2)  # ratio 1, then the dual clip
+    loss.sum().backward()
+    assert logp.grad.tolist()[0] == pytest.approx([0.5, 0.0])
+
+
+def test_opd_with_a_far_logged_logprob_stays_finite() -> None:
+    logp = _logp(0.5, 0.5)
+    old = torch.tensor([[math.log(0.5), -9999.0]])
+    loss, _ = opd_loss(logp, torch.log(torch.tensor([[0.9, 0.9]])), old, torch.ones(1, 2))
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(logp.grad).all()
+
+
 def test_pg_mask_limits_credit_to_selected_tokens() -> None:
     """With a mask on the second token only, the first token gets exactly zero gradient."""
     logp = _logp(0.5, 0.25)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -240,6 +241,36 @@ def test_behaviour_logprobs_are_used_when_aligned(tiny_policy, tmp_path) -> None
     assert trainer.step()["charts/behaviour_logprobs_used"] == 0
     trainer2 = _trainer(tiny_policy(), [aligned], tmp_path, batch_size=2)
     assert trainer2.step()["charts/behaviour_logprobs_used"] == 2
+
+
+def test_a_far_logged_logprob_does_not_wreck_the_policy(tiny_policy, tmp_path) -> None:
+    """One punished action logged with OpenAI's -9999.0 floor made every weight NaN in one
+    step; now it is dual-clipped and training goes on as if it had no log-probs there."""
+    policy = tiny_policy()
+    n = policy.encode(CONTEXT, BAD).action_len
+    floored = make_tuple(action=BAD, reward=-1.0, behaviour_logprobs=tuple([-9999.0] * n))
+    trainer = _trainer(policy, [floored, make_tuple(action=GOOD, reward=1.0, index=2)],
+                       tmp_path, opd_weight=0.0, dpo_weight=0.0)
+    good0 = policy.action_logprobs(CONTEXT, GOOD).sum()
+    for _ in range(4):
+        metrics = trainer.step()
+    assert math.isfinite(metrics["losses/pg"]) and metrics["charts/skipped_steps"] == 0
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+    assert policy.action_logprobs(CONTEXT, GOOD).sum() > good0
+
+
+def test_a_step_with_a_nan_gradient_is_not_taken(tiny_policy, tmp_path) -> None:
+    """Whatever made a gradient NaN, the weights keep their values and the step is counted."""
+    policy = tiny_policy()
+    trainer = _trainer(policy, [make_tuple(reward=1.0)], tmp_path)
+    before = [p.detach().clone() for p in policy.parameters()]
+    for p in policy.trainable_parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    assert math.isnan(trainer._optimizer_step())
+    assert trainer.skipped_steps == 1
+    for p, q in zip(policy.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), q, rtol=0, atol=0)
+    assert trainer.step()["charts/skipped_steps"] == 1  # the next step is taken
 
 
 def test_trains_from_a_real_buffer_set(tiny_policy, tmp_path) -> None:

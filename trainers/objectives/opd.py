@@ -15,8 +15,8 @@ from nextstate.trainers.objectives.pg import clipped_surrogate
 
 
 def opd_loss(logp: torch.Tensor, teacher_logp: torch.Tensor, old_logp: torch.Tensor,
-             mask: torch.Tensor, adv_clip: float = 5.0, clip_eps: float = 0.2
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             mask: torch.Tensor, adv_clip: float = 5.0, clip_eps: float = 0.2,
+             dual_clip: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence distillation loss and the per-token advantages used.
 
     Args:
@@ -26,6 +26,7 @@ def opd_loss(logp: torch.Tensor, teacher_logp: torch.Tensor, old_logp: torch.Ten
         mask: ``[B, T]`` valid tokens.
         adv_clip: per-token advantages are clipped to ``[-adv_clip, adv_clip]``.
         clip_eps: PPO clip range.
+        dual_clip: the bound on negative advantages' ratios (see :func:`clipped_surrogate`).
     """
     advantage = (teacher_logp.detach() - old_logp.detach()).clamp(-adv_clip, adv_clip) * mask
-    return clipped_surrogate(logp, old_logp, advantage, mask, clip_eps), advantage
+    return clipped_surrogate(logp, old_logp, advantage, mask, clip_eps, dual_clip), advantage
