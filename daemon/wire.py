@@ -23,6 +23,7 @@ with JSON-string arguments) into the pipeline's flat :class:`Message`.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -296,6 +297,8 @@ def score_value(value: float | bool | str | None) -> float | None:
             value = float(word)
         except ValueError:
             raise BadRecord("schema", f"feedback value {value[:40]!r} is not a score") from None
+    if not math.isfinite(value):  # "nan" was clipped to -1.0: a confident thumbs-down
+        raise BadRecord("schema", f"feedback value {value!r} is not a score")
     return min(1.0, max(-1.0, float(value)))
 
 

@@ -69,6 +69,13 @@ def test_feedback_values_map_to_scores(value, score):
     assert wire.score_value(value) == score
 
 
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-Infinity"])
+def test_a_feedback_value_that_is_no_number_is_rejected(value):
+    """``"nan"`` was clipped to -1.0, a confident thumbs-down; ``"inf"`` to +1.0."""
+    with pytest.raises(BadRecord, match="not a score"):
+        wire.score_value(value)
+
+
 def test_timestamps_in_seconds_millis_micros_nanos_and_iso():
     """ts accepts seconds, milliseconds, microseconds, nanoseconds and ISO-8601 (a time in
     nanoseconds was read as milliseconds: the year 55,000, which every clock then believed)."""
