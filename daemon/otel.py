@@ -470,10 +470,10 @@ def _exchange(session: str, span: Span, a: dict[str, Any]) -> WireRecord | None:
     for message in _messages(a.get("gen_ai.input.messages"), _MESSAGES) or ():
         messages.extend(_wire_messages(message))
     (action, *_) = _wire_messages(outputs[0])
-    model = a.get("gen_ai.response.model") or a.get("gen_ai.request.model")
-    prompt = a.get("gen_ai.usage.input_tokens", a.get("gen_ai.usage.prompt_tokens"))
-    completion = a.get("gen_ai.usage.output_tokens", a.get("gen_ai.usage.completion_tokens"))
-    cached = a.get("gen_ai.usage.cache_read.input_tokens")
+    model = _string(a, "gen_ai.response.model") or _string(a, "gen_ai.request.model")
+    prompt = _tokens(a, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
+    completion = _tokens(a, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
+    cached = _tokens(a, "gen_ai.usage.cache_read.input_tokens")
     return WireRecord(
         session_id=session, ts=_start_seconds(span), model=model,
         request=WireRequest(messages=messages),
@@ -487,13 +487,38 @@ def _tool_result(session: str, span: Span, a: dict[str, Any]) -> WireRecord:
     content = _json_text(a.get("gen_ai.tool.call.result"))
     status = span.status
     if status is not None and status.code in _STATUS_ERROR:
-        reason = status.message or a.get("error.type") or content or "tool failed"
+        error_type = a.get("error.type")
+        reason = status.message or (error_type if isinstance(error_type, str) else None) \
+            or content or "tool failed"
         content = f"Error: {reason}" if not str(reason).lower().startswith("error") else reason
     name = a.get("gen_ai.tool.name")
     return WireRecord(session_id=session, ts=_start_seconds(span), messages=[WireMessage(
-        role="tool", content=content, tool_call_id=a.get("gen_ai.tool.call.id"),
+        role="tool", content=content, tool_call_id=_string(a, "gen_ai.tool.call.id"),
         name=name if isinstance(name, str) else None)],
         metadata={"arguments": _json_text(a.get("gen_ai.tool.call.arguments"))})
+
+
+# Attributes the join and the counters use as they are. The SDKs type them, but a span may
+# carry any OTLP value: a model that was a number, or a token count that was a string,
+# raised a TypeError in the yield counters, out of the poll loop, at the same offset after
+# every restart. Such a span is rejected on its own, like a malformed one.
+def _string(a: dict[str, Any], key: str) -> str | None:
+    value = a.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRecord("schema", f"{key} is not a string: {value!r:.60}")
+
+
+def _tokens(a: dict[str, Any], *keys: str) -> int | None:
+    """The first of ``keys`` present, a count of tokens (an int >= 0)."""
+    for key in keys:
+        value = a.get(key)
+        if value is None:
+            continue
+        if type(value) is int and value >= 0:
+            return value
+        raise BadRecord("schema", f"{key} is not a token count: {value!r:.60}")
+    return None
 
 
 def _start_seconds(span: Span) -> float | None:

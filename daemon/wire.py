@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
@@ -120,18 +120,23 @@ class WireRequest(msgspec.Struct, Generic[M], frozen=True):
     system: str | list[WirePart] | None = None  # Anthropic's top-level system prompt
 
 
+# A token count is never negative: one would make a Prometheus counter go down (read as a
+# counter reset, so rates and the report's per-token yield were wrong from there on).
+Tokens = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class WirePromptDetails(msgspec.Struct, frozen=True):
-    cached_tokens: int | None = None
+    cached_tokens: Tokens | None = None
 
 
 class WireUsage(msgspec.Struct, frozen=True):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    prompt_tokens: Tokens | None = None
+    completion_tokens: Tokens | None = None
     prompt_tokens_details: WirePromptDetails | None = None
-    input_tokens: int | None = None                 # Anthropic names (daemon/anthropic.py)
-    output_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
+    input_tokens: Tokens | None = None                 # Anthropic names (daemon/anthropic.py)
+    output_tokens: Tokens | None = None
+    cache_read_input_tokens: Tokens | None = None
+    cache_creation_input_tokens: Tokens | None = None
 
 
 class WireRecord(msgspec.Struct, Generic[M], frozen=True):

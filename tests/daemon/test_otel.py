@@ -439,3 +439,48 @@ def test_protobuf_whose_first_length_byte_reads_as_json_is_still_protobuf(first_
     records = decode_records(batch, None)
     assert [shape for _, shape in records] == ["otel_span", "otel_tool", "otel_span"]
     assert {r.session_id for r, _ in records} == {"conv-9"}
+
+
+_OTLP_VALUES = [{"stringValue": "abc"}, {"intValue": "-5"}, {"intValue": "7"},
+                {"doubleValue": 1.5}, {"boolValue": True}, {"bytesValue": "AAEC"}, {},
+                {"arrayValue": {"values": [{"intValue": "1"}]}},
+                {"kvlistValue": {"values": [{"key": "k", "value": {"intValue": "1"}}]}}]
+
+
+def test_any_otlp_value_in_any_attribute_is_scored_or_rejected_never_raised(tmp_path):
+    """Each attribute of a traced run (a tool error in it) set to each OTLP value type, through
+    the whole pipeline: nothing raises, and every span is a record or a dead letter. A model
+    that was a number, a token count that was a string or a list, or a list as a tool call id
+    raised a TypeError in the join or the yield counters: out of the poll loop, at the same
+    offset after every restart."""
+    run = json.loads(collector_json(agent_run("conv", "boom")))
+    spans = [span for rs in run["resourceSpans"] for ss in rs["scopeSpans"]
+             for span in ss["spans"]]
+    targets = [(n, a["key"]) for n, span in enumerate(spans)
+               for a in span.get("attributes", [])] + ["error.type"]
+    pipeline = Pipeline(config_for(tmp_path, extractors=["feedback", "user", "tool",
+                                                         "terminal", "gui"]))
+    offset = 0
+    for target in targets:
+        for value in _OTLP_VALUES:
+            data = json.loads(json.dumps(run))
+            for n, span in enumerate(s for rs in data["resourceSpans"]
+                                     for ss in rs["scopeSpans"] for s in ss["spans"]):
+                attributes = span.setdefault("attributes", [])
+                if target == "error.type":  # not in the run: added to every span
+                    attributes.append({"key": "error.type", "value": value})
+                for attribute in attributes:
+                    if (n, attribute["key"]) == target:
+                        attribute["value"] = value
+            # A conversation of its own per run, so that no run's state meets another's.
+            value_bytes = json.dumps(data).replace('"conv"', f'"conv{offset}"').encode()
+            pipeline.process(value_bytes, None, "otlp_traces", 0, offset)
+            offset += 1
+    pipeline.finish()
+    pipeline.close()
+    letters = _letters(tmp_path / "state")
+    assert {letter["reason"] for letter in letters} == {"schema"}
+    errors = " ".join(letter["error"] for letter in letters)
+    assert "is not a token count" in errors and "gen_ai.request.model is not a string" in errors
+    assert "gen_ai.tool.call.id is not a string" in errors
+    assert pipeline.stats.total("interactions") >= offset  # the runs around the bad spans
