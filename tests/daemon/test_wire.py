@@ -273,3 +273,14 @@ def test_spliced_decoding_equals_a_full_scan_for_any_known_bytes(data):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ingest, "_MIN_SPLICE", 2)
         assert _plain(value, known=Known("s", prefix)) == _plain(value)
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": -5}, {"completion_tokens": -1},
+                                   {"prompt_tokens_details": {"cached_tokens": -2}},
+                                   {"input_tokens": -3, "output_tokens": 1}])
+def test_a_negative_token_count_is_rejected(usage):
+    """A negative count made the token counters go down (a Prometheus counter reset)."""
+    record = {"session_id": "s", "request": {"messages": [{"role": "user", "content": "x"}]},
+              "response": {"role": "assistant", "content": "y"}, "usage": usage}
+    with pytest.raises(BadRecord, match="Expected `int` >= 0"):
+        ingest.decode_records(json.dumps(record).encode(), None)
