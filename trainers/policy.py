@@ -134,25 +134,34 @@ class CausalLMPolicy(abc.ABC):
     def encode(self, context: Sequence[Message], action: Message) -> Encoded:
         """Tokenize ``context + action`` and mark the action's tool-argument tokens.
 
-        Contexts longer than ``max_length`` lose their oldest tokens (the action is kept).
+        A sequence longer than ``max_length`` loses its oldest context tokens, and when the
+        action alone is longer, the action's tail too (see :meth:`_fit`).
         """
         prompt = self.prompt_ids(context)
         text, spans = render_action(action)
         action_ids, offsets = self.tokenize(text)
-        mask = tuple(_overlaps(o, spans) for o in offsets)
-        ids = prompt + action_ids
-        start = len(prompt)
-        if self.max_length is not None and len(ids) > self.max_length:
-            cut = min(len(ids) - self.max_length, start - 1)
-            ids, start = ids[cut:], start - cut
-        return Encoded(ids=tuple(ids), action_start=start, tool_arg_mask=mask)
+        return self._fit(prompt, action_ids, tuple(_overlaps(o, spans) for o in offsets))
 
     def encode_text(self, context: Sequence[Message], completion: str) -> Encoded:
         """Tokenize a raw completion (what ``generate`` returns) after ``context``."""
         prompt = self.prompt_ids(context)
         action_ids, _ = self.tokenize(completion)
-        return Encoded(ids=tuple(prompt + action_ids), action_start=len(prompt),
-                       tool_arg_mask=(False,) * len(action_ids))
+        return self._fit(prompt, action_ids, (False,) * len(action_ids))
+
+    def _fit(self, prompt: list[int], action_ids: list[int], mask: tuple[bool, ...]
+             ) -> Encoded:
+        """``prompt + action`` within ``max_length``: the oldest context tokens go first (one
+        is kept), then the action's tail. The model has no position past ``max_length``: an
+        action longer than that (3,300 characters for the byte-level tiny policy) raised an
+        IndexError in the trainer, which stopped the daemon's training for good."""
+        ids = prompt + action_ids
+        start = len(prompt)
+        limit = self.max_length
+        if limit is not None and len(ids) > limit:
+            cut = min(len(ids) - limit, start - 1)
+            ids, start = ids[cut:cut + limit], start - cut
+            mask = mask[:limit - start]
+        return Encoded(ids=tuple(ids), action_start=start, tool_arg_mask=mask)
 
     # -- scoring -----------------------------------------------------------------------
     def packed_logprobs(self, encoded: Sequence[Encoded], share_prefixes: bool = True

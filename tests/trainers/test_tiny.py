@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from nextstate.extractors.types import Message, ToolCall
@@ -75,3 +77,21 @@ def test_long_context_is_cut_from_the_left(tiny_policy) -> None:
     enc = policy.encode(context, Message(role="assistant", content="ok"))
     assert len(enc.ids) == 64 and policy.decode(enc.ids[enc.action_start:]).startswith("ok")
     assert policy.action_logprobs(context, Message(role="assistant", content="ok")).shape[0] == 4
+
+
+def test_an_action_longer_than_max_length_keeps_its_head(tiny_policy) -> None:
+    """The model has no position past max_length: an action longer than that (3,300 characters
+    for the byte-level policy at its default 2048) raised an IndexError in the trainer. Its
+    head is scored now, after one context token, with its tool-argument mask cut alike."""
+    policy = tiny_policy(max_length=64)
+    call = ToolCall(id="c1", name="write", arguments=json.dumps({"text": "x" * 200}))
+    action = Message(role="assistant", content="Writing it.", tool_calls=(call,))
+    enc = policy.encode([Message(role="user", content="hi")], action)
+    assert len(enc.ids) == 64 and enc.action_start == 1
+    assert len(enc.tool_arg_mask) == enc.action_len == 63 and any(enc.tool_arg_mask)
+    whole = tiny_policy(max_length=2048).encode([Message(role="user", content="hi")], action)
+    start = whole.action_start
+    assert enc.ids == whole.ids[start - 1:start + 63]
+    assert enc.tool_arg_mask == whole.tool_arg_mask[:63]
+    assert policy.action_logprobs([], action).shape[0] == 63
+    assert policy.encode_text([], "y" * 500).action_len == 63

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from nextstate.extractors.types import Message
 from nextstate.trainers.chat import hinted_context
 from nextstate.trainers.checkpoint import latest_checkpoint, load_policy, read_manifest
 from nextstate.trainers.config import TrainerConfig
@@ -257,6 +258,15 @@ def test_a_far_logged_logprob_does_not_wreck_the_policy(tiny_policy, tmp_path) -
     assert math.isfinite(metrics["losses/pg"]) and metrics["charts/skipped_steps"] == 0
     assert all(torch.isfinite(p).all() for p in policy.parameters())
     assert policy.action_logprobs(CONTEXT, GOOD).sum() > good0
+
+
+def test_an_action_longer_than_the_model_trains(tiny_policy, tmp_path) -> None:
+    """A 3,300-character answer to the byte-level policy (max_length 2048) raised an
+    IndexError: the daemon's training stopped for good at the first such tuple."""
+    long = Message(role="assistant", content="def f():\n    return 1\n" * 150)
+    trainer = _trainer(tiny_policy(), [make_tuple(action=long, reward=1.0)], tmp_path,
+                       batch_size=2, micro_batch_size=2)
+    assert math.isfinite(trainer.step()["losses/pg"])
 
 
 def test_a_step_with_a_nan_gradient_is_not_taken(tiny_policy, tmp_path) -> None:
