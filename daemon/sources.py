@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -59,13 +59,14 @@ def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Healt
     (``file_offsets.json``), checkpointed like Kafka offsets. ``follow`` tails the file until
     ``stop`` is set instead of finishing at its end.
     """
+    max_bytes = pipeline.config.join.max_record_bytes
     if path == "-":
         topic, start = f"stdin:{time.time()}", 0
-        lines: Iterator[bytes | None] = iter(sys.stdin.buffer.readline, b"")
+        lines = _lines_of(sys.stdin.buffer, stop, False, poll_s, max_bytes)
     else:
         topic = f"file:{Path(path).resolve()}"
         start = _file_offsets(pipeline).get(topic, 0)
-        lines = _read_lines(path, stop, follow, poll_s)
+        lines = _read_lines(path, stop, follow, poll_s, max_bytes)
     cadence = _Cadence(pipeline.config)
     health.set_ready(True, "")
     if start:
@@ -99,29 +100,41 @@ def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Healt
     health.set_ready(False, "finished")
 
 
-def _read_lines(path: str, stop: threading.Event, follow: bool,
-                poll_s: float) -> Iterator[bytes | None]:
-    """The file's lines; following it, ``None`` each time it has nothing new (then waits)."""
+def _read_lines(path: str, stop: threading.Event, follow: bool, poll_s: float,
+                max_bytes: int) -> Iterator[bytes | None]:
     with open(path, "rb") as fh:
-        partial = b""
-        while True:
-            line = fh.readline()
-            if line.endswith(b"\n"):
-                yield partial + line
-                partial = b""
-            elif line:
-                partial += line  # a writer mid-line: wait for the rest when following
-                if not follow:
-                    yield partial
-                    return
-            elif not follow:
-                if partial:
-                    yield partial
+        yield from _lines_of(fh, stop, follow, poll_s, max_bytes)
+
+
+def _lines_of(fh: BinaryIO, stop: threading.Event, follow: bool, poll_s: float,
+              max_bytes: int) -> Iterator[bytes | None]:
+    """The file's lines; following it, ``None`` each time it has nothing new (then waits).
+
+    A line longer than ``max_bytes`` comes cut to its first ``max_bytes + 1`` bytes (the
+    pipeline dead-letters it as too large) and the rest of it is read past, never held:
+    before, a file without newlines (a binary file given by mistake) was read whole into
+    memory as one line.
+    """
+    head = b""  # the line so far: at most max_bytes + 1 bytes of it
+    while True:
+        room = max_bytes + 1 - len(head)
+        limit = room if room > 0 else 1 << 20
+        chunk = fh.readline(limit)
+        if room > 0:
+            head += chunk
+        if chunk.endswith(b"\n"):
+            yield head
+            head = b""
+        elif len(chunk) == limit:
+            continue  # the line goes on, and more of it is there to read
+        elif not follow:  # the end of the file (a last line without its newline)
+            if head:
+                yield head
+            return
+        else:  # caught up, maybe mid-line: the writer will finish it
+            yield None  # the caller ticks and checkpoints while it waits
+            if stop.wait(poll_s):
                 return
-            else:
-                yield None  # caught up: the caller ticks and checkpoints while it waits
-                if stop.wait(poll_s):
-                    return
 
 
 def _file_offsets(pipeline: Pipeline) -> dict[str, int]:

@@ -177,6 +177,32 @@ def test_a_record_with_no_value_is_a_dead_letter(tmp_path, value):
     assert pipeline.stats.total("dead_letters", reason="empty") == 1
 
 
+def test_lines_longer_than_a_record_may_be_are_cut_not_held():
+    """A file without newlines (a binary file given by mistake) was read whole into memory
+    as one line; now a line comes cut to max_bytes + 1 bytes and its rest is read past."""
+    import io
+
+    from nextstate.daemon.sources import _lines_of
+
+    data = b"a" * 10 + b"\n" + b"b" * 5_000_000 + b"\n" + b"c" * 11 + b"\nlast"
+    lines = list(_lines_of(io.BytesIO(data), threading.Event(), False, 0.0, max_bytes=11))
+    assert lines == [b"a" * 10 + b"\n", b"b" * 12, b"c" * 11 + b"\n", b"last"]
+
+
+def test_an_oversized_line_is_a_dead_letter_and_the_file_reads_on(tmp_path):
+    session = weather_session("s", "Error: HTTP 500")
+    source = tmp_path / "in.jsonl"
+    write_lines(source, session[:1], [b'{"x": "' + b"y" * 3_000_000 + b'"}'])
+    with source.open("ab") as fh:
+        fh.write(b"\n".join(line(r) for r in session[1:]) + b"\n")
+    pipeline = run(config_for(tmp_path, source=f"file:{source}",
+                              **{"join.max_record_bytes": 1 << 20}), source)
+    (dead,) = [json.loads(x) for x in (tmp_path / "state" / "dlq.jsonl").read_text().splitlines()]
+    assert (dead["reason"], dead["offset"], len(dead["value"])) == ("too_large", 1, (1 << 20) + 1)
+    assert pipeline.stats.total("interactions") == 3
+    assert [t.reward < 0 for t in stored(tmp_path / "state")] == [True]  # the HTTP 500
+
+
 def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
     """--follow keeps reading lines appended to the file, checkpoints while the file has
     nothing new (its tuples durable before 256 lines come), and stops cleanly when asked."""
