@@ -110,3 +110,34 @@ def test_records_yieldstats_snapshots_while_read_concurrently(tmp_path):
     assert len(got) == 50
     assert got[-1][1]['records_total{shape="openai_exchange"}'] == 50.0
     assert got[-1][1]["signal_per_interaction"] == 0.0
+
+
+def test_old_snapshots_are_thinned_and_keep_their_values(tmp_path):
+    """Past each tier's age one snapshot per step is kept (the step's last), holding every
+    series' value at its time: read back, it equals the snapshot recorded then. Before, every
+    snapshot was kept forever (39 MB a day at 150 moving series)."""
+    import random
+
+    rng = random.Random(7)
+    path = tmp_path / "ts.sqlite"
+    retention = ((3_600.0, 300.0), (6 * 3_600.0, 1_800.0))
+    recorded: dict[float, dict[str, float]] = {}
+    values = {f"s{n}_total": 0.0 for n in range(8)}
+    with TimeSeriesRecorder(path, retention=retention) as recorder:
+        for n in range(720):  # 12 h at one snapshot a minute
+            for key in rng.sample(sorted(values), rng.randint(0, 3)):  # a few move, or none
+                values[key] += rng.randint(1, 5)
+            ts = 1_000_000.0 + 60 * n + rng.uniform(0, 30)
+            recorder.record(ts, dict(values))
+            recorded[ts] = dict(values)
+    got = read_series(path)
+    assert all(snapshot == recorded[ts] for ts, snapshot in got)
+    last = max(recorded)
+    assert got[-1] == (last, recorded[last])
+    for age, step in retention:  # at most one snapshot per step beyond the age
+        old = [ts for ts, _ in got if ts < last - age - 2 * step]  # thinned a step late
+        buckets = [int(ts // step) for ts in old]
+        assert len(buckets) == len(set(buckets)) and len(old) >= 1
+    assert len(got) < 720 / 3
+    recent = [ts for ts in recorded if ts >= last - 3_600.0 + 300.0]
+    assert set(recent) <= {ts for ts, _ in got}  # the last hour, every snapshot
