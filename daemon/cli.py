@@ -138,7 +138,15 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
     registry.register(collector)
     server = None
     if config.metrics_port >= 0:
-        server = start_http_server(config.metrics_host, config.metrics_port, registry, health)
+        try:
+            server = start_http_server(config.metrics_host, config.metrics_port, registry,
+                                       health)
+        except OSError as exc:  # the port is taken (a second daemon on this host?): say so
+            log.error("metrics_unavailable", error=str(exc), host=config.metrics_host,
+                      port=config.metrics_port, hint="set metrics_port (0 picks a free one, "
+                      "-1 serves none)")
+            pipeline.close()
+            return 2
         host, port = server.server_address[:2]
         (config.state_path / "http.json").write_text(json.dumps({"host": host, "port": port}))
     tty = sys.stderr.isatty()

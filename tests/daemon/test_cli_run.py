@@ -15,3 +15,30 @@ def test_run_missing_input_file_is_a_clear_error(tmp_path, capsys):
     assert not state.exists()
     # and stats on that dir says no daemon ran there, instead of printing zeros
     assert cli_main(["stats", "--state-dir", str(state)]) == 2
+
+
+def test_run_with_its_metrics_port_taken_is_a_clear_error(tmp_path, capfd):
+    """A second daemon on one host with the default port: a traceback and exit 1 before; now
+    ``metrics_unavailable`` naming the port, exit 2, and the store closed."""
+    import json
+    import socket
+
+    from nextstate.buffers import BufferSet
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    source = tmp_path / "in.jsonl"
+    source.write_text("")
+    try:
+        assert cli_main(["run", "--source", f"file:{source}", "--state-dir",
+                         str(tmp_path / "state"), "--metrics-port", str(port),
+                         "--log-format", "json"]) == 2
+    finally:
+        taken.close()
+    out = capfd.readouterr()
+    (error,) = [json.loads(x) for x in (out.out + out.err).splitlines()
+                if '"metrics_unavailable"' in x]
+    assert error["port"] == port and "0 picks a free one" in error["hint"]
+    BufferSet.open(tmp_path / "state" / "buffers", []).close()  # not left locked or broken
