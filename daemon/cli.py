@@ -19,6 +19,7 @@ tuples to one file, a tuple stored on two shards once; report sums the counters'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import signal
@@ -27,6 +28,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import structlog
@@ -35,7 +37,12 @@ from prometheus_client import CollectorRegistry
 from nextstate.daemon.config import DaemonConfig, load_config
 from nextstate.daemon.pipeline import CHECKPOINT_FILE, Pipeline
 from nextstate.daemon.service import Health, Progress, configure_logging, start_http_server
-from nextstate.daemon.statelock import StateDirLock, StateDirLocked, StateLockError
+from nextstate.daemon.statelock import (
+    TRAINER_LOCK_FILE,
+    StateDirLock,
+    StateDirLocked,
+    StateLockError,
+)
 from nextstate.daemon.yieldstats import YieldCollector, YieldStats
 
 log = structlog.get_logger("nextstate")
@@ -109,7 +116,19 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
         log.error("state_dir_unlockable", error=str(exc), state_dir=str(config.state_path))
         return 2
     with state_lock:  # held until the daemon returns (or the process dies: the OS drops it)
-        return _run_locked(config, stop, is_kafka)
+        # With --train, also the trainer's lock on checkpoints/: a `nextstate train` there
+        # would publish versions beside this one's (each resuming from the other's).
+        trainer_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if config.train:
+            trainer_lock = StateDirLock(config.state_path / "checkpoints", TRAINER_LOCK_FILE,
+                                        "nextstate trainer")
+            try:
+                trainer_lock.acquire()
+            except StateDirLocked as exc:
+                log.error("trainer_locked", error=str(exc), pid=exc.holder.get("pid"))
+                return EXIT_STATE_DIR_LOCKED
+        with trainer_lock:
+            return _run_locked(config, stop, is_kafka)
 
 
 def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> int:

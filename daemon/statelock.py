@@ -62,6 +62,9 @@ except ImportError:  # not POSIX (Windows): StateDirLock.acquire says so
 
 LOCK_FILE = "daemon.lock"
 """The lock file's name in the state dir."""
+TRAINER_LOCK_FILE = "trainer.lock"
+"""The lock file a trainer holds in its checkpoint dir: ``nextstate train`` beside
+``nextstate run --train`` on one state dir both published versions into it."""
 
 
 class StateLockError(Exception):
@@ -78,12 +81,13 @@ class StateDirLocked(StateLockError):
             ``{}`` if it could not be read (the holder had not written it yet).
     """
 
-    def __init__(self, state_dir: Path, holder: dict[str, Any]) -> None:
+    def __init__(self, state_dir: Path, holder: dict[str, Any],
+                 role: str = "nextstate daemon") -> None:
         self.state_dir = state_dir
         self.holder = holder
         who = describe_holder(holder)
         super().__init__(
-            f"state dir {str(state_dir)!r} is in use by another nextstate daemon ({who}); "
+            f"{str(state_dir)!r} is in use by another {role} ({who}); "
             "stop that one first, or give this one its own --state-dir")
 
 
@@ -100,12 +104,16 @@ def describe_holder(holder: dict[str, Any]) -> str:
 
 
 def read_holder(state_dir: str | Path) -> dict[str, Any]:
-    """What the lock file says about its holder; ``{}`` if missing or unreadable.
+    """What the daemon's lock file says about its holder; ``{}`` if missing or unreadable.
 
     Only a hint: a daemon that was killed leaves its pid in the file, unlocked.
     """
+    return _read_holder(Path(state_dir) / LOCK_FILE)
+
+
+def _read_holder(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads((Path(state_dir) / LOCK_FILE).read_bytes() or b"{}")
+        data = json.loads(path.read_bytes() or b"{}")
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -117,6 +125,8 @@ class StateDirLock:
 
     Args:
         state_dir: the daemon's state dir; created (with its parents) if missing.
+        name: the lock file's name in it (a trainer locks ``checkpoints/`` with its own).
+        role: who holds such a lock, for the error message.
 
     Raises (from :meth:`acquire`):
         StateDirLocked: another process (or another lock in this one) holds it.
@@ -124,9 +134,11 @@ class StateDirLock:
             no ``fcntl`` on this platform).
     """
 
-    def __init__(self, state_dir: str | Path) -> None:
+    def __init__(self, state_dir: str | Path, name: str = LOCK_FILE,
+                 role: str = "nextstate daemon") -> None:
         self.state_dir = Path(state_dir)
-        self.path = self.state_dir / LOCK_FILE
+        self.path = self.state_dir / name
+        self.role = role
         self._fd: int | None = None
 
     @property
@@ -175,7 +187,7 @@ class StateDirLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StateDirLocked(self.state_dir, read_holder(self.state_dir)) from None
+            raise StateDirLocked(self.state_dir, _read_holder(self.path), self.role) from None
         except OSError as exc:
             os.close(fd)
             raise StateLockError(f"cannot lock {str(self.path)!r}: "

@@ -42,7 +42,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nextstate train --state-dir DIR [--config FILE] [--steps N]``.
 
     Returns:
-        0 after training (also when the buffers ran dry), 2 on a missing state directory.
+        0 after training (also when the buffers ran dry), 2 on a missing state directory,
+        5 when another trainer (or a daemon training) holds its checkpoint dir.
     """
     import msgspec
 
@@ -67,8 +68,18 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
         buffer_specs = DaemonConfig().buffers
     specs = [msgspec.convert(spec, BufferSpec) for spec in buffer_specs]
+    from nextstate.daemon.statelock import TRAINER_LOCK_FILE, StateDirLock, StateLockError
+
+    # One trainer per checkpoint dir: two published versions of one number, or each resumed
+    # from the other's (the daemon's --train worker holds the same lock).
+    trainer_lock = StateDirLock(state_dir / "checkpoints", TRAINER_LOCK_FILE, "nextstate trainer")
+    try:
+        trainer_lock.acquire()
+    except StateLockError as exc:
+        print(f"nextstate train: {exc}", file=sys.stderr)
+        return 5
     policy = build_policy(data.get("policy", {"kind": "tiny"}), device=config.device)
-    with BufferSet.open(state_dir / "buffers", specs) as buffer_set:
+    with trainer_lock, BufferSet.open(state_dir / "buffers", specs) as buffer_set:
         trainer = Trainer.resume(config, policy, buffer_set.buffers, state_dir / "checkpoints")
         start = trainer.global_step
         metrics: dict[str, float] = {}

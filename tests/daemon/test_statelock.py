@@ -247,3 +247,26 @@ def test_sigkill_leaves_no_stale_lock(tmp_path):
     assert checkpoint_counter(state, "records") == len(records)
     with StateDirLock(state):  # free after the clean stop too
         pass
+
+
+def test_one_trainer_per_checkpoint_dir(tmp_path, capsys):
+    """``nextstate train`` beside ``nextstate run --train`` on one state dir: both published
+    versions into ``checkpoints/``. The daemon's trainer and ``nextstate train`` now hold one
+    lock there: whichever comes second exits 5 naming the holder; a daemon without --train
+    does not take it."""
+    from nextstate.daemon.statelock import TRAINER_LOCK_FILE
+    from nextstate.trainers.cli import train_main
+
+    state = tmp_path / "state"
+    assert cli_main(["run", "--source", f"file:{SAMPLE}", "--state-dir", str(state),
+                     "--metrics-port", "-1", "--log-format", "json"]) == 0
+    with StateDirLock(state / "checkpoints", TRAINER_LOCK_FILE, "nextstate trainer"):
+        assert train_main(["--state-dir", str(state), "--steps", "1"]) == 5
+        assert f"in use by another nextstate trainer (pid {os.getpid()}" in \
+            capsys.readouterr().err
+        assert cli_main(["run", "--source", f"file:{SAMPLE}", "--state-dir", str(state),
+                         "--metrics-port", "-1", "--log-format", "json", "--train"]) == \
+            EXIT_STATE_DIR_LOCKED
+        assert cli_main(["run", "--source", f"file:{SAMPLE}", "--state-dir", str(state),
+                         "--metrics-port", "-1", "--log-format", "json"]) == 0
+    assert not list((state / "checkpoints").glob("v*"))  # no version published meanwhile
