@@ -26,7 +26,7 @@ on its own with plain look-ups (``tests/extractors/test_redact.py`` checks this)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import msgspec
 
@@ -35,22 +35,64 @@ from nextstate.extractors.types import Message, ScoredTuple, ToolCall
 
 # One pattern per type, each behind a cheap guard (``in`` scans run at C speed), so that the
 # common string (nothing to redact) costs a few substring checks, not a regex scan.
-_SECRET_PATTERN = (
+_SECRET_BEFORE_JWT = (
     r"\b(?:sk|pk|rk)-(?:proj-|live-|test-|ant-)?[A-Za-z0-9_-]{16,}"
     r"|\b(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}"
     r"|\bAKIA[0-9A-Z]{16}\b"
     r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"
-    r"|\bAIza[0-9A-Za-z_-]{35}"
-    r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-    r"|(?<=Bearer )[A-Za-z0-9._~+/-]{16,}=*"
+    r"|\bAIza[0-9A-Za-z_-]{35}")
+_JWT_PATTERN = r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+_SECRET_AFTER_JWT = (
+    r"(?<=Bearer )[A-Za-z0-9._~+/-]{16,}=*"
     r"|(?<=[\"' ])(?:[Aa]pi[_-]?[Kk]ey|[Tt]oken|[Ss]ecret|[Pp]assword|[Pp]asswd)[\"']?\s*[:=]"
     r"\s*[\"']?[^\s\"',;]{8,}"
     r"|^(?:[Aa]pi[_-]?[Kk]ey|[Tt]oken|[Ss]ecret|[Pp]assword)\s*[:=]\s*[\"']?[^\s\"',;]{8,}")
+_SECRET_PATTERN = f"{_SECRET_BEFORE_JWT}|{_JWT_PATTERN}|{_SECRET_AFTER_JWT}"
 # Every match starts with one of these characters, or right after "Bearer ". Asserting that
 # first lets the engine leave every other position at once (the bare alternation tries each
 # branch's lookbehinds and word boundaries at every character: 3-4x slower on real text); the
 # matches are the same (tests/extractors/test_redact.py compares them).
 _SECRET = re.compile(r"(?:(?=[AaePgprSsTtx])|(?<=Bearer ))(?:" + _SECRET_PATTERN + ")", re.M)
+# Hostile text: ``_SECRET`` tries the JWT branch at every "eyJ" after a word boundary, and
+# each try scans the rest of the run of JWT characters: "eyJ-eyJ-eyJ-..." is quadratic (100 KB:
+# 6.5 s, 1 MB: over a minute). So a text that holds "eyJ" is scanned by _secret_matches: the
+# other branches as one regex (none can start at an "e": the guard drops it) and the JWT one
+# by _next_jwt, the leftmost of the two matches first (a tie is a JWT, the earlier branch),
+# which are the matches of ``_SECRET`` (tests/extractors/test_hostile_text.py compares them).
+_SECRET_BUT_JWT = re.compile(r"(?:(?=[AaPgprSsTtx])|(?<=Bearer ))(?:" + _SECRET_BEFORE_JWT
+                             + "|" + _SECRET_AFTER_JWT + ")", re.M)
+_JWT = re.compile(_JWT_PATTERN)
+_JWT_RUN = re.compile(r"\beyJ[A-Za-z0-9_-]*+")  # a JWT's possible start, and the rest of its run
+
+
+def _next_jwt(text: str, pos: int) -> re.Match[str] | None:
+    """``_JWT.search(text, pos)``, trying one start per run of JWT characters.
+
+    A JWT that starts later in the same run ends its first part at the same character, with
+    the same text after it and a shorter first part: if the run's first start fails, so do
+    the others, so the search goes on after the run.
+    """
+    while (start := _JWT_RUN.search(text, pos)) is not None:
+        match = _JWT.match(text, start.start())
+        if match is not None:
+            return match
+        pos = start.end()
+    return None
+
+
+def _secret_matches(text: str) -> Iterator[re.Match[str]]:
+    """``_SECRET.finditer(text)``, in time linear in the text (see _SECRET_BUT_JWT)."""
+    other = _SECRET_BUT_JWT.search(text)
+    jwt = _next_jwt(text, 0)
+    while other is not None or jwt is not None:
+        match = jwt if other is None or (jwt is not None and jwt.start() <= other.start()) \
+            else other
+        yield match
+        end = match.end()
+        if other is not None and other.start() < end:
+            other = _SECRET_BUT_JWT.search(text, end)
+        if jwt is not None and jwt.start() < end:
+            jwt = _next_jwt(text, end)
 
 
 def _may_hold_secret(text: str) -> bool:
@@ -64,7 +106,67 @@ def _may_hold_secret(text: str) -> bool:
                                                   or ("pi" in text and "ey" in text))))
 
 
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_EMAIL_DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@" + _EMAIL_DOMAIN)
+# Hostile text: ``_EMAIL`` tries every word boundary of a run like "a.a.a.a" and scans the run
+# to its end each time to look for the "@" (100 KB: 18 s; one "@" anywhere passes the guard).
+# _email_matches finds its matches from the other end: each "@" with a domain (_EMAIL_AT),
+# then the run of local-part characters before it (C-speed string methods), whose first word
+# boundary is where ``_EMAIL`` would have matched, the leftmost start that reaches this "@".
+_EMAIL_LOCAL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+_EMAIL_AT = re.compile(r"@(?<=[A-Za-z0-9._%+-]@)" + _EMAIL_DOMAIN)
+_BOUNDARY = re.compile(r"\b")
+
+
+def _email_matches(text: str) -> Iterator[re.Match[str]]:
+    """``_EMAIL.finditer(text)``, in time linear in the text.
+
+    A match holds one "@": the domain after it (``_EMAIL_AT``, the same subpattern), and
+    before it a local part in the run of local-part characters that ends there, starting at
+    the run's first word boundary (or none: no match holds this "@"). The run holds no "@"
+    and starts no earlier than the end of the last match, so each character is looked at a
+    bounded number of times.
+    """
+    end = 0
+    for at in _EMAIL_AT.finditer(text):
+        position = at.start()
+        low = max(end, text.rfind("@", end, position) + 1)
+        run = low + len(text[low:position].rstrip(_EMAIL_LOCAL_CHARS))
+        if run >= position:
+            continue
+        boundary = _BOUNDARY.search(text, run, position)  # endpos: \b at "@" is no start
+        if boundary is None or boundary.start() >= position:
+            continue
+        match = _EMAIL.match(text, boundary.start())
+        if match is not None:  # always, by the above
+            yield match
+            end = match.end()
+
+
+class _LinearScan:
+    """Stands in for a regex in :meth:`Redactor._sub`: ``sub`` replaces the matches that
+    ``finditer`` yields (the matches of the regex it replaces), as ``re.sub`` does."""
+
+    __slots__ = ("finditer",)
+
+    def __init__(self, finditer: Callable[[str], Iterator[re.Match[str]]]) -> None:
+        self.finditer = finditer
+
+    def sub(self, replace: Callable[[re.Match[str]], str], text: str) -> str:
+        pieces = []
+        last = 0
+        for match in self.finditer(text):
+            pieces.append(text[last:match.start()])
+            pieces.append(replace(match))
+            last = match.end()
+        if not pieces:
+            return text  # as re.sub: the same object when nothing matched
+        pieces.append(text[last:])
+        return "".join(pieces)
+
+
+_SECRET_LINEAR = _LinearScan(_secret_matches)
+_EMAIL_LINEAR = _LinearScan(_email_matches)
 _DIGIT_RUN = re.compile(r"\d[\d ().+-]{7,}\d")
 # Cards before phones in one alternation: a Luhn-invalid 16-digit id is kept whole rather
 # than cut into phone-shaped pieces.
@@ -161,7 +263,7 @@ class Redactor:
         self._texts_max_entries = cache_texts
         self._texts_max_chars = cache_text_chars
 
-    def _sub(self, kind: str, pattern: re.Pattern[str], text: str,
+    def _sub(self, kind: str, pattern: re.Pattern[str] | _LinearScan, text: str,
              counts: dict[str, int]) -> str:
         def replace(match: re.Match[str]) -> str:
             found = match.group(0)
@@ -183,9 +285,10 @@ class Redactor:
         counts: dict[str, int] = {}
         redacted = text
         if _may_hold_secret(redacted):
-            redacted = self._sub("SECRET", _SECRET, redacted, counts)
+            redacted = self._sub("SECRET", _SECRET_LINEAR if "eyJ" in redacted else _SECRET,
+                                 redacted, counts)
         if "@" in redacted:
-            redacted = self._sub("EMAIL", _EMAIL, redacted, counts)
+            redacted = self._sub("EMAIL", _EMAIL_LINEAR, redacted, counts)
         if _DIGIT_RUN.search(redacted):
             redacted = self._sub("PHONE", _NUMBER, redacted, counts)
         for placeholder, pattern in self._custom:

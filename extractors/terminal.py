@@ -50,19 +50,36 @@ class TerminalReading(NamedTuple):
     credit: str = "action"
 
 
-_PYTEST_LINE = re.compile(r"^=*\s*(?:\d+ \w+(?:, )?)+ in [\d.]+s\b.*$", re.M)
-_COUNT = re.compile(r"(\d+) (passed|failed|errors?|error)\b")
+# Hostile outputs: every regex here runs on a 16 KB window (_window) but must stay linear in
+# it; tests/extractors/test_hostile_text.py runs each on the input that made the first
+# version backtrack, and compares it with that version on generated text.
+# * A summary line's indent is ``[^\S\n]*``, not ``\s*``: at the start of every line of a
+#   run of blank lines ``\s*`` scanned the rest of the run (quadratic). The same lines and
+#   groups are found; a match no longer takes in the blank (or "=") lines before its line,
+#   which hold no count.
+# * ``(?:\d+ \w+(?:, )?)+`` could split "N word" tokens in two ways each (``\w+`` takes
+#   digits too): "1 123 123 ... 123" with no " in " at the end backtracked exponentially. The
+#   same language, written so that each token has one reading: "N " then tokens that end in
+#   a digit (a word, then the next count) or in ", N ", then the last word.
+_PYTEST_LINE = re.compile(
+    r"^=*[^\S\n]*+\d+ (?:(?:\w+\d|\w+, \d+) )*\w+(?:, )? in [\d.]+s\b.*$", re.M)
+# ``(?<!\d)``: a count starts where its digits start (a start inside a run of digits scanned
+# to its end each time; it matched nothing the run's first digit had not).
+_COUNT = re.compile(r"(?<!\d)(\d+) (passed|failed|errors?|error)\b")
 _UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in", re.M)
 _UNITTEST_FAILED = re.compile(r"^FAILED \(([^)]*)\)", re.M)
 _CARGO = re.compile(r"test result: (?:ok|FAILED)\. (\d+) passed; (\d+) failed", re.I)
-_JEST = re.compile(r"^Tests:\s+(.*\d+ total)", re.M)
-_JEST_COUNT = re.compile(r"(\d+) (passed|failed)")
-_MOCHA = re.compile(r"^\s*(\d+) (passing|failing)\b", re.M)
-_GO_CASE = re.compile(r"^\s*--- (PASS|FAIL): (\S+)", re.M)
+# ``\s++``: giving back indent never helps (``.*`` would start on the same line or a blank
+# one); ``\d total``: the capture ends after the line's last "<digit> total" either way,
+# without rescanning each digit run at every one of its digits.
+_JEST = re.compile(r"^Tests:\s++(.*\d total)", re.M)
+_JEST_COUNT = re.compile(r"(?<!\d)(\d+) (passed|failed)")
+_MOCHA = re.compile(r"^[^\S\n]*+(\d+) (passing|failing)\b", re.M)
+_GO_CASE = re.compile(r"^[^\S\n]*+--- (PASS|FAIL): (\S+)", re.M)
 _GO_PKG = re.compile(r"^(ok|FAIL)\s+\S+\s", re.M)
 _FAILED_TEST = re.compile(
-    r"^(?:FAILED (\S+(?: - .{0,120})?)|\s*--- FAIL: (\S+)|test (\S+) \.\.\. FAILED|"
-    r"\s*● (.{3,120})|FAIL: (\S+ \([^)]*\)))", re.M)
+    r"^(?:FAILED (\S+(?: - .{0,120})?)|[^\S\n]*+--- FAIL: (\S+)|test (\S+) \.\.\. FAILED|"
+    r"[^\S\n]*+● (.{3,120})|FAIL: (\S+ \([^)]*\)))", re.M)
 _ENVIRONMENTAL = re.compile(
     r"\b(?:ConnectionError|ConnectionRefused\w*|Connection refused|NewConnectionError|"
     r"Max retries exceeded|Temporary failure in name resolution|Network is unreachable|"
@@ -74,9 +91,12 @@ _TRACEBACK = re.compile(r"^Traceback \(most recent call last\):", re.M)
 _NOT_FOUND = re.compile(
     r"^.*(?:command not found|is not recognized as an internal or external command|"
     r"No such file or directory|Permission denied|Segmentation fault).*$", re.M | re.I)
+# ``\s*+(?:[:=]\s*+)?`` is ``\s*[:=]?\s*`` without its many ways of splitting a run of
+# blanks ("exit" and 10 KB of spaces: 4 s); what follows the run is no blank, so giving part
+# of it back never helped.
 _EXIT_CODE = re.compile(
     r"(?:\bexit(?:ed)?(?: with)?(?: code| status)?|\bexit_code|\breturncode|\breturn code)"
-    r"\s*[:=]?\s*\[?(-?\d+)\b", re.I)
+    r"\s*+(?:[:=]\s*+)?\[?(-?\d+)\b", re.I)
 _BENIGN_NONZERO = re.compile(r"^\s*(?:grep|egrep|rg|diff|cmp|test|\[|git diff|find)\b")
 _HEAD, _TAIL = 4000, 12000
 
@@ -115,7 +135,9 @@ def parse_test_summary(text: str) -> RunSummary | None:
     ran = _UNITTEST_RAN.findall(text)
     if ran:
         total = int(ran[-1])
-        failed_match = _UNITTEST_FAILED.findall(text)
+        # Up to the last ")": each "FAILED (" line with none after it scanned to the end of
+        # the text (a window of such lines: quadratic), and nothing can match past it.
+        failed_match = _UNITTEST_FAILED.findall(text, 0, text.rfind(")") + 1)
         failed = sum(int(n) for n in re.findall(r"(?:failures|errors)=(\d+)",
                                                 failed_match[-1])) if failed_match else 0
         return RunSummary(total - failed, failed)
