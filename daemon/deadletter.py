@@ -2,14 +2,19 @@
 
 A bad record must never stop the daemon nor vanish: it is written, with its original bytes,
 the error and where it came from, to ``<topic>.dlq`` (Kafka sources) or a JSON-lines file
-(file sources). Sinks are flushed before offsets are committed, like the buffers.
+(file sources). Sinks are flushed before offsets are committed, like the buffers; a flush that
+could not write every dead letter raises, so no offset past a lost one is committed. A Kafka
+dead letter too big for the producer is sent cut to its head, with its size and sha256.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,29 +66,173 @@ class FileDeadLetters:
             self._file.close()
 
 
+TRUNCATED_HEAD_BYTES = 64 << 10
+"""How much of its value a dead letter too big for the producer keeps (its head)."""
+RECORD_OVERHEAD_BYTES = 1 << 10
+"""Room kept under the producer's ``max_request_size`` for the record batch's own framing."""
+DEFAULT_MAX_REQUEST_SIZE = 1 << 20
+"""kafka-python's ``max_request_size``, for a producer that does not tell its own."""
+
+Letter = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
+"""A dead letter as produced: value, key and headers."""
+
+
+def __getattr__(name: str) -> Any:
+    # DeadLetterError is a KafkaError, made on first use: importing kafka-python costs a
+    # file-source run (which never needs it) a quarter of a second.
+    if name == "DeadLetterError":
+        return _dead_letter_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _dead_letter_error() -> type[Exception]:
+    from kafka.errors import KafkaError
+
+    class DeadLetterError(KafkaError):
+        """Dead letters the producer could not write (after its own retries).
+
+        A ``KafkaError``: the Kafka source's loop backs off and checkpoints again, as for a
+        broker away, and commits no offset until the letters (sent again by each
+        :meth:`KafkaDeadLetters.flush`) are written. ``failed``: how many; ``error``: the
+        first send's error.
+        """
+
+        def __init__(self, topic: str, failed: int, error: BaseException | None) -> None:
+            super().__init__(
+                f"{failed} dead letter(s) not written to {topic}: {error!r}; kept and sent "
+                "again by the next checkpoint, which commits no offset until they are written")
+            self.topic, self.failed, self.error = topic, failed, error
+
+    DeadLetterError.__module__ = __name__
+    DeadLetterError.__qualname__ = "DeadLetterError"
+    return DeadLetterError
+
+
 class KafkaDeadLetters:
     """Produces rejected records, original bytes untouched, to a dead-letter topic.
 
     The reason, error and origin travel as record headers (``nextstate.reason``,
     ``nextstate.error``, ``nextstate.origin``) so the value stays replayable as it was.
+
+    No dead letter is lost:
+
+    - One that would not fit the producer's ``max_request_size`` (1 MB unless configured:
+      records rejected as ``too_large`` are big by definition), or that the broker refuses as
+      too large, is sent cut to the first ``TRUNCATED_HEAD_BYTES`` (64 KiB) of its value,
+      with ``nextstate.truncated: true``, ``nextstate.original_bytes`` (the value's size) and
+      ``nextstate.sha256`` (the whole value's, hex) added; a key that alone would not fit is
+      cut likewise (``nextstate.key_original_bytes``). The original stays in the input topic,
+      at ``nextstate.origin``, until its retention ends.
+    - A send that failed (after the producer's own retries, or at once, e.g. no metadata
+      within ``max_block_ms``) is kept, and :meth:`flush` raises ``DeadLetterError`` (a
+      ``KafkaError``) with how many and why. Checkpoints flush the sink before they return
+      offsets, so no offset past a lost letter is committed; every flush sends the kept
+      letters again (after a first failure new letters wait for it too, rather than block in
+      a send each), and passes once all are written.
     """
 
     def __init__(self, producer: Any, topic: str) -> None:
         self.producer = producer
         self.topic = topic
-        self.count = 0
+        self.count = 0  # dead letters sent
+        self.truncated = 0  # of which cut to fit
+        self._lock = threading.Lock()  # the producer's IO thread reports failed sends
+        self._unsent: list[tuple[Letter, BaseException | None]] = []  # with why (None: waited)
 
     def send(self, value: bytes, key: bytes | None, reason: str, error: str,
              topic: str, partition: int, offset: int) -> None:
         headers = [("nextstate.reason", reason.encode()),
                    ("nextstate.error", error[:2000].encode()),
                    ("nextstate.origin", f"{topic}/{partition}/{offset}".encode())]
-        self.producer.send(self.topic, value=value, key=key, headers=headers)
+        letter: Letter = (value, key, headers)
+        if _size(letter) > self._limit():
+            letter = self._cut(letter)
+        self._produce(letter)
         self.count += 1
 
+    def _limit(self) -> int:
+        config = getattr(self.producer, "config", None)
+        size = config.get("max_request_size") if isinstance(config, dict) else None
+        return int(size or DEFAULT_MAX_REQUEST_SIZE) - RECORD_OVERHEAD_BYTES
+
+    def _cut(self, letter: Letter) -> Letter:
+        value, key, headers = letter
+        headers = [*headers, ("nextstate.truncated", b"true"),
+                   ("nextstate.original_bytes", str(len(value)).encode()),
+                   ("nextstate.sha256", hashlib.sha256(value).hexdigest().encode())]
+        limit = self._limit()
+        if key is not None and len(key) > min(TRUNCATED_HEAD_BYTES, limit // 4):
+            headers.append(("nextstate.key_original_bytes", str(len(key)).encode()))
+            key = key[:min(TRUNCATED_HEAD_BYTES, limit // 4)]
+        room = limit - _size((b"", key, headers))
+        self.truncated += 1
+        return value[:max(0, min(TRUNCATED_HEAD_BYTES, room))], key, headers
+
+    def _produce(self, letter: Letter) -> None:
+        from kafka.errors import KafkaError
+
+        with self._lock:
+            if self._unsent:  # the producer is failing: wait for the next flush with them
+                self._unsent.append((letter, None))
+                return
+        value, key, headers = letter
+        try:
+            future = self.producer.send(self.topic, value=value, key=key, headers=headers)
+        except KafkaError as exc:
+            self._failed(letter, exc)
+        else:
+            future.add_errback(self._failed, letter)
+
+    def _failed(self, letter: Letter, exc: BaseException) -> None:
+        with self._lock:
+            self._unsent.append((letter, exc))
+
     def flush(self) -> None:
-        self.producer.flush()
+        """Return once every dead letter so far is written.
+
+        Raises:
+            DeadLetterError: some could not be (kept, and sent again by the next flush).
+        """
+        from kafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+
+        def refused_size(letter: Letter, exc: BaseException | None) -> bool:
+            # The broker's limit is under the producer's (a topic's max.message.bytes).
+            return isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError) \
+                and not _is_cut(letter)
+
+        with self._lock:
+            failed, self._unsent = self._unsent, []
+        retry = [letter for letter, _ in failed]  # kept by an earlier flush, or failed since
+        while True:
+            for letter in retry:
+                self._produce(letter)
+            self.producer.flush()
+            with self._lock:
+                failed, self._unsent = self._unsent, []
+            if not any(refused_size(letter, exc) for letter, exc in failed):
+                break
+            # Those refused as too large go again, cut (each once), with the others, in order.
+            retry = [self._cut(letter) if refused_size(letter, exc) else letter
+                     for letter, exc in failed]
+        if failed:
+            with self._lock:
+                self._unsent[:0] = failed
+            error = next((exc for _, exc in failed if exc is not None), None)
+            raise _dead_letter_error()(self.topic, len(failed), error)
 
     def close(self) -> None:
-        self.producer.flush()
-        self.producer.close()
+        """Flush, then close the producer (also when the flush raised)."""
+        try:
+            self.flush()
+        finally:
+            self.producer.close()
+
+
+def _size(letter: Letter) -> int:
+    value, key, headers = letter
+    return len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+
+
+def _is_cut(letter: Letter) -> bool:
+    return any(name == "nextstate.truncated" for name, _ in letter[2])

@@ -50,7 +50,8 @@ class TupleTopicSink:
             would cover tuples that were never written).
     """
 
-    __slots__ = ("_encoder", "_futures", "producer", "sent", "topic")
+    __slots__ = ("_encoder", "_failing", "_futures", "_kafka_error", "_no_metadata", "producer",
+                 "sent", "topic")
 
     def __init__(self, producer: Any, topic: str) -> None:
         self.producer = producer
@@ -58,19 +59,36 @@ class TupleTopicSink:
         self._encoder = msgspec.json.Encoder()
         self._futures: list[Any] = []
         self.sent = 0
+        from kafka.errors import KafkaError, KafkaTimeoutError  # (imported without Kafka too)
+
+        self._kafka_error, self._no_metadata = KafkaError, KafkaTimeoutError
+        self._failing: Exception | None = None  # no metadata since the last flush
 
     def send(self, tuples: Iterable[ScoredTuple]) -> None:
         for t in tuples:
             self._send(dedup_key(t), self._encoder.encode(t))
 
     def _send(self, key: bytes, value: bytes) -> None:
-        self._futures.append((key, value, self.producer.send(self.topic, key=key, value=value)))
+        if self._failing is not None:  # no metadata: don't wait max_block_ms for each tuple
+            self._futures.append((key, value, _Failed(self._failing)))
+            return
+        try:
+            future = self.producer.send(self.topic, key=key, value=value)
+        except self._kafka_error as exc:
+            # Raised at once (larger than max_request_size, no metadata within max_block_ms):
+            # the flush raises it like a failed send (and sends it again), the tuples after it
+            # go on. Before, it left the sink, and the batch's later tuples were never sent.
+            if isinstance(exc, self._no_metadata):
+                self._failing = exc
+            future = _Failed(exc)
+        self._futures.append((key, value, future))
 
     def flush(self) -> None:
         """Wait for every send; a failed one is sent again and its error raised, so this
         checkpoint stops and the next one only passes once the retry was acknowledged."""
         self.producer.flush()
         futures, self._futures = self._futures, []
+        self._failing = None
         error: Exception | None = None
         for key, value, future in futures:
             try:
@@ -85,6 +103,18 @@ class TupleTopicSink:
     def close(self) -> None:
         self.flush()
         self.producer.close()
+
+
+class _Failed:
+    """A send that raised at once, as a failed send future."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def get(self, timeout: float | None = None) -> None:
+        raise self.error.with_traceback(None)  # (shared: a traceback per raise would pile up)
 
 
 def tuple_topic_sink(bootstrap_servers: list[str], topic: str, client_id: str = "nextstate",

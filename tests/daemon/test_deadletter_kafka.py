@@ -1,0 +1,363 @@
+"""The Kafka dead-letter sink loses no dead letter: one too big for the producer is sent cut to
+its head (with its size and sha256 in headers), and one the producer could not write makes
+``flush()`` raise, so the checkpoint that would commit past it stops (against Tansu). The tuple
+topic's sink lets no send that raised at once go either."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.future import Future
+
+from nextstate.daemon import sources
+from nextstate.daemon.deadletter import TRUNCATED_HEAD_BYTES, DeadLetterError, KafkaDeadLetters
+from nextstate.daemon.tuple_topic import TupleTopicSink, tuple_topic_sink
+from nextstate.extractors.types import ScoredTuple
+from tests.daemon.test_kafka import Daemon, _metric, kafka_config
+from tests.daemon.test_pipeline import weather_session
+from tests.kafka_broker import wait_for
+from tests.records import line
+from tests.tcp_proxy import tansu_behind_proxy
+
+BIG = 3 << 20  # 3 MB: three times kafka-python's default max_request_size (1 MB)
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=3000)
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
+def new_topic(broker, name: str, partitions: int = 1) -> str:
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic, partitions)
+    return topic
+
+
+@pytest.mark.kafka
+def test_oversized_dead_letter_is_cut_to_its_head_and_small_one_is_untouched(broker):
+    topic = new_topic(broker, "dlq")
+    dead_letters = KafkaDeadLetters(KafkaProducer(bootstrap_servers=broker.bootstrap,
+                                                  acks="all"), topic)
+    small = b'{"session_id": "s1", "request": [1, 2'
+    big = b'{"session_id": "s2", "pad": "' + bytes(range(256)) * (BIG // 256) + b'"}'
+    dead_letters.send(small, b"s1", "schema", "unterminated list", "in", 0, 7)
+    dead_letters.send(big, b"s2", "too_large", f"{len(big)} bytes", "in", 1, 8)
+    dead_letters.flush()
+    dead_letters.close()
+    assert (dead_letters.count, dead_letters.truncated) == (2, 1)
+
+    first, second = sorted(read_topic(broker.bootstrap, topic),
+                           key=lambda r: dict(r.headers)["nextstate.origin"])
+    assert first.value == small and first.key == b"s1"  # byte for byte, no extra headers
+    assert dict(first.headers) == {"nextstate.reason": b"schema",
+                                   "nextstate.error": b"unterminated list",
+                                   "nextstate.origin": b"in/0/7"}
+    headers = dict(second.headers)
+    assert second.value == big[:TRUNCATED_HEAD_BYTES] and second.key == b"s2"
+    assert headers["nextstate.truncated"] == b"true"
+    assert headers["nextstate.original_bytes"] == str(len(big)).encode()
+    assert headers["nextstate.sha256"] == hashlib.sha256(big).hexdigest().encode()
+    assert headers["nextstate.reason"] == b"too_large"
+    assert headers["nextstate.origin"] == b"in/1/8"
+
+
+@pytest.mark.kafka
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # kafka-python's refused connects
+def test_dead_letter_the_producer_could_not_write_fails_flush_until_written(caplog):
+    """The broker goes away: the letters' sends expire after the producer's retries, flush()
+    raises (and keeps raising), and once the broker is back a flush writes them."""
+    # kafka-python logs each refused connect; a captured record would keep its socket alive.
+    caplog.set_level(logging.CRITICAL, logger="kafka")
+    with tansu_behind_proxy() as (broker, proxy):
+        topic = new_topic(broker, "dlq-outage")
+        errors = outage(broker, proxy, topic)
+        values = sorted(r.value for r in read_topic(broker.bootstrap, topic))
+    gc.collect()  # the sockets kafka-python left of its refused connects: here, not later
+    first, second = errors
+    assert isinstance(first, KafkaError)  # the Kafka loop's retry path takes it
+    assert first.failed == 2 and "2 dead letter(s)" in str(first)
+    assert isinstance(first.error, KafkaTimeoutError) and second.failed == 2
+    assert values == [b"first", b"second", b"third"]
+
+
+def outage(broker, proxy, topic: str) -> list[Exception]:
+    """Two dead letters sent while the broker is cut off; the errors of the two flushes that
+    fail then, before it is back and one passes."""
+    # Not idempotent (kafka-python 3's default is): an idempotent producer whose expired batch
+    # had been sent resets its producer id, and then expires nothing more until the broker is
+    # back (its flush waits for the broker: nothing is lost, but nothing fails either).
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
+                             enable_idempotence=False, request_timeout_ms=500,
+                             delivery_timeout_ms=1000, max_block_ms=1000,
+                             reconnect_backoff_max_ms=200)
+    dead_letters = KafkaDeadLetters(producer, topic)
+    errors: list[Exception] = []
+    try:
+        dead_letters.send(b"first", None, "schema", "e1", "in", 0, 1)
+        dead_letters.flush()  # written: the producer has the topic's metadata from here on
+        proxy.cut()
+        dead_letters.send(b"second", None, "schema", "e2", "in", 0, 2)
+        dead_letters.send(b"third", None, "schema", "e3", "in", 0, 3)
+        for _ in range(2):  # the second flush sends them again: still nowhere to go
+            with pytest.raises(DeadLetterError) as raised:
+                dead_letters.flush()
+            errors.append(raised.value.with_traceback(None))
+        proxy.restore()
+        for _ in range(30):  # each flush sends them again; one passes once reconnected
+            try:
+                dead_letters.flush()
+                break
+            except DeadLetterError:
+                continue
+        dead_letters.flush()
+    finally:
+        producer.close(timeout=5)
+    return errors
+
+
+class FakeProducer:
+    """Stands in for a KafkaProducer: each send's future fails with ``fail(value)`` (None:
+    it succeeds) or ``send`` raises it when ``raising``."""
+
+    def __init__(self, fail=lambda value: None, raising: bool = False) -> None:
+        self.fail, self.raising = fail, raising
+        self.config = {"max_request_size": 1 << 20}
+        self.written: list[tuple[bytes, bytes | None, dict[str, bytes]]] = []
+        self.closed = False
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list) -> Future:
+        error = self.fail(value)
+        if error is not None and self.raising:
+            raise error
+        if error is not None:
+            return Future().failure(error)
+        self.written.append((value, key, dict(headers)))
+        return Future().success(None)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_dead_letter_the_broker_finds_too_large_is_sent_again_cut():
+    """The broker's limit is under the producer's (a topic's max.message.bytes): the letter the
+    broker refused is cut to its head and written by the same flush."""
+    value = b"v" * 500_000
+    producer = FakeProducer(lambda v: MessageSizeTooLargeError() if len(v) > 100_000 else None)
+    dead_letters = KafkaDeadLetters(producer, "in.dlq")
+    dead_letters.send(value, b"k", "schema", "bad", "in", 0, 1)
+    dead_letters.flush()
+    ((written, key, headers),) = producer.written
+    assert written == value[:TRUNCATED_HEAD_BYTES] and key == b"k"
+    assert headers["nextstate.original_bytes"] == b"500000"
+    assert headers["nextstate.sha256"] == hashlib.sha256(value).hexdigest().encode()
+
+
+def test_send_that_raises_does_not_stop_the_pipeline_but_fails_flush():
+    """A send that raises at once (no topic metadata before max_block_ms) is kept: send()
+    returns (the record's batch goes on), flush() raises, and a later flush writes it."""
+    producer = FakeProducer(lambda v: KafkaTimeoutError("no metadata"), raising=True)
+    dead_letters = KafkaDeadLetters(producer, "in.dlq")
+    dead_letters.send(b"one", None, "schema", "bad", "in", 0, 1)
+    dead_letters.send(b"two", None, "schema", "bad", "in", 0, 2)
+    with pytest.raises(DeadLetterError, match="2 dead letter"):
+        dead_letters.flush()
+    producer.fail = lambda v: None
+    dead_letters.close()
+    assert [v for v, _, _ in producer.written] == [b"one", b"two"] and producer.closed
+
+
+def test_close_closes_the_producer_even_when_letters_are_lost():
+    producer = FakeProducer(lambda v: KafkaTimeoutError("gone"))
+    dead_letters = KafkaDeadLetters(producer, "in.dlq")
+    dead_letters.send(b"one", None, "schema", "bad", "in", 0, 1)
+    with pytest.raises(DeadLetterError):
+        dead_letters.close()
+    assert producer.closed
+
+
+def test_huge_key_is_cut_too():
+    key = b"k" * (2 << 20)
+    producer = FakeProducer()
+    dead_letters = KafkaDeadLetters(producer, "in.dlq")
+    dead_letters.send(b"value", key, "schema", "bad", "in", 0, 1)
+    dead_letters.flush()
+    ((value, written_key, headers),) = producer.written
+    assert value == b"value" and written_key == key[:TRUNCATED_HEAD_BYTES]
+    assert headers["nextstate.key_original_bytes"] == str(len(key)).encode()
+    assert headers["nextstate.truncated"] == b"true"
+
+
+# -- the daemon ----------------------------------------------------------------------------------
+def session_records(count: int) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """Each session's first two exchanges (the first closes one interaction), as two halves."""
+    sessions = {f"s{n}": weather_session(f"s{n}", '{"temp_c": 21}') for n in range(count)}
+    first = [(sid.encode(), line(records[0])) for sid, records in sessions.items()]
+    second = [(sid.encode(), line(records[1])) for sid, records in sessions.items()]
+    return first, second
+
+
+def produce_in_order(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                             max_request_size=8 << 20)  # the input may hold big records
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value, partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+@pytest.mark.kafka
+def test_daemon_dead_letters_oversized_records_and_processes_the_rest(broker, tmp_path):
+    """One record over ``join.max_record_bytes`` (3 MB) and one undecodable 1.5 MB record among
+    good ones: both are in the DLQ topic (cut, with their size and hash), every good one is
+    processed, and the offsets are committed."""
+    topic = new_topic(broker, "big-bad")
+    broker.create_topic(f"{topic}.dlq", 1)
+    first, second = session_records(6)
+    too_large = b'{"session_id": "s0", "pad": "' + b"x" * BIG + b'"}'
+    undecodable = b'{"session_id": "s1", "request": [' + b"1, " * (500 << 10)
+    records = [*first, (b"s0", too_large), *second[:3], (b"s1", undecodable), *second[3:]]
+    produce_in_order(broker.bootstrap, topic, records)
+    config = kafka_config(broker, tmp_path, topic, "g-big")
+    config.join.max_record_bytes = 2 << 20
+    with Daemon(config) as daemon:
+        assert wait_for(lambda: _metric(daemon, "nextstate_interactions_total") == 6, 60)
+        assert wait_for(lambda: broker.committed(topic, "g-big", 1)[0] is not None, 30)
+    assert daemon.result == [0]
+    dead = {dict(r.headers)["nextstate.origin"]: r
+            for r in read_topic(broker.bootstrap, f"{topic}.dlq")}
+    at = {value: f"{topic}/0/{offset}".encode() for offset, (_, value) in enumerate(records)}
+    assert sorted(dead) == sorted([at[too_large], at[undecodable]])
+    assert dict(dead[at[too_large]].headers)["nextstate.reason"] == b"too_large"
+    for original in (too_large, undecodable):
+        letter = dead[at[original]]
+        headers = dict(letter.headers)
+        assert letter.value == original[:TRUNCATED_HEAD_BYTES] and letter.key is not None
+        assert headers["nextstate.truncated"] == b"true"
+        assert headers["nextstate.original_bytes"] == str(len(original)).encode()
+        assert headers["nextstate.sha256"] == hashlib.sha256(original).hexdigest().encode()
+
+
+class FailingUntil:
+    """A real producer that fails every send (the future, as after the producer's retries)
+    until ``recover`` is set; counts the failures."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self.producer = producer
+        self.config = producer.config
+        self.recover = threading.Event()
+        self.failures = 0
+
+    def send(self, topic: str, **kwargs: Any) -> Any:
+        if not self.recover.is_set():
+            self.failures += 1
+            return Future().failure(KafkaTimeoutError("expired after the producer's retries"))
+        return self.producer.send(topic, **kwargs)
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+@pytest.mark.kafka
+def test_daemon_commits_nothing_past_a_dead_letter_not_written(broker, tmp_path, monkeypatch):
+    """A poison record first, good sessions after it, and a DLQ producer that fails: every
+    checkpoint stops at the dead-letter flush, so no offset is committed (past the poison
+    record); once the producer works the letter is written and the offsets are committed,
+    without a restart."""
+    topic = new_topic(broker, "dlq-down")
+    broker.create_topic(f"{topic}.dlq", 1)
+    first, second = session_records(3)
+    poison = (b"s0", b'{"session_id": "s0", "request": [1, 2')
+    produce_in_order(broker.bootstrap, topic, [poison, *first, *second])
+    failing: list[FailingUntil] = []
+
+    def dead_letters(config):
+        failing.append(FailingUntil(KafkaProducer(bootstrap_servers=broker.bootstrap,
+                                                  acks="all")))
+        return KafkaDeadLetters(failing[0], config.kafka.dlq)
+
+    monkeypatch.setattr(sources, "kafka_dead_letters", dead_letters)
+    config = kafka_config(broker, tmp_path, topic, "g-down")
+    with Daemon(config) as daemon:
+        assert wait_for(lambda: _metric(daemon, "nextstate_interactions_total") == 3, 60)
+        # Failed once when sent, then again by each checkpoint: two checkpoints stopped.
+        assert wait_for(lambda: failing[0].failures >= 3, 30)
+        assert broker.committed(topic, "g-down", 1) == {0: None}
+        failing[0].recover.set()
+        assert wait_for(lambda: broker.committed(topic, "g-down", 1)[0] is not None, 60)
+    assert daemon.result == [0]
+    (letter,) = read_topic(broker.bootstrap, f"{topic}.dlq")
+    assert letter.value == poison[1] and dict(letter.headers)["nextstate.reason"] == b"schema"
+    assert Path(config.state_dir, "checkpoint.json").exists()
+
+
+# -- the tuple topic: a send that raises at once --------------------------------------------------
+def scored(n: int, context_bytes: int = 10) -> ScoredTuple:
+    return ScoredTuple(interaction_id=f"i{n}", session_id="s", extractor="tool",
+                       kind="evaluative", source="tool",
+                       context=[{"role": "user", "content": "x" * context_bytes}],
+                       action={"role": "assistant", "content": "a"}, reward=1.0, confidence=1.0)
+
+
+@pytest.mark.kafka
+def test_tuple_too_large_for_the_producer_fails_the_flush_and_the_rest_are_sent(broker):
+    """kafka-python raises MessageSizeTooLargeError from send() itself: the sink used to let it
+    out, the batch's later tuples unsent, and the next flush passed. Now the flush raises it
+    (every flush, until it is written) and the tuples after it are on the topic."""
+    topic = new_topic(broker, "tuples")
+    sink = tuple_topic_sink([broker.bootstrap], topic)
+    try:
+        sink.send([scored(0), scored(1, 2 << 20), scored(2)])
+        for _ in range(2):
+            with pytest.raises(MessageSizeTooLargeError):
+                sink.flush()
+    finally:
+        sink.producer.close()
+    keys = sorted(r.key for r in read_topic(broker.bootstrap, topic))
+    assert keys == [b"i0|tool|evaluative", b"i2|tool|evaluative"] and sink.sent == 2
+
+
+class TupleProducer(FakeProducer):
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list | None = None
+             ) -> Any:
+        self.tries = getattr(self, "tries", 0) + 1
+        future = super().send(topic, value, key, headers or [])
+        return type("Sent", (), {"get": lambda _, timeout=None: future.value})()
+
+
+def test_tuple_send_without_metadata_fails_the_flush_once_not_per_tuple():
+    """No metadata within max_block_ms (send() raises KafkaTimeoutError after blocking): the
+    batch's other tuples are not each sent to block as long; the flush raises, and once the
+    producer works the sends again are written (the flush after them passes)."""
+    producer = TupleProducer(lambda v: KafkaTimeoutError("no metadata"), raising=True)
+    sink = TupleTopicSink(producer, "out")
+    sink.send([scored(n) for n in range(5)])
+    assert producer.tries == 1
+    with pytest.raises(KafkaTimeoutError):
+        sink.flush()
+    producer.fail = lambda v: None
+    with pytest.raises(KafkaTimeoutError):  # (sent again: this checkpoint still stops)
+        sink.flush()
+    sink.flush()
+    assert sorted(k for _, k, _ in producer.written) == [
+        f"i{n}|tool|evaluative".encode() for n in range(5)]
