@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -219,12 +221,7 @@ def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
     records = weather_session("a", "Error: HTTP 500")
     write_lines(source, records[:1])
     pipeline = Pipeline(config_for(tmp_path, commit_interval_s=0.05))
-    stop = threading.Event()
-    worker = threading.Thread(target=run_file, args=(pipeline, str(source), stop, Health(),
-                                                     Progress(pipeline.stats, False)),
-                              kwargs={"follow": True, "poll_s": 0.05})
-    worker.start()
-    try:
+    with following(pipeline, source):
         assert wait_for(lambda: pipeline.stats.total("records") == 1, 10)
         with source.open("ab") as fh:
             fh.write(line(records[1]) + b"\n")
@@ -233,11 +230,23 @@ def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
         assert wait_for(lambda: checkpointed("tuples") == 1, 10)
         assert json.loads((tmp_path / "state" / "file_offsets.json").read_text()) == {
             f"file:{source.resolve()}": 1}  # the pending exchange's line is read again
+    pipeline.close()
+
+
+@contextlib.contextmanager
+def following(pipeline: Pipeline, source: Path) -> Iterator[None]:
+    """``run_file --follow`` on a thread for the block, then stopped as SIGTERM would."""
+    stop = threading.Event()
+    worker = threading.Thread(target=run_file, args=(pipeline, str(source), stop, Health(),
+                                                     Progress(pipeline.stats, False)),
+                              kwargs={"follow": True, "poll_s": 0.05})
+    worker.start()
+    try:
+        yield
     finally:
         stop.set()
         worker.join(10)
     assert not worker.is_alive()
-    pipeline.close()
 
 
 def test_a_quiet_followed_log_still_closes_idle_sessions(tmp_path):
@@ -252,20 +261,11 @@ def test_a_quiet_followed_log_still_closes_idle_sessions(tmp_path):
     write_lines(source, records[:2])  # the call, its result and the answer left pending
     pipeline = Pipeline(config_for(tmp_path, source=f"file:{source}", commit_interval_s=0.05,
                                    timeseries_interval_s=0.2, **{"join.idle_timeout_s": 0.5}))
-    stop = threading.Event()
-    worker = threading.Thread(target=run_file, args=(pipeline, str(source), stop, Health(),
-                                                     Progress(pipeline.stats, False)),
-                              kwargs={"follow": True, "poll_s": 0.05})
-    worker.start()
-    try:
+    with following(pipeline, source):
         assert wait_for(lambda: pipeline.stats.total(
             "interactions_closed", closed_by="idle_timeout") == 1, 10)
         assert pipeline.stats.total("interactions_closed", closed_by="next_state") == 1
         assert pipeline.event_lateness == 0.0  # the quiet time is not a lag
-    finally:
-        stop.set()
-        worker.join(10)
-    assert not worker.is_alive()
     pipeline.close()
     times = [ts for ts, _ in read_series(tmp_path / "state" / "timeseries.sqlite")]
     assert times == sorted(times) and times[-1] > records[1]["ts"] + 0.5

@@ -54,6 +54,16 @@ def _follow_config(tmp_path: Path, source: Path, state: Path) -> Path:
     return config
 
 
+def _followed_stream(tmp_path: Path, sessions: int, seed: int
+                     ) -> tuple[list[tuple[bytes, bytes]], Path, Path]:
+    """A stream file of ``sessions`` 6-turn sessions and a config following it."""
+    records = stream_records(sessions=sessions, turns=6, seed=seed)
+    source = tmp_path / "stream.jsonl"
+    source.write_bytes(b"".join(value + b"\n" for _, value in records))
+    state = tmp_path / "state"
+    return records, state, _follow_config(tmp_path, source, state)
+
+
 def _run_cli(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """``nextstate run --config FILE`` to its end (the timeout: it must not follow on)."""
     return subprocess.run([sys.executable, "-m", "nextstate.daemon.cli", "run", "--config",
@@ -190,11 +200,7 @@ def test_second_daemon_exits_and_the_first_works_on(tmp_path):
 def test_two_daemons_started_together_exactly_one_runs(tmp_path):
     """Two following daemons started at the same moment: one exits EXIT_STATE_DIR_LOCKED
     naming the other's pid, the other processes the whole file."""
-    records = stream_records(sessions=20, turns=6, seed=2)
-    source = tmp_path / "stream.jsonl"
-    source.write_bytes(b"".join(value + b"\n" for _, value in records))
-    state = tmp_path / "state"
-    config = _follow_config(tmp_path, source, state)
+    records, state, config = _followed_stream(tmp_path, sessions=20, seed=2)
     a = DaemonProcess(config, state, tmp_path / "a.log").start()
     b = DaemonProcess(config, state, tmp_path / "b.log").start()
     daemons = [a, b]
@@ -219,11 +225,7 @@ def test_sigkill_leaves_no_stale_lock(tmp_path):
     """SIGKILL a daemon holding the lock: its pid stays in the file, but the kernel dropped
     the lock with the process, so a new daemon starts at once on the same dir, resumes, and
     holds the lock itself."""
-    records = stream_records(sessions=40, turns=6, seed=9)
-    source = tmp_path / "stream.jsonl"
-    source.write_bytes(b"".join(value + b"\n" for _, value in records))
-    state = tmp_path / "state"
-    config = _follow_config(tmp_path, source, state)
+    records, state, config = _followed_stream(tmp_path, sessions=40, seed=9)
     daemon = DaemonProcess(config, state, tmp_path / "daemon.log").start()
     try:
         assert daemon.process is not None
