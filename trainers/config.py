@@ -36,10 +36,14 @@ class TrainerConfig:
     reference forward entirely."""
     clip_eps: Positive = 0.2
     """PPO ratio clip range (ratios against logged behaviour log-probs)."""
-    dual_clip: Annotated[float, msgspec.Meta(gt=1)] = 3.0
-    """Dual-clip PPO: with a negative advantage, a token's surrogate is at least
-    ``dual_clip * A``, so an action whose logged log-probs lie far below the policy's own
-    cannot blow the loss up."""
+    dual_clip: Annotated[float, msgspec.Meta(gt=1)] | None = None
+    """Dual-clip PPO (e.g. 3): with a negative advantage, a token's surrogate is at least
+    ``dual_clip * A``. Off by default (it slowed the demo's learning); for log-probs logged by
+    another model than the one trained."""
+    min_logged_logprob: float = -100.0
+    """Logged behaviour log-probs of an action with a token below this are not used (the
+    current ones stand in, ratio 1): OpenAI logs -9999.0 for tokens it would not sample, and
+    one such action made every weight NaN after one step."""
     baseline_momentum: Fraction = 0.01
     """Per-source running-mean baseline: exact mean over the first 1/momentum rewards, an
     exponential moving average after."""

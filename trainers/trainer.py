@@ -335,10 +335,13 @@ class Trainer:
 
     def _old_logprobs(self, tuples: Sequence[ScoredTuple], logps: Sequence[torch.Tensor]
                       ) -> tuple[torch.Tensor, int]:
-        """Behaviour log-probs where logged and token-aligned, else current ones detached."""
+        """Behaviour log-probs where logged, token-aligned and above ``min_logged_logprob``,
+        else current ones detached."""
         rows, used = [], 0
+        floor = self.config.min_logged_logprob
         for t, lp in zip(tuples, logps, strict=True):
-            if t.behaviour_logprobs is not None and len(t.behaviour_logprobs) == len(lp):
+            logged = t.behaviour_logprobs
+            if logged is not None and len(logged) == len(lp) and min(logged, default=0) >= floor:
                 rows.append(torch.tensor(t.behaviour_logprobs, device=lp.device,
                                          dtype=lp.dtype))
                 used += 1

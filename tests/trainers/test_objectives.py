@@ -35,15 +35,25 @@ def test_pg_clipped_token_gets_no_gradient() -> None:
 
 
 @pytest.mark.parametrize("logged", [-9999.0, -30.0, -4.0])
-def test_pg_negative_advantage_is_dual_clipped_and_stays_finite(logged) -> None:
-    """A token logged far less likely than the policy now makes it (OpenAI logs -9999.0 for
-    tokens it would not sample): with A = -1 the surrogate stops at 3A, no gradient. Before,
-    r = e^9998 made the loss and every gradient NaN, and at -30 the loss was 1e10."""
+def test_pg_negative_advantage_is_dual_clipped_when_asked(logged) -> None:
+    """With ``dual_clip = 3`` and A = -1 the surrogate stops at 3A: no gradient."""
     logp = _logp(0.5, 0.5)
     old = torch.tensor([[math.log(0.5), logged]])
-    loss = pg_loss(logp, old, torch.tensor([-1.0]), torch.ones(1, 2), clip_eps=0.2)
+    loss = pg_loss(logp, old, torch.tensor([-1.0]), torch.ones(1, 2), clip_eps=0.2,
+                   dual_clip=3.0)
     assert loss.item() == pytest.approx((1.0 + 3.0) / 2)  # ratio 1, then the dual clip
     loss.sum().backward()
+    assert logp.grad.tolist()[0] == pytest.approx([0.5, 0.0])
+
+
+def test_pg_ratio_of_a_far_logged_logprob_is_bounded_and_finite() -> None:
+    """OpenAI logs -9999.0 for tokens it would not sample: ``r = e^9998`` made the loss and
+    every gradient NaN. The log-ratio stops at 20 (no gradient beyond)."""
+    logp = _logp(0.5, 0.5)
+    old = torch.tensor([[math.log(0.5), -9999.0]])
+    loss = pg_loss(logp, old, torch.tensor([-1.0]), torch.ones(1, 2), clip_eps=0.2)
+    loss.sum().backward()
+    assert loss.item() == pytest.approx((1.0 + math.exp(20.0)) / 2)
     assert logp.grad.tolist()[0] == pytest.approx([0.5, 0.0])
 
 

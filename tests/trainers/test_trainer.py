@@ -246,7 +246,8 @@ def test_behaviour_logprobs_are_used_when_aligned(tiny_policy, tmp_path) -> None
 
 def test_a_far_logged_logprob_does_not_wreck_the_policy(tiny_policy, tmp_path) -> None:
     """One punished action logged with OpenAI's -9999.0 floor made every weight NaN in one
-    step; now it is dual-clipped and training goes on as if it had no log-probs there."""
+    step; now its log-probs are not used (below ``min_logged_logprob``) and training goes on
+    as if it had none."""
     policy = tiny_policy()
     n = policy.encode(CONTEXT, BAD).action_len
     floored = make_tuple(action=BAD, reward=-1.0, behaviour_logprobs=tuple([-9999.0] * n))
@@ -255,6 +256,7 @@ def test_a_far_logged_logprob_does_not_wreck_the_policy(tiny_policy, tmp_path) -
     good0 = policy.action_logprobs(CONTEXT, GOOD).sum()
     for _ in range(4):
         metrics = trainer.step()
+        assert metrics["charts/behaviour_logprobs_used"] == 0
     assert math.isfinite(metrics["losses/pg"]) and metrics["charts/skipped_steps"] == 0
     assert all(torch.isfinite(p).all() for p in policy.parameters())
     assert policy.action_logprobs(CONTEXT, GOOD).sum() > good0

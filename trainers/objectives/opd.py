@@ -16,7 +16,7 @@ from nextstate.trainers.objectives.pg import clipped_surrogate
 
 def opd_loss(logp: torch.Tensor, teacher_logp: torch.Tensor, old_logp: torch.Tensor,
              mask: torch.Tensor, adv_clip: float = 5.0, clip_eps: float = 0.2,
-             dual_clip: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+             dual_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence distillation loss and the per-token advantages used.
 
     Args:
