@@ -19,8 +19,11 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import msgspec
+import structlog
 
 from nextstate.extractors.types import ScoredTuple
+
+log = structlog.get_logger("nextstate.tuple_topic")
 
 
 def dedup_key(t: ScoredTuple) -> bytes:
@@ -50,8 +53,8 @@ class TupleTopicSink:
             would cover tuples that were never written).
     """
 
-    __slots__ = ("_encoder", "_failing", "_futures", "_kafka_error", "_no_metadata", "producer",
-                 "sent", "topic")
+    __slots__ = ("_encoder", "_failing", "_futures", "_kafka_error", "_no_metadata",
+                 "_too_large", "producer", "sent", "too_large", "topic")
 
     def __init__(self, producer: Any, topic: str) -> None:
         self.producer = producer
@@ -59,9 +62,16 @@ class TupleTopicSink:
         self._encoder = msgspec.json.Encoder()
         self._futures: list[Any] = []
         self.sent = 0
-        from kafka.errors import KafkaError, KafkaTimeoutError  # (imported without Kafka too)
+        from kafka.errors import (  # (imported without Kafka too)
+            KafkaError,
+            KafkaTimeoutError,
+            MessageSizeTooLargeError,
+            RecordListTooLargeError,
+        )
 
         self._kafka_error, self._no_metadata = KafkaError, KafkaTimeoutError
+        self._too_large = (MessageSizeTooLargeError, RecordListTooLargeError)
+        self.too_large = 0  # tuples larger than the producer or the broker take: not sent
         self._failing: Exception | None = None  # no metadata since the last flush
 
     def send(self, tuples: Iterable[ScoredTuple]) -> None:
@@ -94,6 +104,12 @@ class TupleTopicSink:
             try:
                 future.get(timeout=0)  # raises the send's error, if it failed
                 self.sent += 1
+            except self._too_large as exc:
+                # It will never fit: resending it stopped every checkpoint (and commit) for
+                # good. It is in the durable buffers; the topic goes without it.
+                self.too_large += 1
+                log.warning("tuple_topic_too_large", key=key.decode(errors="replace")[:200],
+                            bytes=len(value), error=str(exc)[:200], count=self.too_large)
             except Exception as exc:  # re-raised below, once the retries are queued
                 error = error or exc
                 self._send(key, value)
