@@ -231,6 +231,24 @@ class KafkaRunner:
         self._topic_ids: dict[str, str] = (json.loads(self._topic_ids_path.read_text())
                                            if self._topic_ids_path.exists() else {})
 
+    def _process(self, batches: dict[Any, list[Any]]) -> None:
+        """Process a poll's records; on a Kafka error among them, seek each partition back to
+        its first record not processed, so that the next poll reads them again (the consumer
+        is past the whole batch: without it they were skipped, and later commits went past
+        them) before the error goes on to the loop's backoff."""
+        done: dict[Any, int] = {}
+        try:
+            for tp, records in batches.items():
+                for record in records:
+                    self.pipeline.process(record.value, record.key, tp.topic, tp.partition,
+                                          record.offset)
+                    done[tp] = record.offset + 1
+        except KafkaError:
+            for tp, records in batches.items():
+                if done.get(tp, records[0].offset) <= records[-1].offset:
+                    self.consumer.seek(tp, done.get(tp, records[0].offset))
+            raise
+
     def run(self) -> None:
         kafka = self.config.kafka
         self.consumer.subscribe([kafka.topic], listener=_Rebalance(self))
@@ -248,10 +266,7 @@ class KafkaRunner:
                            if records and tp.topic not in replaced  # (fetched again)
                            and self._check_position(tp, records[0].offset)}
                 with self.lock:
-                    for tp, records in batches.items():
-                        for record in records:
-                            self.pipeline.process(record.value, record.key, tp.topic,
-                                                  tp.partition, record.offset)
+                    self._process(batches)
                     self.pipeline.write_pending()
                     self.pipeline.tick()
                 if cadence.due(self.pipeline):

@@ -127,6 +127,43 @@ def test_a_tombstone_goes_to_the_dead_letters_and_the_partition_reads_on(broker,
         f"{topic}/0/1".encode()
 
 
+def test_a_kafka_error_mid_batch_reads_the_rest_of_the_batch_again(broker, tmp_path,
+                                                                   monkeypatch):
+    """A KafkaError raised while a poll's records are processed (a producer's send used to
+    raise one) left the consumer past the whole batch: the records after it were skipped and
+    the next commit went past them. Now each partition is sought back to its first record not
+    processed, and every record is processed once."""
+    from kafka.errors import KafkaTimeoutError
+
+    from nextstate.daemon.pipeline import Pipeline
+
+    topic, group = f"midbatch-{uuid.uuid4().hex[:8]}", "nextstate-test"
+    broker.create_topic(topic, PARTITIONS)
+    broker.create_topic(f"{topic}.dlq", 1)
+    sessions = {f"s{n}": weather_session(f"s{n}", "Error: HTTP 500") for n in range(3)}
+    total = produce_sessions(broker, topic, sessions)
+    process, failed = Pipeline.process, []
+
+    def flaky(self, value, key, topic_, partition, offset):
+        if offset == 2 and not failed:
+            failed.append(offset)
+            raise KafkaTimeoutError("injected: a send that timed out")
+        return process(self, value, key, topic_, partition, offset)
+
+    monkeypatch.setattr(Pipeline, "process", flaky)
+    with Daemon(kafka_config(broker, tmp_path, topic, group)) as daemon:
+        assert wait_for(lambda: _metric(daemon, "nextstate_records_total") == total, 60)
+        assert wait_for(lambda: all(broker.committed(topic, group, PARTITIONS).values()), 30)
+    assert failed == [2] and daemon.result == [0]
+    assert _records_total(tmp_path) == total  # each once
+    assert _metric_of_state(tmp_path, "interactions") == 2 * 3  # the last actions pending
+
+
+def _metric_of_state(tmp_path: Path, counter: str) -> float:
+    state = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
+    return sum(value for name, _, value in state["stats"]["counters"] if name == counter)
+
+
 def _metric(daemon: Daemon, name: str) -> float:
     _, body = daemon.http("/metrics")
     return sum(float(row.rsplit(" ", 1)[1]) for row in body.decode().splitlines()
