@@ -185,7 +185,7 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
              extractors=config.extractors,
              metrics=f"{server.server_address[0]}:{server.server_address[1]}" if server
              else None, kafka=config.redacted()["kafka"] if is_kafka else None)
-    store_failed = False
+    store_failed = kafka_failed = False
     try:
         if is_kafka:
             runner = sources.KafkaRunner(pipeline, config, stop, health, progress)
@@ -200,12 +200,19 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
         if not storage_full(exc):
             raise
         store_failed = _log_storage_full(exc, config)
+    except sources.KafkaError as exc:
+        # The last checkpoint could not write its dead letters or tuples (the broker is
+        # away): nothing past them was committed, so a restart processes those records again.
+        # Before, the traceback went on, and the close below raised the same error again.
+        kafka_failed = True
+        log.error("kafka_unavailable_at_stop", error=repr(exc)[:300],
+                  hint="nothing uncommitted is lost: a restart reads it again")
     finally:
         if worker is not None:
             stop_training.set()
             worker.join()
         try:
-            pipeline.close(durable=not store_failed)
+            pipeline.close(durable=not store_failed and not kafka_failed)
         except (OSError, sqlite3.Error) as exc:
             if not storage_full(exc):
                 raise
@@ -220,6 +227,8 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
             (config.state_path / "http.json").unlink(missing_ok=True)
     if store_failed:
         return EXIT_STORAGE_FULL
+    if kafka_failed:
+        return EXIT_KAFKA_UNAVAILABLE
     if worker is not None and worker.error is not None:
         log.error("stopped_with_trainer_error", error=repr(worker.error)[:500])
         return 1

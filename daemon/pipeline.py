@@ -14,10 +14,8 @@ record is processed twice and no pending join is lost.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -459,8 +457,11 @@ class Pipeline:
         """
         if not durable:
             for release in (self.timeseries.close, self.buffers.close, self.dead_letters.close):
-                with contextlib.suppress(OSError, sqlite3.Error):
+                try:
                     release()
+                except Exception as exc:  # (a Kafka sink's flush too) best effort: log, go on
+                    log.warning("close_failed", what=getattr(release, "__qualname__", "?"),
+                                error=repr(exc)[:200])
             return
         self.checkpoint()
         self.record_timeseries()

@@ -362,3 +362,39 @@ def test_tuple_send_without_metadata_fails_the_flush_once_not_per_tuple():
     sink.flush()
     assert sorted(k for _, k, _ in producer.written) == [
         f"i{n}|tool|evaluative".encode() for n in range(5)]
+
+
+@pytest.mark.kafka
+def test_daemon_stopped_while_its_dead_letters_cannot_be_written(broker, tmp_path, monkeypatch):
+    """Stopped while the DLQ producer fails: the last checkpoint cannot write the letter. It
+    ended in a traceback (the close raised the same error again); now ``run`` logs
+    ``kafka_unavailable_at_stop`` and exits 4, nothing committed, and the next run writes the
+    letter and processes every record once."""
+    from nextstate.daemon.cli import EXIT_KAFKA_UNAVAILABLE
+
+    topic = new_topic(broker, "dlq-stop")
+    broker.create_topic(f"{topic}.dlq", 1)
+    first, second = session_records(3)
+    poison = (b"s0", b'{"session_id": "s0", "request": [1, 2')
+    produce_in_order(broker.bootstrap, topic, [poison, *first, *second])
+    failing: list[FailingUntil] = []
+
+    def dead_letters(config):
+        failing.append(FailingUntil(KafkaProducer(bootstrap_servers=broker.bootstrap,
+                                                  acks="all")))
+        if len(failing) > 1:  # the second run's producer works
+            failing[-1].recover.set()
+        return KafkaDeadLetters(failing[-1], config.kafka.dlq)
+
+    monkeypatch.setattr(sources, "kafka_dead_letters", dead_letters)
+    config = kafka_config(broker, tmp_path, topic, "g-stop")
+    with Daemon(config) as daemon:
+        assert wait_for(lambda: _metric(daemon, "nextstate_interactions_total") == 3, 60)
+        assert wait_for(lambda: failing[0].failures >= 2, 30)
+    assert daemon.result == [EXIT_KAFKA_UNAVAILABLE]
+    assert broker.committed(topic, "g-stop", 1) == {0: None}
+    with Daemon(kafka_config(broker, tmp_path, topic, "g-stop")) as daemon:
+        assert wait_for(lambda: broker.committed(topic, "g-stop", 1)[0] is not None, 60)
+    assert daemon.result == [0]
+    (letter,) = read_topic(broker.bootstrap, f"{topic}.dlq")
+    assert letter.value == poison[1]
