@@ -278,13 +278,11 @@ class FailingUntil:
         self.producer.close()
 
 
-@pytest.mark.kafka
-def test_daemon_commits_nothing_past_a_dead_letter_not_written(broker, tmp_path, monkeypatch):
-    """A poison record first, good sessions after it, and a DLQ producer that fails: every
-    checkpoint stops at the dead-letter flush, so no offset is committed (past the poison
-    record); once the producer works the letter is written and the offsets are committed,
-    without a restart."""
-    topic = new_topic(broker, "dlq-down")
+def poison_first_with_a_failing_dlq(broker, monkeypatch, name: str, failing_runs: int = 99
+                                    ) -> tuple[str, tuple[bytes, bytes], list[FailingUntil]]:
+    """A topic with a poison record, then 3 sessions; each daemon run's DLQ producer a
+    :class:`FailingUntil` (the first ``failing_runs`` of them failing until told otherwise)."""
+    topic = new_topic(broker, name)
     broker.create_topic(f"{topic}.dlq", 1)
     first, second = session_records(3)
     poison = (b"s0", b'{"session_id": "s0", "request": [1, 2')
@@ -294,9 +292,21 @@ def test_daemon_commits_nothing_past_a_dead_letter_not_written(broker, tmp_path,
     def dead_letters(config):
         failing.append(FailingUntil(KafkaProducer(bootstrap_servers=broker.bootstrap,
                                                   acks="all")))
-        return KafkaDeadLetters(failing[0], config.kafka.dlq)
+        if len(failing) > failing_runs:
+            failing[-1].recover.set()
+        return KafkaDeadLetters(failing[-1], config.kafka.dlq)
 
     monkeypatch.setattr(sources, "kafka_dead_letters", dead_letters)
+    return topic, poison, failing
+
+
+@pytest.mark.kafka
+def test_daemon_commits_nothing_past_a_dead_letter_not_written(broker, tmp_path, monkeypatch):
+    """A poison record first, good sessions after it, and a DLQ producer that fails: every
+    checkpoint stops at the dead-letter flush, so no offset is committed (past the poison
+    record); once the producer works the letter is written and the offsets are committed,
+    without a restart."""
+    topic, poison, failing = poison_first_with_a_failing_dlq(broker, monkeypatch, "dlq-down")
     config = kafka_config(broker, tmp_path, topic, "g-down")
     with Daemon(config) as daemon:
         assert wait_for(lambda: _metric(daemon, "nextstate_interactions_total") == 3, 60)
@@ -372,21 +382,8 @@ def test_daemon_stopped_while_its_dead_letters_cannot_be_written(broker, tmp_pat
     letter and processes every record once."""
     from nextstate.daemon.cli import EXIT_KAFKA_UNAVAILABLE
 
-    topic = new_topic(broker, "dlq-stop")
-    broker.create_topic(f"{topic}.dlq", 1)
-    first, second = session_records(3)
-    poison = (b"s0", b'{"session_id": "s0", "request": [1, 2')
-    produce_in_order(broker.bootstrap, topic, [poison, *first, *second])
-    failing: list[FailingUntil] = []
-
-    def dead_letters(config):
-        failing.append(FailingUntil(KafkaProducer(bootstrap_servers=broker.bootstrap,
-                                                  acks="all")))
-        if len(failing) > 1:  # the second run's producer works
-            failing[-1].recover.set()
-        return KafkaDeadLetters(failing[-1], config.kafka.dlq)
-
-    monkeypatch.setattr(sources, "kafka_dead_letters", dead_letters)
+    topic, poison, failing = poison_first_with_a_failing_dlq(broker, monkeypatch, "dlq-stop",
+                                                             failing_runs=1)
     config = kafka_config(broker, tmp_path, topic, "g-stop")
     with Daemon(config) as daemon:
         assert wait_for(lambda: _metric(daemon, "nextstate_interactions_total") == 3, 60)
