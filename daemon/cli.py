@@ -105,16 +105,9 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
     # Before anything in the state dir is opened for writing, and before Kafka is reached (a
     # second consumer in the group would set off a rebalance): one daemon per state dir.
     state_lock = StateDirLock(config.state_path)
-    try:
-        state_lock.acquire()
-    except StateDirLocked as exc:
-        log.error("state_dir_locked", error=str(exc), state_dir=str(config.state_path),
-                  pid=exc.holder.get("pid"), host=exc.holder.get("host"),
-                  lock_file=str(state_lock.path))
-        return EXIT_STATE_DIR_LOCKED
-    except StateLockError as exc:
-        log.error("state_dir_unlockable", error=str(exc), state_dir=str(config.state_path))
-        return 2
+    refused = _acquire(state_lock, "state_dir_locked", "state_dir_unlockable")
+    if refused is not None:
+        return refused
     with state_lock:  # held until the daemon returns (or the process dies: the OS drops it)
         # With --train, also the trainer's lock on checkpoints/: a `nextstate train` there
         # would publish versions beside this one's (each resuming from the other's).
@@ -122,13 +115,26 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
         if config.train:
             trainer_lock = StateDirLock(config.state_path / "checkpoints", TRAINER_LOCK_FILE,
                                         "nextstate trainer")
-            try:
-                trainer_lock.acquire()
-            except StateDirLocked as exc:
-                log.error("trainer_locked", error=str(exc), pid=exc.holder.get("pid"))
-                return EXIT_STATE_DIR_LOCKED
+            refused = _acquire(trainer_lock, "trainer_locked", "trainer_unlockable")
+            if refused is not None:
+                return refused
         with trainer_lock:
             return _run_locked(config, stop, is_kafka)
+
+
+def _acquire(lock: StateDirLock, locked: str, unlockable: str) -> int | None:
+    """Take ``lock``; ``None``, or the exit code after logging why it could not be taken."""
+    try:
+        lock.acquire()
+    except StateDirLocked as exc:
+        log.error(locked, error=str(exc), state_dir=str(lock.state_dir),
+                  pid=exc.holder.get("pid"), host=exc.holder.get("host"),
+                  lock_file=str(lock.path))
+        return EXIT_STATE_DIR_LOCKED
+    except StateLockError as exc:
+        log.error(unlockable, error=str(exc), state_dir=str(lock.state_dir))
+        return 2
+    return None
 
 
 def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> int:
