@@ -114,6 +114,9 @@ class Pipeline:
         # Record times past this are checked against the wall clock (read again only then).
         self._believable_until = 0.0
         self._clamped: dict[str, int] = {}  # records whose time was not taken as it was, by why
+        # A record time more than an idle timeout ahead of the clock, waiting for the next
+        # record to bear it out before the clock moves (see _read_event_time).
+        self._leap: float | None = None
         # Wall seconds a followed file has had nothing new: the event clocks run on by as much
         # (see advance_quiet), so that the sessions of a quiet log still go idle.
         self._quiet_s = 0.0
@@ -142,7 +145,7 @@ class Pipeline:
         batch's bad spans each on their own, see :meth:`_feed_spans`)."""
         tp = (topic, partition)
         replay = offset < self.processed.get(tp, 0)
-        self._quiet_s = 0.0
+        quiet, self._quiet_s = self._quiet_s, 0.0
         seen = self.seen
         if offset >= seen.get(tp, 0):
             seen[tp] = offset + 1
@@ -157,7 +160,7 @@ class Pipeline:
                                 f"{self.config.join.max_record_bytes}")
             # An OTLP batch holds many spans; the joiner lends the request bytes it holds.
             decoded = ingest.decode_records(value, key, self.joiner)
-            now = self._read_event_time(decoded, replay) if self.use_event_time \
+            now = self._read_event_time(decoded, replay, quiet) if self.use_event_time \
                 else self.clock()
             if type(decoded) is list:  # the usual case: one wire record per Kafka record
                 record, shape = decoded[0]
@@ -245,16 +248,22 @@ class Pipeline:
         lateness does not learn from it: the next record's lag is taken from its own time."""
         self._quiet_s = seconds
 
-    def _read_event_time(self, decoded: list[tuple[wire.WireRecord, str]], replay: bool
-                         ) -> float:
+    def _read_event_time(self, decoded: list[tuple[wire.WireRecord, str]], replay: bool,
+                         quiet: float = 0.0) -> float:
         """The time a record happened (a batch's latest span), which its session was last
         seen at; moves the latest time read and, unless fixed, the lateness (not for a
-        replayed record: the checkpoint holds both as they were after it).
+        replayed record: the checkpoint holds both as they were after it). ``quiet``: the
+        wall seconds a followed file had been quiet before it (see :meth:`advance_quiet`).
 
-        Two times are not taken as they are (each counted, see :meth:`_clamp`): one past the
-        wall clock by more than ``event_time_max_future_s`` (as if the record had none), and,
+        Three times are not taken as they are (each counted, see :meth:`_clamp`): one past the
+        wall clock by more than ``event_time_max_future_s`` (as if the record had none);
         with the lateness adapting, one further behind than ``event_time_max_lateness_s``
-        (read at the idle clock)."""
+        (read at the idle clock); and, in a log older than the wall clock, one more than
+        ``join.idle_timeout_s`` ahead of the clock that the next record does not bear out
+        (``leap``: its session takes it, the clock does not). Before, one such time (a
+        host's clock a month fast, in a log replayed later) moved the clock at once: every
+        open session went idle, and every later record was behind it by more than the
+        lateness may grow."""
         own = None
         for record, _ in decoded:
             if record.ts is not None:
@@ -268,6 +277,8 @@ class Pipeline:
                 if not replay:
                     self._clamp("future", own)
                 return self.now()
+        if not replay and self._far_ahead(own, quiet):
+            return own
         lag = self.event_time - own
         if lag > self.event_lateness and self._adapt_lateness:
             if lag > self.config.event_time_max_lateness_s:  # read at the idle clock
@@ -280,6 +291,27 @@ class Pipeline:
         elif lag < 0 and not replay:
             self.event_time = own
         return own
+
+    def _far_ahead(self, own: float, quiet: float) -> bool:
+        """Whether ``own`` leaps more than an idle timeout ahead of the clock and is not
+        taken by it (yet). Live traffic (within ``event_time_max_future_s`` of the wall
+        clock) is believed at once; an older leap moves the clock only when the next record
+        leaps too (a log's traffic after a quiet hour), and then to the earlier of the two
+        (one of them may be the stray). A leap the next record does not bear out is counted."""
+        leap = self._leap
+        if self.event_time and own - self.event_time - quiet > self.config.join.idle_timeout_s:
+            if leap is not None:
+                self._leap = None
+                self.event_time = min(leap, own)
+                return True
+            if own < self.clock() - self.config.event_time_max_future_s:
+                self._leap = own
+                return True
+            return False
+        if leap is not None:
+            self._leap = None
+            self._clamp("leap", leap)
+        return False
 
     def _grow_lateness(self, lag: float) -> None:
         if lag > self.event_lateness:

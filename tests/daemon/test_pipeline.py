@@ -257,7 +257,7 @@ def test_a_quiet_followed_log_still_closes_idle_sessions(tmp_path):
     from tests.kafka_broker import wait_for
 
     source = tmp_path / "in.jsonl"
-    records = timed_session("a", "Error: HTTP 500", 1_000_000)
+    records = timed_session("a", "Error: HTTP 500", time.time() - 60)  # a live log's times
     write_lines(source, records[:2])  # the call, its result and the answer left pending
     pipeline = Pipeline(config_for(tmp_path, source=f"file:{source}", commit_interval_s=0.05,
                                    timeseries_interval_s=0.2, **{"join.idle_timeout_s": 0.5}))
@@ -391,6 +391,36 @@ def test_a_record_from_the_future_moves_no_clock(tmp_path):
     assert [e["reason"] for e in logs if e["event"] == "event_time_clamped"] == ["future"]
     times = [ts for ts, _ in read_series(tmp_path / "mixed" / "state" / "timeseries.sqlite")]
     assert max(times) == early[-1]["ts"] and len(times) >= 3
+
+
+def test_one_record_a_month_ahead_in_a_replayed_log_moves_no_clock(tmp_path):
+    """A replayed log (older than the wall clock) with one record stamped a month after the
+    rest (a host's clock a month fast): its session takes its time, the clock does not
+    until a second record bears it out, which none does here. Before, the clock jumped to
+    it: both open sessions went idle at once, losing the next states of their pending
+    actions, and every later record was read at the idle clock (clamped ``late``)."""
+    from nextstate.daemon.timeseries import read_series
+
+    x = timed_session("x", "Error: HTTP 500", 1_000_000)
+    y = timed_session("y", "{}", 1_000_005)
+    stray = timed_session("stray", "{}", 1_000_000 + 30 * 86_400)[:1]
+    both = [r for pair in zip(x, y, strict=True) for r in pair]
+    clean, mixed = tmp_path / "clean.jsonl", tmp_path / "mixed.jsonl"
+    write_lines(clean, both)
+    write_lines(mixed, both[:3] + stray + both[3:])
+    run(config_for(tmp_path / "clean", source=f"file:{clean}",
+                   timeseries_interval_s=5.0), clean)
+    pipeline = run(config_for(tmp_path / "mixed", source=f"file:{mixed}",
+                              timeseries_interval_s=5.0), mixed)
+    for sid in ("x", "y"):
+        kept = session_tuples(tmp_path / "mixed" / "state", sid)
+        assert kept == session_tuples(tmp_path / "clean" / "state", sid) and kept
+    assert pipeline.stats.total("interactions_closed", closed_by="idle_timeout") == 0
+    assert pipeline.stats.total("event_time_clamped", reason="leap") == 1
+    assert pipeline.stats.total("event_time_clamped", reason="late") == 0
+    series = {name: [ts for ts, _ in read_series(tmp_path / name / "state" / "timeseries.sqlite")]
+              for name in ("clean", "mixed")}
+    assert series["mixed"] == series["clean"] and len(series["clean"]) >= 3
 
 
 def test_a_record_from_a_clock_never_set_leaves_idle_timeouts_working(tmp_path):
