@@ -175,6 +175,11 @@ class JoinConfig:
     """Larger records go to the dead-letter queue (reason ``too_large``) undecoded."""
     max_feedback_per_action: AtLeastOne = 64
     """Feedback records kept on one pending action; the oldest is dropped beyond it."""
+    max_record_context: AtLeastOne = 20_000_000
+    """Context messages the interactions of one record may hold together; a transcript
+    beyond it goes to the dead-letter queue (``too_large``). Each action's context is every
+    message before it: a transcript of n messages holds about n*n/4 (9,000 messages of
+    turns: 20M, about 160 MB while its interactions are scored)."""
 
 
 @dataclass

@@ -81,7 +81,8 @@ class Pipeline:
         self.clock = clock
         self.joiner = SessionJoiner(config.join.idle_timeout_s, config.join.max_sessions,
                                     config.join.max_pending_bytes,
-                                    config.join.max_feedback_per_action)
+                                    config.join.max_feedback_per_action,
+                                    config.join.max_record_context)
         self._evicted_seen = 0
         self._evictions_seen: dict[str, int] = {}
         self._duplicates_seen = 0

@@ -87,6 +87,34 @@ def test_transcript_with_reward_is_complete():
     assert joiner.pending_count == 0
 
 
+def turns(n: int) -> list[dict]:
+    return [m for i in range(n) for m in (user(f"q{i}"), assistant(f"a{i}"))]
+
+
+def test_a_transcript_whose_contexts_would_hold_too_much_is_too_large():
+    """Each action's context is a copy of every message before it: a transcript of n
+    messages holds about n*n/4 (a 1.3 MB one of 32k messages took 9.5 s and 2 GB, a 16 MB
+    one would never finish). Beyond ``max_record_context`` the record is rejected before
+    anything changes; a re-sent, grown transcript counts only its actions not closed yet."""
+    joiner = SessionJoiner(max_record_context=1 + 3 + 5)  # the contexts of 3 turns' actions
+    assert len(feed(joiner, {"session_id": "t", "messages": turns(3)})) == 2
+    with pytest.raises(BadRecord, match="max_record_context=9") as rejected:
+        feed(joiner, {"session_id": "big", "messages": turns(4)})
+    assert rejected.value.reason == "too_large" and "big" not in joiner.sessions
+    # t grown by two turns: its actions 5 (pending), 7 and 9 are 21 messages of context
+    with pytest.raises(BadRecord, match="hold 21 messages"):
+        feed(joiner, {"session_id": "t", "messages": turns(5)})
+    # by one: 5 and 7, 12 messages, still too many; the pending action is intact
+    with pytest.raises(BadRecord):
+        feed(joiner, {"session_id": "t", "messages": turns(4)})
+    roomy = SessionJoiner(max_record_context=12)
+    feed(roomy, {"session_id": "t", "messages": turns(3)})
+    closed = feed(roomy, {"session_id": "t", "messages": turns(4)})
+    assert [i.interaction_id for i in closed] == ["t#5"]
+    (last,) = joiner.close_all()
+    assert last.interaction_id == "t#5" and len(last.context) == 5
+
+
 def test_feedback_attaches_to_pending_or_reopens_last_closed():
     """Feedback targets the latest action, pending or already closed."""
     joiner = SessionJoiner()

@@ -205,6 +205,21 @@ def test_an_oversized_line_is_a_dead_letter_and_the_file_reads_on(tmp_path):
     assert [t.reward < 0 for t in stored(tmp_path / "state")] == [True]  # the HTTP 500
 
 
+def test_a_transcript_too_long_to_score_is_a_dead_letter_and_the_file_reads_on(tmp_path):
+    """``join.max_record_context`` reaches the join from the config (see test_join.py)."""
+    def transcript(sid: str, n: int) -> dict:
+        return {"session_id": sid, "messages": [
+            m for i in range(n) for m in (user(f"q{i}"), assistant(f"a{i}"))]}
+
+    source = tmp_path / "in.jsonl"
+    write_lines(source, [transcript("long", 4), transcript("short", 3)])
+    pipeline = run(config_for(tmp_path, source=f"file:{source}", extractors=["user"],
+                              **{"join.max_record_context": 9}), source)
+    (letter,) = [json.loads(x) for x in (tmp_path / "state" / "dlq.jsonl").read_text().splitlines()]
+    assert letter["reason"] == "too_large" and "max_record_context=9" in letter["error"]
+    assert pipeline.stats.total("records") == 1
+
+
 def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
     """--follow keeps reading lines appended to the file, checkpoints while the file has
     nothing new (its tuples durable before 256 lines come), and stops cleanly when asked."""
