@@ -299,12 +299,15 @@ def pair_by_id_then_position(calls: tuple[ToolCall, ...], results: list[Message]
     results with no (or an unknown) id in order."""
     by_id = {m.tool_call_id: m for m in results if m.tool_call_id}
     pairs: list[tuple[ToolCall, Message]] = []
-    unmatched = [m for m in results if not m.tool_call_id or m.tool_call_id not in
-                 {c.id for c in calls}]
+    # Linear in the calls and results: the call ids were a set rebuilt for every result,
+    # and the unmatched taken with pop(0) (8,000 calls in one action: 13 s).
+    call_ids = {c.id for c in calls}
+    unmatched = iter([m for m in results if not m.tool_call_id
+                      or m.tool_call_id not in call_ids])
     for call in calls:
         answer = by_id.get(call.id)
-        if answer is None and unmatched:
-            answer = unmatched.pop(0)
+        if answer is None:
+            answer = next(unmatched, None)
         if answer is not None:
             pairs.append((call, answer))
     return pairs
