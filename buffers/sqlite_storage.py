@@ -73,6 +73,7 @@ One connection, used by one thread at a time (the buffer is not thread-safe).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -82,6 +83,12 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
+from nextstate.buffers.statefile import (
+    CorruptStateFile,
+    check_sqlite_tables,
+    corrupt_sqlite,
+    is_corruption,
+)
 from nextstate.buffers.storage import FREE, Key, Storage, session_key, source_code
 from nextstate.extractors.types import Message, ScoredTuple
 
@@ -131,6 +138,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS segments_by_chain ON segments (chain, start);
 # Columns added since the first schema: a file made before them gets them with ALTER TABLE
 # (NULL in every old row: context inline).
 _ADDED_COLUMNS = (("tuples", "chain", "INTEGER"), ("tuples", "context_len", "INTEGER"))
+# What a file of any age holds: a database with other tables is not a buffer.
+_FIRST_SCHEMA = {"tuples": ("seq", "key", "source", "version", "priority", "payload")}
+_MOVE_ASIDE = ("move it aside to start this buffer empty (its tuples are lost to training and "
+               "export, and stored again if seen again)")
 
 
 def _encode_blob(value: Any) -> bytearray:
@@ -228,23 +239,8 @@ class SQLiteStorage(Storage):
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False
         )
-        # 16 KiB pages (default 4 KiB) for a new file: a typical tuple (2-3 KB of msgpack)
-        # fills most of a 4 KiB page on its own, wasting the rest; measured 1.5-1.8x faster
-        # durable inserts. An existing file keeps its page size (it takes a VACUUM to change).
-        self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        # 16 MiB of page cache (default 2 MiB): keeps the hot part of the key index in
-        # memory for large buffers; measured +30% inserts/s, bounded RSS.
-        self._db.execute("PRAGMA cache_size=-16384")
-        self._db.executescript(_SCHEMA)
-        for table, column, kind in _ADDED_COLUMNS:
-            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        with self._closed_on_error():
+            self._set_up_file(synchronous)
         self._in_transaction = False
         self._inserts: list[tuple[Any, ...]] = []  # rows written since the last statement
         self._pending: dict[int, int] = {}         # their seq -> position in _inserts
@@ -270,8 +266,61 @@ class SQLiteStorage(Storage):
             raise ValueError("context_cache_sessions and context_cache_chars must be >= 1")
         self._cache_sessions = context_cache_sessions
         self._cache_chars = context_cache_chars
-        self._rebuild(preferred=None)
-        self._prune(full=True)
+        with self._closed_on_error():
+            self._rebuild(preferred=None)
+            self._prune(full=True)
+
+    def _set_up_file(self, synchronous: str) -> None:
+        """Check the file is a buffer (or new), then set its pragmas and schema."""
+        # Before anything writes: a pragma or our schema would change another program's file.
+        check_sqlite_tables(self._db, self.path, _FIRST_SCHEMA, "a nextstate buffer",
+                            _MOVE_ASIDE)
+        # 16 KiB pages (default 4 KiB) for a new file: a typical tuple (2-3 KB of msgpack)
+        # fills most of a 4 KiB page on its own, wasting the rest; measured 1.5-1.8x faster
+        # durable inserts. An existing file keeps its page size (it takes a VACUUM to change).
+        self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        # 16 MiB of page cache (default 2 MiB): keeps the hot part of the key index in
+        # memory for large buffers; measured +30% inserts/s, bounded RSS.
+        self._db.execute("PRAGMA cache_size=-16384")
+        self._db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:
+            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        """Opening: whatever fails (a damaged file too, see :meth:`_reading`) closes it."""
+        try:
+            with self._reading():
+                yield
+        except BaseException:
+            if self._conn is not None:
+                self._conn.close()  # without a flush: nothing was written worth keeping
+                self._conn = None
+            raise
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """SQLite saying the file is damaged is a :class:`CorruptStateFile` naming it."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            raise corrupt_sqlite(self.path, exc, _MOVE_ASIDE) from None
+
+    def _undecodable(self, seq: int, exc: msgspec.DecodeError) -> CorruptStateFile:
+        """A stored tuple that does not decode: evicting it keeps the rest (and its key)."""
+        return CorruptStateFile(
+            self.path, f"the tuple stored as seq {seq} does not decode ({exc})",
+            f"evict it with `sqlite3 {self.path} 'UPDATE tuples SET payload = NULL WHERE "
+            f"seq = {seq}'` (its key still deduplicates), or {_MOVE_ASIDE}")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -352,7 +401,10 @@ class SQLiteStorage(Storage):
                 f"SELECT seq, payload FROM tuples WHERE seq IN ({marks})", chunk
             ):
                 body = memoryview(payload)[1:] if payload[:1] == _CHAINED else payload
-                inline[seq] = session_key(_SESSION_DECODER.decode(body).session_id)
+                try:
+                    inline[seq] = session_key(_SESSION_DECODER.decode(body).session_id)
+                except msgspec.DecodeError as exc:
+                    raise self._undecodable(seq, exc) from None
         return [inline[row[0]] if key is None else key
                 for row, key in zip(rows, keys, strict=True)]
 
@@ -487,7 +539,12 @@ class SQLiteStorage(Storage):
                 f"SELECT chain, messages FROM segments WHERE chain IN ({marks})"
                 " ORDER BY chain, start", chunk
             ):
-                found[chain] += decode(messages)
+                try:
+                    found[chain] += decode(messages)
+                except msgspec.DecodeError as exc:
+                    raise CorruptStateFile(
+                        self.path, f"the context messages of chain {chain} do not decode "
+                        f"({exc})", _MOVE_ASIDE) from None
         return {chain: tuple(messages) for chain, messages in found.items()}
 
     def _chain_died(self, chain: int) -> None:
@@ -501,11 +558,14 @@ class SQLiteStorage(Storage):
         self._new_segments.pop(chain, None)
         self._dead_chains.append((chain,))
 
-    @staticmethod
-    def _decode(payload: bytes, context: tuple[Message, ...] | None) -> ScoredTuple:
-        if context is None:
-            return _DECODER.decode(payload)
-        item = _DECODER.decode(memoryview(payload)[1:])
+    def _decode(self, seq: int, payload: bytes, context: tuple[Message, ...] | None
+                ) -> ScoredTuple:
+        try:
+            if context is None:
+                return _DECODER.decode(payload)
+            item = _DECODER.decode(memoryview(payload)[1:])
+        except msgspec.DecodeError as exc:
+            raise self._undecodable(seq, exc) from None
         return msgspec.structs.replace(item, context=context)
 
     # -- Storage hooks -------------------------------------------------------------------
@@ -585,14 +645,16 @@ class SQLiteStorage(Storage):
         self._write_queued()
         wanted = np.unique(seqs).tolist()
         rows: list[tuple[int, bytes, int | None, int | None]] = []
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows += self._db.execute(
-                f"SELECT seq, payload, chain, context_len FROM tuples WHERE seq IN ({marks})",
-                chunk)
-        chains = self._load_chains({row[2] for row in rows if row[2] is not None})
-        found = {seq: self._decode(payload, None if chain is None else chains[chain][:length])
+        with self._reading():  # payload pages are first read here, not on open
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows += self._db.execute(
+                    f"SELECT seq, payload, chain, context_len FROM tuples WHERE seq IN ({marks})",
+                    chunk)
+            chains = self._load_chains({row[2] for row in rows if row[2] is not None})
+        found = {seq: self._decode(seq, payload,
+                                   None if chain is None else chains[chain][:length])
                  for seq, payload, chain, length in rows}
         return [found[seq] for seq in seqs.tolist()]
 
@@ -625,22 +687,24 @@ class SQLiteStorage(Storage):
 
     def iter_tuples(self) -> Iterator[ScoredTuple]:
         self._write_queued()
-        cursor = self._db.execute(
-            "SELECT payload, chain, context_len FROM tuples WHERE payload IS NOT NULL"
-            " ORDER BY seq"
-        )
-        # The tuples of a session are spread over the file: keep recent chains decoded.
-        chains: dict[int, tuple[Message, ...]] = {}
-        while rows := cursor.fetchmany(512):
-            needed = {chain for _, chain, _ in rows if chain is not None}
-            missing = needed - chains.keys()
-            if missing:
-                if len(chains) + len(missing) > _ITER_CHAINS:
-                    chains.clear()
-                    missing = needed
-                chains.update(self._load_chains(missing))
-            for payload, chain, length in rows:
-                yield self._decode(payload, None if chain is None else chains[chain][:length])
+        with self._reading():  # export reads every row: the first to find a damaged page
+            cursor = self._db.execute(
+                "SELECT seq, payload, chain, context_len FROM tuples WHERE payload IS NOT NULL"
+                " ORDER BY seq"
+            )
+            # The tuples of a session are spread over the file: keep recent chains decoded.
+            chains: dict[int, tuple[Message, ...]] = {}
+            while rows := cursor.fetchmany(512):
+                needed = {chain for _, _, chain, _ in rows if chain is not None}
+                missing = needed - chains.keys()
+                if missing:
+                    if len(chains) + len(missing) > _ITER_CHAINS:
+                        chains.clear()
+                        missing = needed
+                    chains.update(self._load_chains(missing))
+                for seq, payload, chain, length in rows:
+                    yield self._decode(seq, payload,
+                                       None if chain is None else chains[chain][:length])
 
     # -- durability ------------------------------------------------------------------------
 

@@ -34,8 +34,9 @@ import msgspec
 import structlog
 from prometheus_client import CollectorRegistry
 
+from nextstate.buffers.statefile import EXIT_STATE_CORRUPT, CorruptStateFile
 from nextstate.daemon.config import DaemonConfig, load_config
-from nextstate.daemon.pipeline import CHECKPOINT_FILE, Pipeline
+from nextstate.daemon.pipeline import CHECKPOINT_FILE, Pipeline, read_checkpoint
 from nextstate.daemon.service import Health, Progress, configure_logging, start_http_server
 from nextstate.daemon.statelock import (
     TRAINER_LOCK_FILE,
@@ -119,7 +120,12 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
             if refused is not None:
                 return refused
         with trainer_lock:
-            return _run_locked(config, stop, is_kafka)
+            try:
+                return _run_locked(config, stop, is_kafka)
+            except CorruptStateFile as exc:  # what it opened is closed; the file untouched
+                log.error("state_file_corrupt", file=str(exc.path), error=exc.problem,
+                          action=exc.remedy)
+                return EXIT_STATE_CORRUPT
 
 
 def _acquire(lock: StateDirLock, locked: str, unlockable: str) -> int | None:
@@ -161,6 +167,19 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
     registry = CollectorRegistry()
     collector = YieldCollector(pipeline.stats)
     registry.register(collector)
+    worker = None
+    stop_training = threading.Event()
+    if config.train:  # before the server: it resumes from checkpoints/, which may not read
+        from nextstate.daemon.training import TrainingWorker
+
+        try:
+            worker = TrainingWorker(config, pipeline.buffers.buffers, pipeline.buffer_lock,
+                                    stop_training, collector,
+                                    produced=lambda: pipeline.stats.total("tuples"))
+        except CorruptStateFile:
+            pipeline.close(durable=False)  # nothing was processed: nothing to checkpoint
+            raise
+        pipeline.pressure.append(worker.behind)  # a slow trainer pauses consumption
     server = None
     if config.metrics_port >= 0:
         try:
@@ -177,15 +196,7 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
     tty = sys.stderr.isatty()
     progress = Progress(pipeline.stats, config.progress == "on" or
                         (config.progress == "auto" and tty))
-    worker = None
-    stop_training = threading.Event()
-    if config.train:
-        from nextstate.daemon.training import TrainingWorker
-
-        worker = TrainingWorker(config, pipeline.buffers.buffers, pipeline.buffer_lock,
-                                stop_training, collector,
-                                produced=lambda: pipeline.stats.total("tuples"))
-        pipeline.pressure.append(worker.behind)  # a slow trainer pauses consumption
+    if worker is not None:
         worker.start()
     log.info("starting", source=config.source, state_dir=str(config.state_path),
              extractors=config.extractors,
@@ -253,6 +264,8 @@ EXIT_KAFKA_UNAVAILABLE = 4
 EXIT_STATE_DIR_LOCKED = 5
 """``nextstate run``'s exit code when another daemon holds the state dir (its lock file,
 ``daemon.lock``, see :mod:`nextstate.daemon.statelock`); nothing in the dir was touched."""
+# EXIT_STATE_CORRUPT (6, from nextstate.buffers.statefile): a state file does not read back;
+# run, train, stats, export and report all exit with it, naming the file.
 
 
 def storage_full(exc: BaseException) -> bool:
@@ -271,9 +284,9 @@ def _log_storage_full(exc: BaseException, config: DaemonConfig) -> bool:
 
 def _load_stats(state_dir: Path) -> YieldStats:
     stats = YieldStats()
-    path = state_dir / CHECKPOINT_FILE
-    if path.exists():
-        stats.load_state_dict(json.loads(path.read_bytes()).get("stats", {}))
+    checkpoint = read_checkpoint(state_dir)
+    if checkpoint is not None:
+        stats.load_state_dict(msgspec.to_builtins(checkpoint.stats))
     return stats
 
 
@@ -306,7 +319,11 @@ def stats_main(args: argparse.Namespace) -> int:
     if _missing(dirs, CHECKPOINT_FILE, "nextstate: no checkpoint in {} (has the daemon run "
                 "there?)"):
         return 2
-    shards = [_load_stats(state_dir) for state_dir in dirs]
+    try:
+        shards = [_load_stats(state_dir) for state_dir in dirs]
+    except CorruptStateFile as exc:
+        print(f"nextstate stats: {exc}", file=sys.stderr)
+        return EXIT_STATE_CORRUPT
     stats = YieldStats()
     for shard in shards:
         stats.merge(shard)
@@ -367,6 +384,9 @@ def export_main(args: argparse.Namespace) -> int:
                     row = t
                 out.write(encoder.encode(row) + b"\n")
                 written += 1
+    except CorruptStateFile as exc:  # on open, or a row that does not read back mid-way
+        print(f"nextstate export: {exc} ({args.out} is incomplete)", file=sys.stderr)
+        return EXIT_STATE_CORRUPT
     finally:
         for shard in shards:
             shard.close()

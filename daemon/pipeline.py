@@ -20,12 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import msgspec
 import structlog
 
 from nextstate.buffers import BufferSet, BufferSpec
+from nextstate.buffers.statefile import read_json
 from nextstate.daemon import ingest, otel, wire
 from nextstate.daemon.config import DaemonConfig
 from nextstate.daemon.deadletter import DeadLetterSink, FileDeadLetters
@@ -43,11 +44,49 @@ log = structlog.get_logger("nextstate.pipeline")
 
 ErrorCallback = Callable[[Exception, Interaction, str], bool]
 CHECKPOINT_FILE = "checkpoint.json"
+CHECKPOINT_REMEDY = ("move it aside to start over: the counters restart at zero and records "
+                     "after the last commit are processed again (tuples already stored are "
+                     "not stored twice)")
 WRITE_BATCH = 512
 """Tuples emitted before they are added to the buffers in one write. Whatever is waiting is
 also written by every ``tick()`` (the sources tick after each Kafka poll, every 256 file lines
 or every record in event time) and every checkpoint, so a trainer sampling the buffers in the
 daemon sees tuples no later than the next tick."""
+
+
+Offset = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Counters(msgspec.Struct):
+    """:meth:`YieldStats.state_dict`: ``[name, [[label, value], ...], count]`` per series."""
+
+    counters: list[tuple[str, list[tuple[str, str]], float]] = []
+
+
+class CheckpointState(msgspec.Struct):
+    """What ``checkpoint.json`` holds (written by :meth:`Pipeline.checkpoint`); fields a
+    later version adds are ignored, fields missing take their defaults."""
+
+    processed: list[tuple[str, Offset, Offset]] = []
+    """``[topic, partition, next offset to process]`` per partition."""
+    committed: list[tuple[str, Offset, Offset]] = []
+    """``[topic, partition, offset]`` the source committed to the broker."""
+    stats: Counters = msgspec.field(default_factory=Counters)
+    saved_at: float | None = None
+    event_time: tuple[float, float] | None = None
+    """``[latest record time, lateness]`` (event time only)."""
+
+
+def read_checkpoint(state_dir: Path) -> CheckpointState | None:
+    """The state dir's checkpoint, ``None`` if it has none.
+
+    Raises:
+        CorruptStateFile: it is there but does not read as a checkpoint.
+    """
+    path = Path(state_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    return read_json(path, CheckpointState, CHECKPOINT_REMEDY)
 
 
 def log_extractor_error(exc: Exception, interaction: Interaction, extractor: str) -> bool:
@@ -95,14 +134,20 @@ class Pipeline:
         self._dispatch = Dispatch([(name, ex, name in self._cascaded_names)
                                    for name, ex in self.extractors])
         self.redactor = Redactor(enabled=config.redact, patterns=config.redact_patterns)
+        # Read before any store is opened: a checkpoint that does not read stops us there.
+        checkpoint = read_checkpoint(self.state_dir)
+        self.timeseries = TimeSeriesRecorder(timeseries_path(self.state_dir))
         specs = [msgspec.convert(spec, BufferSpec) for spec in config.buffers]
-        self.buffers = BufferSet.open(self.state_dir / "buffers", specs)
+        try:
+            self.buffers = BufferSet.open(self.state_dir / "buffers", specs)
+        except BaseException:  # a buffer that does not read: what is open closes
+            self.timeseries.close()
+            raise
         # Held around every buffer call: an in-daemon trainer samples from another thread.
         self.buffer_lock = threading.Lock()
         self.dead_letters = dead_letters or FileDeadLetters(self.state_dir / "dlq.jsonl")
         self.on_extractor_error = on_extractor_error
         self.stats = YieldStats(clock=clock)
-        self.timeseries = TimeSeriesRecorder(timeseries_path(self.state_dir))
         self._last_series = 0.0
         # Replayed logs carry their own time: idle timeouts and the time series follow it.
         self.use_event_time = config.event_time == "event" or (
@@ -137,7 +182,8 @@ class Pipeline:
         # Backpressure signals: each returns why consumption should pause now, or None (an
         # in-daemon trainer falling behind, a slow store...). Sources pause while any says so.
         self.pressure: list[Callable[[], str | None]] = []
-        self._load_checkpoint()
+        if checkpoint is not None:
+            self._restore(checkpoint)
 
     # -- records ----------------------------------------------------------------------------
     def process(self, value: bytes | None, key: bytes | None, topic: str, partition: int,
@@ -461,16 +507,12 @@ class Pipeline:
             self.stats.set_total("judge_tokens", (("direction", "completion"),),
                                  judge.completion_tokens)  # type: ignore[attr-defined]
 
-    def _load_checkpoint(self) -> None:
-        path = self.state_dir / CHECKPOINT_FILE
-        if not path.exists():
-            return
-        state: dict[str, Any] = json.loads(path.read_bytes())
-        self.processed = {(t, p): o for t, p, o in state.get("processed", [])}
-        self.committed = {(t, p): o for t, p, o in state.get("committed", [])}
-        self.stats.load_state_dict(state.get("stats", {}))
-        if self.use_event_time and "event_time" in state:
-            self.event_time, lateness = state["event_time"]
+    def _restore(self, state: CheckpointState) -> None:
+        self.processed = {(t, p): o for t, p, o in state.processed}
+        self.committed = {(t, p): o for t, p, o in state.committed}
+        self.stats.load_state_dict(msgspec.to_builtins(state.stats))
+        if self.use_event_time and state.event_time is not None:
+            self.event_time, lateness = state.event_time
             if self._adapt_lateness:
                 self.event_lateness = lateness
             if self.event_time > self.clock() + self.config.event_time_max_future_s:
@@ -479,7 +521,8 @@ class Pipeline:
                 self.event_time = 0.0
                 if self._adapt_lateness:
                     self.event_lateness = 0.0
-        log.info("checkpoint_loaded", path=str(path), partitions=len(self.processed))
+        log.info("checkpoint_loaded", path=str(self.state_dir / CHECKPOINT_FILE),
+                 partitions=len(self.processed))
 
     def close(self, durable: bool = True) -> None:
         """Final checkpoint and time-series point, then release files.

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nextstate.buffers.statefile import EXIT_STATE_CORRUPT, CorruptStateFile
 from nextstate.daemon.timeseries import default_path, read_series
 from nextstate.daemon.yieldstats import parse_series_key
 from nextstate.extractors.types import KINDS, SOURCES
@@ -592,6 +593,9 @@ def report_main(argv: list[str], now: Callable[[], float] = time.time) -> int:
         since = parse_since(args.since, now()) if args.since else None
         prices = load_prices(args.prices) if args.prices else {}
         shards = [read_series(default_path(state_dir), since=since) for state_dir in dirs]
+    except CorruptStateFile as exc:
+        print(f"nextstate report: {exc}", file=sys.stderr)
+        return EXIT_STATE_CORRUPT
     except (ValueError, FileNotFoundError, OSError, tomllib.TOMLDecodeError) as exc:
         print(f"nextstate report: {exc}", file=sys.stderr)
         return 2

@@ -14,13 +14,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
+import msgspec
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from nextstate.buffers.statefile import read_json
 from nextstate.daemon.config import DaemonConfig
 from nextstate.daemon.deadletter import KafkaDeadLetters
 from nextstate.daemon.pipeline import Pipeline
@@ -29,7 +31,11 @@ from nextstate.daemon.service import Health, Progress
 log = structlog.get_logger("nextstate.sources")
 
 FILE_OFFSETS = "file_offsets.json"
+FILE_OFFSETS_REMEDY = ("move it aside: files are then read again from their first line "
+                       "(tuples already stored are not stored twice)")
 TOPIC_IDS = "kafka_topic_ids.json"  # which incarnation of each topic the offsets belong to
+TOPIC_IDS_REMEDY = ("move it aside: each topic's id is then recorded anew (a broker that came "
+                    "back empty before that goes unnoticed)")
 FINAL_COMMIT_TIMEOUT_MS = 10_000  # the commit on stop: bounded, well inside a SIGTERM grace
 PROBE_TIMEOUT_MS = 5_000  # a blocking look-up in the loop (ListOffsets, committed offsets)
 
@@ -138,8 +144,12 @@ def _lines_of(fh: BinaryIO, stop: threading.Event, follow: bool, poll_s: float,
 
 
 def _file_offsets(pipeline: Pipeline) -> dict[str, int]:
+    """``file:PATH`` -> the line to resume at; a file that does not read is an error
+    (:class:`~nextstate.buffers.statefile.CorruptStateFile`), never taken for none."""
     path = pipeline.state_dir / FILE_OFFSETS
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    return read_json(path, dict[str, Annotated[int, msgspec.Meta(ge=0)]], FILE_OFFSETS_REMEDY)
 
 
 def _save_file_offsets(pipeline: Pipeline, committable: dict[tuple[str, int], int]) -> None:
@@ -209,6 +219,12 @@ class KafkaRunner:
         self.stop = stop
         self.health = health
         self.progress = progress
+        # Read before the consumer is built: a file that does not read stops us with nothing
+        # to close (CorruptStateFile).
+        self._topic_ids_path = pipeline.state_dir / TOPIC_IDS
+        self._topic_ids: dict[str, str] = (
+            read_json(self._topic_ids_path, dict[str, str], TOPIC_IDS_REMEDY)
+            if self._topic_ids_path.exists() else {})
         self.consumer = consumer or KafkaConsumer(**config.kafka.consumer_kwargs())
         self.lag = 0
         self.reachable = True
@@ -227,9 +243,6 @@ class KafkaRunner:
         # The client's broker connections, each with when it was first seen: records are held
         # back until the metadata is newer than every connection (see _held_back).
         self._connections: dict[Any, tuple[Any, float]] = {}
-        self._topic_ids_path = pipeline.state_dir / TOPIC_IDS
-        self._topic_ids: dict[str, str] = (json.loads(self._topic_ids_path.read_text())
-                                           if self._topic_ids_path.exists() else {})
 
     def _process(self, batches: dict[Any, list[Any]]) -> None:
         """Process a poll's records; on a Kafka error among them, seek each partition back to

@@ -20,10 +20,19 @@ report can read it while the daemon writes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+from nextstate.buffers.statefile import (
+    CorruptStateFile,
+    check_sqlite_tables,
+    corrupt_sqlite,
+    is_corruption,
+)
 
 FILE_NAME = "timeseries.sqlite"
 
@@ -38,6 +47,10 @@ CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);
 """
 
 Sample = tuple[float, dict[str, float]]
+
+_TABLES = {"series": ("id", "key"), "snapshots": ("ts",), "samples": ("ts", "series_id", "value")}
+_MOVE_ASIDE = ("move it aside: the daemon starts a new time series (`nextstate report` then "
+               "draws only what follows)")
 
 RETENTION: tuple[tuple[float, float], ...] = ((2 * 86_400.0, 300.0), (30 * 86_400.0, 3_600.0))
 """``(age, step)`` tiers: snapshots older than ``age`` seconds (behind the latest recorded)
@@ -80,12 +93,20 @@ class TimeSeriesRecorder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # A lost last sample on power loss is acceptable; a slow fsync per sample is not.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self._ids: dict[str, int] = dict(self._conn.execute("SELECT key, id FROM series"))
-        last = _latest(self._conn)
+        try:
+            with _reading(self.path):
+                # Before anything writes: WAL mode and our schema would change another file.
+                check_sqlite_tables(self._conn, self.path, _TABLES, "a nextstate time series",
+                                    _MOVE_ASIDE)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                # A lost last sample on power loss is acceptable; a slow fsync per sample is not.
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
+                self._ids: dict[str, int] = dict(self._conn.execute("SELECT key, id FROM series"))
+                last = _latest(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
         self._last_ts, self._last = last if last is not None else (float("-inf"), {})
 
     def record(self, ts: float, snapshot: dict[str, float]) -> None:
@@ -161,15 +182,37 @@ class TimeSeriesRecorder:
         self.close()
 
 
-def _connect_readonly(path: str | Path) -> sqlite3.Connection:
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A damaged file, or a sample that is no number, is a :class:`CorruptStateFile`."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if not is_corruption(exc):
+            raise
+        raise corrupt_sqlite(path, exc, _MOVE_ASIDE) from None
+    except (ValueError, TypeError, KeyError) as exc:  # rows no recorder of ours wrote
+        raise CorruptStateFile(path, f"holds rows nextstate does not write ({exc!r})",
+                               _MOVE_ASIDE) from None
+
+
+@contextlib.contextmanager
+def _connect_readonly(path: str | Path) -> Iterator[sqlite3.Connection | None]:
+    """The file in one read transaction; ``None`` while it holds no tables (a new file)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no time series at {path}")
     # Not mode=ro: a WAL reader may need to create the -shm file when the writer is gone.
     conn = sqlite3.connect(path, isolation_level=None)
-    # One read transaction, so that every SELECT sees the same committed snapshots.
-    conn.execute("BEGIN")
-    return conn
+    try:
+        with _reading(path):
+            new = check_sqlite_tables(conn, path, _TABLES, "a nextstate time series",
+                                      _MOVE_ASIDE)
+            # One read transaction, so that every SELECT sees the same committed snapshots.
+            conn.execute("BEGIN")
+            yield None if new else conn
+    finally:
+        conn.close()
 
 
 def _latest(conn: sqlite3.Connection) -> Sample | None:
@@ -191,9 +234,11 @@ def read_series(path: str | Path, since: float | None = None) -> list[Sample]:
 
     Raises:
         FileNotFoundError: there is no time-series file at ``path``.
+        CorruptStateFile: the file is damaged or holds something else.
     """
-    conn = _connect_readonly(path)
-    try:
+    with _connect_readonly(path) as conn:
+        if conn is None:
+            return []
         keys = dict(conn.execute("SELECT id, key FROM series"))
         current: dict[str, float] = {}
         start = float("-inf") if since is None else float(since)
@@ -214,8 +259,6 @@ def read_series(path: str | Path, since: float | None = None) -> list[Sample]:
                 current[keys[series_id]] = float(value)
             out.append((float(ts), dict(current)))
         return out
-    finally:
-        conn.close()
 
 
 def latest(path: str | Path) -> Sample | None:
@@ -223,9 +266,7 @@ def latest(path: str | Path) -> Sample | None:
 
     Raises:
         FileNotFoundError: there is no time-series file at ``path``.
+        CorruptStateFile: the file is damaged or holds something else.
     """
-    conn = _connect_readonly(path)
-    try:
-        return _latest(conn)
-    finally:
-        conn.close()
+    with _connect_readonly(path) as conn:
+        return None if conn is None else _latest(conn)

@@ -11,21 +11,28 @@ Layout of ``checkpoint_dir``::
 
 A version is written under a temporary name, every file and directory fsynced, then renamed
 into place: a reader sees a complete version or none. Loading never unpickles arbitrary
-objects (safetensors for weights, ``torch.load(weights_only=True)`` for trainer state).
+objects (safetensors for weights, ``torch.load(weights_only=True)`` for trainer state). A
+version that does not load back (a disk fault, a manual edit) is a
+:class:`~nextstate.buffers.statefile.CorruptStateFile` naming its file (see
+:func:`loading_version`); it is never removed or overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
+from nextstate.buffers.statefile import CorruptStateFile
 from nextstate.trainers.policy import POLICY_FILE, CausalLMPolicy
 
 MANIFEST = "manifest.json"
@@ -132,6 +139,37 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a version directory."""
     return json.loads((Path(path) / MANIFEST).read_text())
+
+
+# What a damaged or foreign file raises from safetensors, torch.load(weights_only=True) or
+# load_state_dict (a tensor of another shape: RuntimeError; a missing entry: KeyError).
+_UNLOADABLE = (OSError, EOFError, KeyError, ValueError, TypeError, RuntimeError,
+               pickle.UnpicklingError, SafetensorError)
+
+
+@contextlib.contextmanager
+def loading_version(version: Path, name: str) -> Iterator[None]:
+    """Loading the file (or folder) ``name`` of a published version: what fails to load is a
+    :class:`CorruptStateFile` naming it, with how to resume from the version before.
+
+    Example:
+        >>> with loading_version(Path("checkpoints/v000003"), TRAINER_STATE):
+        ...     raise EOFError("Ran out of input")
+        Traceback (most recent call last):
+        ...
+        nextstate.buffers.statefile.CorruptStateFile: checkpoints/v000003/trainer_state.pt: ...
+    """
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:  # a RuntimeError, but no fault of the file
+        raise
+    except _UNLOADABLE as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]  # one line
+        raise CorruptStateFile(
+            Path(version) / name, f"does not load ({detail})",
+            f"if the [policy] config changed since it was published, restore it; else move "
+            f"{version} aside: training resumes from the version before it (or from scratch "
+            f"if none)") from None
 
 
 def load_trainer_state(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:

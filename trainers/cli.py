@@ -43,11 +43,14 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         0 after training (also when the buffers ran dry), 2 on a missing state directory,
-        5 when another trainer (or a daemon training) holds its checkpoint dir.
+        5 when another trainer (or a daemon training) holds its checkpoint dir, 6
+        (``EXIT_STATE_CORRUPT``) when a buffer or the latest published version does not
+        read back (the message names the file; nothing is changed in it).
     """
     import msgspec
 
     from nextstate.buffers import BufferSet, BufferSpec
+    from nextstate.buffers.statefile import EXIT_STATE_CORRUPT, CorruptStateFile
 
     parser = argparse.ArgumentParser(prog="nextstate train", description=__doc__)
     parser.add_argument("--state-dir", required=True, help="the daemon's state directory")
@@ -79,23 +82,33 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"nextstate train: {exc}", file=sys.stderr)
         return 5
     policy = build_policy(data.get("policy", {"kind": "tiny"}), device=config.device)
-    with trainer_lock, BufferSet.open(state_dir / "buffers", specs) as buffer_set:
-        trainer = Trainer.resume(config, policy, buffer_set.buffers, state_dir / "checkpoints")
-        start = trainer.global_step
-        metrics: dict[str, float] = {}
-        for _ in range(args.steps):
-            step_metrics = trainer.step()
-            if not step_metrics:
-                print("nextstate train: no sampleable tuples; stopping", file=sys.stderr)
-                break
-            metrics = step_metrics
-            if trainer.global_step % args.log_every == 0:
-                print(json.dumps({k: round(v, 5) for k, v in metrics.items()}))
-        published = trainer.maybe_publish(force=True)
-    print(json.dumps({"steps": trainer.global_step - start, "step": trainer.global_step,
-                      "policy_version": trainer.policy_version,
-                      "published": str(published) if published else None}))
+    try:
+        with trainer_lock, BufferSet.open(state_dir / "buffers", specs) as buffer_set:
+            trainer = Trainer.resume(config, policy, buffer_set.buffers,
+                                     state_dir / "checkpoints")
+            summary = _train(trainer, args.steps, args.log_every)
+    except CorruptStateFile as exc:
+        print(f"nextstate train: {exc}", file=sys.stderr)
+        return EXIT_STATE_CORRUPT
+    print(json.dumps(summary))
     return 0
+
+
+def _train(trainer: Trainer, steps: int, log_every: int) -> dict[str, Any]:
+    """Step ``trainer`` ``steps`` times (fewer if the buffers run dry), then publish; the
+    summary line's fields."""
+    start = trainer.global_step
+    for _ in range(steps):
+        metrics = trainer.step()
+        if not metrics:
+            print("nextstate train: no sampleable tuples; stopping", file=sys.stderr)
+            break
+        if trainer.global_step % log_every == 0:
+            print(json.dumps({k: round(v, 5) for k, v in metrics.items()}))
+    published = trainer.maybe_publish(force=True)
+    return {"steps": trainer.global_step - start, "step": trainer.global_step,
+            "policy_version": trainer.policy_version,
+            "published": str(published) if published else None}
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from nextstate.trainers.checkpoint import (
     TRAINER_STATE,
     latest_checkpoint,
     load_trainer_state,
+    loading_version,
     publish,
 )
 from nextstate.trainers.config import TrainerConfig
@@ -427,12 +428,18 @@ class Trainer:
         return path
 
     def restore_latest(self) -> Path | None:
-        """Load the newest published version (weights, optimizer, step, RNG...), if any."""
+        """Load the newest published version (weights, optimizer, step, RNG...), if any.
+
+        Raises:
+            CorruptStateFile: that version does not load (it is left as it is).
+        """
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return None
-        self.policy.load_weights(path / POLICY_DIR)
-        self.load_state_dict(load_trainer_state(path, device=self.policy.device))
+        with loading_version(path, POLICY_DIR):
+            self.policy.load_weights(path / POLICY_DIR)
+        with loading_version(path, TRAINER_STATE):
+            self.load_state_dict(load_trainer_state(path, device=self.policy.device))
         self._reference = None
         return path
 

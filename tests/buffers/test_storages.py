@@ -193,7 +193,10 @@ def test_sqlite_new_file_uses_large_pages(tmp_path):
     old = tmp_path / "old.sqlite3"
     with closing(sqlite3.connect(old)) as conn:
         conn.execute("PRAGMA page_size=4096")
-        conn.execute("CREATE TABLE t (x)")
+        # A buffer of the first schema (a database of other tables is refused: not a buffer).
+        conn.execute("CREATE TABLE tuples (seq INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, "
+                     "source TEXT NOT NULL, version INTEGER NOT NULL, priority REAL NOT NULL, "
+                     "payload BLOB)")
     store = SQLiteStorage(old, 4)
     fill(store, [make_tuple(1)])
     store.close()
