@@ -87,6 +87,17 @@ class _Pending(msgspec.Struct, gc=False):
     feedback: tuple[Feedback, ...] = ()
     partial_next: tuple[Message, ...] = ()  # next state seen so far (growing transcripts)
     wire_action: wire.WireMessage | None = None  # the action as decoded (exchanges)
+    # Tool results reported on their own (OTel tool spans), the latest per call id, in the
+    # order first reported (as _with_reported merges them), and the action's call ids. A dict
+    # and a set: appending each to a tuple and scanning the calls made a flood of spans for
+    # one action quadratic (20k spans: 4.1 s) and held every one of them.
+    reported: dict[str | None, Message] | None = None
+    call_ids: frozenset[str] | None = None
+
+    def next_so_far(self) -> tuple[Message, ...]:
+        """The next state seen so far: a growing transcript's, then the reported results."""
+        reported = self.reported
+        return (*self.partial_next, *reported.values()) if reported else self.partial_next
 
     def close(self, session_id: str, next_state: tuple[Message, ...], closed_by: ClosedBy,
               outcome: float | None = None) -> Interaction:
@@ -253,8 +264,8 @@ class SessionJoiner:
         session.last_seen = now
         if position is not None:
             session.partition = position[:2]
-        if pending.partial_next or "assistant" in map(_role, new):
-            next_state = _with_reported(_until_assistant(new), pending.partial_next)
+        if pending.partial_next or pending.reported or "assistant" in map(_role, new):
+            next_state = _with_reported(_until_assistant(new), pending.next_so_far())
         else:  # the usual next state: every new message (tool results, the user's reply)
             next_state = tuple(new)
         closed = Interaction(
@@ -352,7 +363,7 @@ class SessionJoiner:
             if new is None:
                 interaction = session.pending.close(session_id, (), "superseded")
             else:
-                next_state = _with_reported(_until_assistant(new), session.pending.partial_next)
+                next_state = _with_reported(_until_assistant(new), session.pending.next_so_far())
                 interaction = session.pending.close(session_id, next_state, "next_state")
             closed.append(interaction)
             session.last_closed = interaction
@@ -467,10 +478,16 @@ class SessionJoiner:
         # capture off) must not grow the sessions past max_sessions (found by atheris).
         pending = (self._session(session_id, now, None).pending if session_id in self.sessions
                    else None)
-        if pending is not None and any(result.tool_call_id in (None, c.id)
-                                       for c in pending.action.tool_calls):
-            pending.partial_next += (result,)
-            return []
+        if pending is not None:
+            calls = pending.call_ids
+            if calls is None:
+                calls = pending.call_ids = frozenset(c.id for c in pending.action.tool_calls)
+            answered = result.tool_call_id
+            if calls and (answered is None or answered in calls):
+                if pending.reported is None:
+                    pending.reported = {}
+                pending.reported[answered] = result
+                return []
         arguments = (record.metadata or {}).get("arguments", "")
         call = ToolCall(id=result.tool_call_id or "", name=result.name or "",
                         arguments=arguments if isinstance(arguments, str) else "")
@@ -487,7 +504,7 @@ class SessionJoiner:
         if session is None or session.pending is None:
             return []
         pending = session.pending
-        return [pending.close(session_id, pending.partial_next, "session_end", outcome=outcome)]
+        return [pending.close(session_id, pending.next_so_far(), "session_end", outcome=outcome)]
 
     # -- closing ----------------------------------------------------------------------------
     def close_idle(self, now: float) -> list[Interaction]:
@@ -527,7 +544,7 @@ class SessionJoiner:
         pending = session.pending
         if pending is None:
             return []
-        return [pending.close(session_id, pending.partial_next, closed_by)]
+        return [pending.close(session_id, pending.next_so_far(), closed_by)]
 
     def _bound(self) -> None:
         while self.sessions and (len(self.sessions) > self.max_sessions

@@ -186,6 +186,26 @@ def test_tool_span_without_captured_content_is_its_own_interaction(tmp_path):
     assert json.loads(evaluative.action.tool_calls[0].arguments) == {"day": "someday"}
 
 
+def test_a_flood_of_tool_spans_for_one_call_keeps_the_latest_result():
+    """Tool spans for a pending action's call are kept one per call id, the latest (as the
+    next exchange merges them). Before, every span was appended to a tuple after a scan of
+    the action's calls: held without bound, and quadratic (20k spans: 4.1 s)."""
+    call = {"role": "assistant", "parts": [{"type": "tool_call", "id": "c1", "name": "get_weather",
+                                            "arguments": {"city": "Paris"}}]}
+    chat = _span("chat", "a" * 32, 0)
+    chat["attributes"][2] = _kv("gen_ai.output.messages", json.dumps([call]))
+    tools = [_span("tool", "a" * 32, n + 1) for n in range(1_000)]
+    for n, span in enumerate(tools):
+        span["attributes"][2] = _kv("gen_ai.tool.call.result", f"ok {n}")
+    joiner = SessionJoiner()
+    for spans in ([chat], tools[:500], tools[500:]):
+        value = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).encode()
+        for record, shape in decode_records(value, None):
+            assert joiner.feed(record, shape, 0.0) == []
+    (closed,) = joiner.close_all()
+    assert [(m.tool_call_id, m.content) for m in closed.next_state] == [("c1", "ok 999")]
+
+
 def odd_run(conversation: str) -> list:
     """A traced run with two bad chat spans under its ``invoke_agent``: the first's output
     messages are no JSON (the decode rejects it), the second's input holds a message of an
