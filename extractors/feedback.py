@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from nextstate.extractors.registry import register
 from nextstate.extractors.types import Interaction, ScoredTuple, directive, evaluative
-from nextstate.extractors.user import classify_reply, correction_hint
+from nextstate.extractors.user import classify_reply, correction_hint, reply_window
 
 
 @register("feedback")
@@ -39,7 +39,7 @@ class FeedbackExtractor:
             return []
         values = [e.value for e in events if e.value is not None]
         texts = [e.text.strip() for e in events if e.text and e.text.strip()]
-        text = " ".join(texts)
+        text = reply_window(" ".join(texts))  # a long text reads as its window, as a reply
         excerpt = text[: self.excerpt_chars]
         reading = classify_reply(text) if text else None
         if values:

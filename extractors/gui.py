@@ -65,7 +65,14 @@ _ACTION = re.compile(r"^\s*([A-Za-z_]\w*)\s*\(\s*(?:['\"]([^'\"]*)['\"])?(?:\s*,
                      r"([^'\"]*)['\"])?")
 _BID = re.compile(r"^\s*\[([^\]]+)\]")
 _BID_ANY = re.compile(r"\[[^\]\n]{1,12}\]")
-_NOISE = re.compile(r"\d+|, focused|\bfocused\b|^\s*\[[^\]]*\]\s*")
+# A line's noise key drops what ``\d+|, focused|\bfocused\b|^\s*\[[^\]]*\]\s*`` matches, in
+# three steps (see _noise_key): that one regex tried four alternatives at every character,
+# each of these skips to its candidates at C speed or is not run at all (two 7.5 MB trees
+# whose every line changed: 3.1 s, now 0.8 s).
+_LEADING_BID = re.compile(r"\s*\[[^\]]*\]\s*")
+_FOCUSED = re.compile(r", focused|\bfocused\b")
+_DIGITS = re.compile(r"\d+")
+_NO_ASCII_DIGITS = str.maketrans("", "", "0123456789")
 _ERROR_PAGE = re.compile(r"\b(?:404|403|500|502|503|not found|page not found|access denied|"
                          r"forbidden|internal server error|bad gateway|this site can.t be "
                          r"reached|err_\w+|whoops|something went wrong)\b", re.I)
@@ -76,7 +83,16 @@ _ERROR_TEXT = re.compile(r"\b(?:error|invalid|failed|failure|is required|require
 _SUCCESS_TEXT = re.compile(r"\b(?:success(?:fully)?|saved|has been (?:added|created|updated|"
                            r"saved|submitted|deleted|sent|posted)|you (?:saved|added|"
                            r"submitted)|thank you for your|added to (?:your )?cart)\b", re.I)
+# A necessary lower-case substring of each alternative of _ERROR_TEXT and _SUCCESS_TEXT: a
+# long ASCII line with none of them is not scanned (_may_search).
+_ERROR_NEEDLES = ("error", "invalid", "fail", "required", "not found", "denied", "unable to",
+                  "could", "went wrong", "try again", "incorrect", "not allowed", "please ")
+_SUCCESS_NEEDLES = ("success", "saved", "has been ", "you ", "added to ")
+_LONG_LINE = 256
 _MAX_DIFF_LINES = 6
+# Real targets are element ids, selectors or a message to the user (the longest in
+# ../shared/data/gui-dev: 1,050 characters): named whole below this.
+_MAX_TARGET_CHARS = 4000
 
 
 def parse_observation(content: str) -> Observation:
@@ -114,8 +130,35 @@ def parse_action(call_name: str, arguments: str) -> tuple[str, str | None, str |
     return call_name, None, None
 
 
+def _may_search(pattern: re.Pattern[str], needles: tuple[str, ...], line: str) -> bool:
+    """Whether ``pattern`` matches somewhere in ``line``.
+
+    A long line (a page on one line: 15 MB took 0.5 s a scan) is first checked for the
+    needles at C speed; ASCII only, as re.I folds a few other letters onto ASCII ones.
+    """
+    if len(line) > _LONG_LINE and line.isascii():
+        low = line.lower()
+        if not any(needle in low for needle in needles):
+            return False
+    return pattern.search(line) is not None
+
+
 def _noise_key(line: str) -> str:
-    return _NOISE.sub("", line).strip()
+    """The line without digits, bids and focus marks, stripped.
+
+    The same as one substitution of the four patterns (tests/extractors/test_long_text.py
+    compares them): a leading bid can only match at the start, where no other can; the focus
+    marks hold no digit, so they are the same matches before the digits go or after; and the
+    digits all go, whatever came out first.
+    """
+    bid = _LEADING_BID.match(line)
+    if bid is not None:
+        line = line[bid.end():]  # "\b" at the cut: after "]" or a blank, as in the line
+    if "focused" in line:
+        line = _FOCUSED.sub("", line)
+    if len(line) > _LONG_LINE and line.isascii():  # \d in ASCII text is 0-9: 25x faster
+        return line.translate(_NO_ASCII_DIGITS).strip()
+    return _DIGITS.sub("", line).strip()
 
 
 def diff_trees(before: str, after: str) -> tuple[list[str], list[str]]:
@@ -124,15 +167,19 @@ def diff_trees(before: str, after: str) -> tuple[list[str], list[str]]:
     A removed and an added line that are equal once digits, bids and focus marks are dropped
     are the same element with a ticking number or moved focus: noise, not change.
     """
-    before_lines = set(before.splitlines())
-    after_lines = set(after.splitlines())
-    added = [ln for ln in after.splitlines() if ln not in before_lines and ln.strip()]
-    removed = [ln for ln in before.splitlines() if ln not in after_lines and ln.strip()]
+    before_list, after_list = before.splitlines(), after.splitlines()
+    before_lines, after_lines = set(before_list), set(after_list)
+    added = [ln for ln in after_list if ln not in before_lines and ln.strip()]
+    removed = [ln for ln in before_list if ln not in after_lines and ln.strip()]
     if added and removed:
-        removed_keys = {_noise_key(ln) for ln in removed}
-        added_keys = {_noise_key(ln) for ln in added}
-        added = [ln for ln in added if _noise_key(ln) not in removed_keys]
-        removed = [ln for ln in removed if _noise_key(ln) not in added_keys]
+        # Each line's key once (a key is a regex substitution: half of a big diff's time).
+        added_keys = [_noise_key(ln) for ln in added]
+        removed_keys = [_noise_key(ln) for ln in removed]
+        added_set, removed_set = set(added_keys), set(removed_keys)
+        added = [ln for ln, key in zip(added, added_keys, strict=True)
+                 if key not in removed_set]
+        removed = [ln for ln, key in zip(removed, removed_keys, strict=True)
+                   if key not in added_set]
     return added, removed
 
 
@@ -151,10 +198,21 @@ def _compact(action: str, before: Observation | None, after: Observation, added:
     return "; ".join(parts)
 
 
+def _call_text(action: str, target: str | None) -> str:
+    """How the hint and the diff name the action: ``click('42')``."""
+    if not target:
+        return f"{action}()"
+    if len(target) > _MAX_TARGET_CHARS:
+        # A 15 MB target (a message to the user) made a 15 MB hint and excerpt, which
+        # every tuple then carried through redaction into the store (2-4 s).
+        return f"{action}({target[:_MAX_TARGET_CHARS]!r}...)"
+    return f"{action}({target!r})"
+
+
 def read_gui_change(action: str, target: str | None, value: str | None,
                     before: Observation | None, after: Observation) -> GuiReading | None:
     """Score one GUI action from the observations before and after it."""
-    call_text = f"{action}({target!r})" if target else f"{action}()"
+    call_text = _call_text(action, target)
     if after.error:
         first = after.error.strip().splitlines()[0][:200]
         timeout = "timeout" in first.lower()
@@ -181,13 +239,16 @@ def read_gui_change(action: str, target: str | None, value: str | None,
                           f"The action {call_text} led to an error page: {after.title[:120]}",
                           diff)
     alerts = [ln for ln in added if _ALERT_ROLE.match(ln)]
-    error_lines = [ln for ln in added[:200] if _ERROR_TEXT.search(ln)]
-    if error_lines and (alerts or len(added) <= 20):
-        message = error_lines[0].strip()[:200]
-        return GuiReading("error_message", -0.6, 0.85 if alerts else 0.7,
-                          f"After {call_text} the page showed: {message}", diff)
-    if any(_SUCCESS_TEXT.search(ln) for ln in added[:200]) and (alerts or len(added) <= 20):
-        return GuiReading("success_message", 0.7, 0.8, None, diff)
+    # A message counts only in a small change or beside an alert: no scan otherwise.
+    if alerts or len(added) <= 20:
+        error_line = next((ln for ln in added[:200]
+                           if _may_search(_ERROR_TEXT, _ERROR_NEEDLES, ln)), None)
+        if error_line is not None:
+            message = error_line.strip()[:200]
+            return GuiReading("error_message", -0.6, 0.85 if alerts else 0.7,
+                              f"After {call_text} the page showed: {message}", diff)
+        if any(_may_search(_SUCCESS_TEXT, _SUCCESS_NEEDLES, ln) for ln in added[:200]):
+            return GuiReading("success_message", 0.7, 0.8, None, diff)
     if target:
         marker = f"[{target}]"
         changed = [ln for ln in added if ln.lstrip().startswith(marker)]

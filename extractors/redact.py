@@ -95,15 +95,21 @@ def _secret_matches(text: str) -> Iterator[re.Match[str]]:
             jwt = _next_jwt(text, end)
 
 
+# ``[Aa]pi[_-]?[Kk]ey``'s necessary substrings: "pi" and "ey" alone are in most long texts
+# (a 15 MB base64 blob in a tool call's arguments was scanned for secrets: 2-3 s).
+_API_KEY_NEEDLES = ("pikey", "piKey", "pi_key", "pi_Key", "pi-key", "pi-Key")
+
+
 def _may_hold_secret(text: str) -> bool:
     # An ``or`` chain of ``in`` tests (the cheapest guard CPython offers), one necessary
     # substring per alternative of ``_SECRET`` ("k-" stands for sk-/pk-/rk-): plain words
     # ("they", "broken", "high") must not send long outputs through that scan.
     return ("k-" in text or "AKIA" in text or "AIza" in text or "xox" in text
             or "eyJ" in text or "Bearer " in text or ("_" in text and "gh" in text)
-            or (("=" in text or ":" in text) and ("oken" in text or "ecret" in text
-                                                  or "assw" in text
-                                                  or ("pi" in text and "ey" in text))))
+            or (("=" in text or ":" in text) and (
+                "oken" in text or "ecret" in text or "assw" in text
+                or ("pi" in text and "ey" in text
+                    and any(needle in text for needle in _API_KEY_NEEDLES)))))
 
 
 _EMAIL_DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"

@@ -31,6 +31,7 @@ from nextstate.extractors.types import (
     evaluative,
     tool_results_for,
 )
+from nextstate.extractors.window import head_and_tail
 
 
 class RunSummary(NamedTuple):
@@ -103,9 +104,7 @@ _HEAD, _TAIL = 4000, 12000
 
 def _window(text: str) -> str:
     # Summaries sit at the end of long outputs, causes near the start: scan both, bounded.
-    if len(text) <= _HEAD + _TAIL:
-        return text
-    return text[:_HEAD] + "\n" + text[-_TAIL:]
+    return head_and_tail(text, _HEAD, _TAIL)
 
 
 def parse_test_summary(text: str) -> RunSummary | None:

@@ -31,6 +31,7 @@ from nextstate.extractors.types import (
     evaluative,
     next_user_message,
 )
+from nextstate.extractors.window import head_and_tail
 
 
 class ReplyReading(NamedTuple):
@@ -196,6 +197,18 @@ def _normalise(text: str) -> str:
     return text.replace("’", "'").replace("‘", "'").strip()
 
 
+# A reply's verdict sits at its start ("no, ...", "thanks, but ..."), a pasted log may follow
+# and its end may hold the ask: a longer reply (or request) is read by its head and tail
+# alone, so that a 15 MB paste costs what 16 KB does (it took 4-12 s). The replies of the
+# eval sets and benchmark streams (under 200 characters) are far shorter: read whole.
+_REPLY_HEAD, _REPLY_TAIL = 8000, 8000
+
+
+def reply_window(text: str) -> str:
+    """The part of a reply (or feedback text, or request) that the rules read."""
+    return head_and_tail(text, _REPLY_HEAD, _REPLY_TAIL)
+
+
 def _words(low: str) -> frozenset[str]:
     """The ``_WORD`` runs of a (lowered) text, as a set."""
     if low.isascii():
@@ -229,6 +242,7 @@ def _rephrases(a: str, words_a: frozenset[str], request: str) -> bool:
     # Every word of the request is a substring of it: a reply with no word inside it shares
     # none (overlap 0), so the request need not be split, the costly part (most replies
     # are no rephrase).
+    request = reply_window(request)
     b = request.lower()
     for word in words_a:
         if word in b:
@@ -293,9 +307,10 @@ def read_reply(reply: str) -> ReplyParts:
     """Every rule of :func:`classify_reply` that does not need the previous request.
 
     Replies recur far more often than (reply, request) pairs ("thanks!", "no, use Celsius"),
-    so this is the part worth memoizing; :func:`with_request` finishes the reading.
+    so this is the part worth memoizing; :func:`with_request` finishes the reading. A long
+    reply reads as its :func:`reply_window`.
     """
-    text = _normalise(reply)
+    text = reply_window(_normalise(reply))
     if not text:
         return ReplyParts(True, None, text)
     # Quoted text is what the user cites ("what does 'wrong number' mean?"), not their verdict.
