@@ -242,7 +242,8 @@ def _rephrases(a: str, words_a: frozenset[str], request: str) -> bool:
     # Every word of the request is a substring of it: a reply with no word inside it shares
     # none (overlap 0), so the request need not be split, the costly part (most replies
     # are no rephrase).
-    request = reply_window(request)
+    if len(request) > _REPLY_HEAD + _REPLY_TAIL:  # (inline: this runs for most replies)
+        request = reply_window(request)
     b = request.lower()
     for word in words_a:
         if word in b:
