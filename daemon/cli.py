@@ -161,7 +161,8 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
         from nextstate.daemon.tuple_topic import tuple_topic_sink
 
         tuple_sink = tuple_topic_sink(config.kafka.bootstrap_servers, config.output_topic,
-                                      config.kafka.client_id, **config.kafka.security_kwargs())
+                                      config.kafka.client_id, sources.producer_wait_s(config),
+                                      **config.kafka.security_kwargs())
     pipeline = Pipeline(config, dead_letters=dead_letters, tuple_sink=tuple_sink)
     health = Health()
     registry = CollectorRegistry()
@@ -221,9 +222,7 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
         # The last checkpoint could not write its dead letters or tuples (the broker is
         # away): nothing past them was committed, so a restart processes those records again.
         # Before, the traceback went on, and the close below raised the same error again.
-        kafka_failed = True
-        log.error("kafka_unavailable_at_stop", error=repr(exc)[:300],
-                  hint="nothing uncommitted is lost: a restart reads it again")
+        kafka_failed = _log_kafka_unavailable_at_stop(exc)
     finally:
         if worker is not None:
             stop_training.set()
@@ -236,7 +235,10 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
             store_failed = store_failed or _log_storage_full(exc, config)
             pipeline.close(durable=False)
         if tuple_sink is not None:
-            tuple_sink.close()
+            try:
+                tuple_sink.close()  # its producer is closed even if this raises
+            except sources.KafkaError as exc:  # a traceback before (exit 1)
+                kafka_failed = kafka_failed or _log_kafka_unavailable_at_stop(exc)
         progress.close()
         if server is not None:
             server.shutdown()
@@ -266,6 +268,12 @@ EXIT_STATE_DIR_LOCKED = 5
 ``daemon.lock``, see :mod:`nextstate.daemon.statelock`); nothing in the dir was touched."""
 # EXIT_STATE_CORRUPT (6, from nextstate.buffers.statefile): a state file does not read back;
 # run, train, stats, export and report all exit with it, naming the file.
+
+
+def _log_kafka_unavailable_at_stop(exc: BaseException) -> bool:
+    log.error("kafka_unavailable_at_stop", error=repr(exc)[:300],
+              hint="nothing uncommitted is lost: a restart reads it again")
+    return True
 
 
 def storage_full(exc: BaseException) -> bool:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from nextstate.daemon.producers import FLUSH_TIMEOUT_S, close_within, flush_within
+
 
 class DeadLetterSink(Protocol):
     """Receives rejected records; ``flush`` makes earlier sends durable."""
@@ -100,8 +102,8 @@ def _dead_letter_error() -> type[Exception]:
 
         def __init__(self, topic: str, failed: int, error: BaseException | None) -> None:
             super().__init__(
-                f"{failed} dead letter(s) not written to {topic}: {error!r}; kept and sent "
-                "again by the next checkpoint, which commits no offset until they are written")
+                f"{failed} dead letter(s) not written to {topic}: {error!r}; kept, and "
+                "written by a later checkpoint, which commits no offset until they are")
             self.topic, self.failed, self.error = topic, failed, error
 
     DeadLetterError.__module__ = __name__
@@ -130,15 +132,22 @@ class KafkaDeadLetters:
       offsets, so no offset past a lost letter is committed; every flush sends the kept
       letters again (after a first failure new letters wait for it too, rather than block in
       a send each), and passes once all are written.
+    - A flush waits at most ``flush_timeout_s`` for the broker: letters not acknowledged by
+      then make it raise too, and stay in the producer (a later flush waits for them again,
+      never sends them twice). Before, a flush during an outage waited for the producer's
+      delivery timeout (120 s), or, idempotent, for the broker to come back.
     """
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Any, topic: str,
+                 flush_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         self.producer = producer
         self.topic = topic
+        self.flush_timeout_s = flush_timeout_s
         self.count = 0  # dead letters sent
         self.truncated = 0  # of which cut to fit
         self._lock = threading.Lock()  # the producer's IO thread reports failed sends
         self._unsent: list[tuple[Letter, BaseException | None]] = []  # with why (None: waited)
+        self._in_flight = 0  # sent, neither acknowledged nor failed yet
 
     def send(self, value: bytes, key: bytes | None, reason: str, error: str,
              topic: str, partition: int, offset: int) -> None:
@@ -176,17 +185,21 @@ class KafkaDeadLetters:
             if self._unsent:  # the producer is failing: wait for the next flush with them
                 self._unsent.append((letter, None))
                 return
+            self._in_flight += 1
         value, key, headers = letter
         try:
             future = self.producer.send(self.topic, value=value, key=key, headers=headers)
         except KafkaError as exc:
-            self._failed(letter, exc)
+            self._settled(letter, exc)
         else:
-            future.add_errback(self._failed, letter)
+            future.add_both(self._settled, letter)
 
-    def _failed(self, letter: Letter, exc: BaseException) -> None:
+    def _settled(self, letter: Letter, outcome: Any) -> None:
+        """A send's outcome (metadata, or the error: that letter is kept, to send again)."""
         with self._lock:
-            self._unsent.append((letter, exc))
+            self._in_flight -= 1
+            if isinstance(outcome, BaseException):
+                self._unsent.append((letter, outcome))
 
     def flush(self) -> None:
         """Return once every dead letter so far is written.
@@ -207,26 +220,35 @@ class KafkaDeadLetters:
         while True:
             for letter in retry:
                 self._produce(letter)
-            self.producer.flush()
+            flush_within(self.producer, self.flush_timeout_s)
             with self._lock:
                 failed, self._unsent = self._unsent, []
+                waiting = self._in_flight
             if not any(refused_size(letter, exc) for letter, exc in failed):
                 break
             # Those refused as too large go again, cut (each once), with the others, in order.
             retry = [self._cut(letter) if refused_size(letter, exc) else letter
                      for letter, exc in failed]
-        if failed:
+        if failed or waiting:
             with self._lock:
                 self._unsent[:0] = failed
             error = next((exc for _, exc in failed if exc is not None), None)
-            raise _dead_letter_error()(self.topic, len(failed), error)
+            if error is None and waiting:
+                from kafka.errors import KafkaTimeoutError
+
+                error = KafkaTimeoutError(f"{waiting} not acknowledged within "
+                                          f"{self.flush_timeout_s} s (the broker away?)")
+            raise _dead_letter_error()(self.topic, len(failed) + waiting, error)
 
     def close(self) -> None:
-        """Flush, then close the producer (also when the flush raised)."""
+        """Flush, then close the producer (also when the flush raised: then at once, giving
+        up the letters not written; nothing past them was committed)."""
+        written = False
         try:
             self.flush()
+            written = True
         finally:
-            self.producer.close()
+            close_within(self.producer, self.flush_timeout_s if written else 0)
 
 
 def _size(letter: Letter) -> int:

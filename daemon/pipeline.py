@@ -442,11 +442,18 @@ class Pipeline:
         self.emit(self.joiner.close_all("end_of_input"))
 
     def drop_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Forget revoked partitions (their pending joins are rebuilt by whoever gets them)."""
+        """Forget revoked partitions (their pending joins are rebuilt by whoever gets them).
+
+        What was read of them counts as processed: its tuples are in the buffers, its dead
+        letters and output tuples held by the sinks until written, so read here again it is
+        replayed. A checkpoint does the same, but one that could not write its sinks stops
+        before (it will write the processed offsets once they are written).
+        """
         partitions = list(partitions)
         dropped = self.joiner.drop_partitions(partitions)
         for tp in partitions:
-            self.seen.pop(tp, None)
+            if tp in self.seen:
+                self.processed[tp] = max(self.processed.get(tp, 0), self.seen.pop(tp))
         log.info("partitions_dropped", partitions=[f"{t}/{p}" for t, p in partitions],
                  pending_sessions_dropped=dropped)
 
@@ -487,6 +494,11 @@ class Pipeline:
             state["event_time"] = [self.event_time, self.event_lateness]
         _atomic_write(self.state_dir / CHECKPOINT_FILE, json.dumps(state).encode())
         self.records_since_checkpoint = 0
+        return self.low_watermarks()
+
+    def low_watermarks(self) -> dict[tuple[str, int], int]:
+        """Per partition read, the oldest offset a pending join still needs, else the next
+        one: how far a commit may go, and where to read again to rebuild what is pending."""
         marks = self.joiner.low_watermarks()
         return {tp: min(marks.get(tp, offset), offset) for tp, offset in self.seen.items()}
 

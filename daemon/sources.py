@@ -26,6 +26,7 @@ from nextstate.buffers.statefile import read_json
 from nextstate.daemon.config import DaemonConfig
 from nextstate.daemon.deadletter import KafkaDeadLetters
 from nextstate.daemon.pipeline import Pipeline
+from nextstate.daemon.producers import FLUSH_TIMEOUT_S
 from nextstate.daemon.service import Health, Progress
 
 log = structlog.get_logger("nextstate.sources")
@@ -163,7 +164,9 @@ def _save_file_offsets(pipeline: Pipeline, committable: dict[tuple[str, int], in
 
 # -- Kafka --------------------------------------------------------------------------------------
 class _Rebalance(ConsumerRebalanceListener):
-    """Commit what is safe before partitions leave; forget their pending joins."""
+    """Commit what is safe before partitions leave; forget their pending joins, whatever the
+    commit did: their next owner rebuilds them, and if both held them, both would close the
+    same actions (duplicate tuples)."""
 
     def __init__(self, runner: KafkaRunner) -> None:
         self.runner = runner
@@ -175,18 +178,32 @@ class _Rebalance(ConsumerRebalanceListener):
         gone = [(tp.topic, tp.partition) for tp in revoked]
         # kafka-python 3 runs listeners on its IO thread, where a blocking commit is refused:
         # the commit is queued ahead of the group re-join on the same coordinator connection.
+        # Closing the consumer (stop, a stalled one replaced), the runner has just committed.
         with self.runner.lock:
-            safe = self.runner.commit(only=set(gone))
-            self.runner.pipeline.drop_partitions(gone)
-        self.low_watermarks = {TopicPartition(t, p): o for (t, p), o in safe.items()}
+            try:
+                if not self.runner.closing:
+                    self.runner.commit(only=set(gone))
+            except KafkaError as exc:
+                _checkpoint_failed("partitions_revoked", gone, exc)
+            finally:
+                marks = self.runner.pipeline.low_watermarks()
+                self.low_watermarks = {TopicPartition(*tp): marks[tp]
+                                       for tp in gone if tp in marks}
+                self.runner.pipeline.drop_partitions(gone)
 
     def on_partitions_lost(self, lost: Any) -> None:
         # Evicted from the group (e.g. a broker that came back without it): a commit would be
         # refused, but what was processed is still made durable.
-        if lost:
-            with self.runner.lock:
+        if not lost:
+            return
+        gone = [(tp.topic, tp.partition) for tp in lost]
+        with self.runner.lock:
+            try:
                 self.runner.pipeline.checkpoint()
-                self.runner.pipeline.drop_partitions([(tp.topic, tp.partition) for tp in lost])
+            except KafkaError as exc:
+                _checkpoint_failed("partitions_lost", gone, exc)
+            finally:
+                self.runner.pipeline.drop_partitions(gone)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         # A partition revoked and assigned back keeps its fetch position in kafka-python 3
@@ -198,6 +215,17 @@ class _Rebalance(ConsumerRebalanceListener):
         self.low_watermarks = {}
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}"
                                                           for tp in assigned))
+
+
+def _checkpoint_failed(event: str, partitions: list[tuple[str, int]], exc: Exception) -> None:
+    """A rebalance's checkpoint could not write its dead letters or tuples. Not raised: that
+    would stop the group's rebalance (kafka-python calls the listener again on every poll)
+    while the broker or the DLQ is away. The letters and tuples are kept; every checkpoint of
+    the loop raises until they are written, and commits nothing before."""
+    log.warning("rebalance_checkpoint_failed", rebalance=event, error=repr(exc)[:300],
+                partitions=[f"{t}/{p}" for t, p in partitions],
+                action="their pending joins are dropped all the same; nothing is committed "
+                       "until what could not be written is")
 
 
 class KafkaRunner:
@@ -236,6 +264,7 @@ class KafkaRunner:
         # Look-ups block the loop: at most a third of the poll interval the group allows.
         self._probe_ms = min(PROBE_TIMEOUT_MS, config.kafka.max_poll_interval_ms // 3)
         self.paused_for: str | None = None  # why consumption is paused (backpressure)
+        self.closing = False  # closing the consumer, just after a final commit
         # kafka-python 3 runs the rebalance listener on its IO thread, and a group join goes
         # on there after poll() returned: the listener and this loop take turns on the
         # pipeline. Never held across a blocking client call (those wait on the IO thread).
@@ -353,13 +382,15 @@ class KafkaRunner:
             return
         log.warning("consumer_stalled", reason=reason, stalled_s=self._stall_s,
                     action="replacing the consumer")
-        self.commit(final=True)
-        with self.lock:
-            self.pipeline.drop_partitions([(tp.topic, tp.partition)
-                                           for tp in self.consumer.assignment()])
-        self.consumer.close(autocommit=False)
-        self.consumer = KafkaConsumer(**self.config.kafka.consumer_kwargs())
-        self.consumer.subscribe([self.config.kafka.topic], listener=_Rebalance(self))
+        try:
+            self.commit(final=True)
+        finally:  # replaced even if the commit failed (then raised on): it reads no more
+            with self.lock:
+                self.pipeline.drop_partitions([(tp.topic, tp.partition)
+                                               for tp in self.consumer.assignment()])
+            self._close_consumer()
+            self.consumer = KafkaConsumer(**self.config.kafka.consumer_kwargs())
+            self.consumer.subscribe([self.config.kafka.topic], listener=_Rebalance(self))
 
     def _check_position(self, tp: Any, first: int) -> bool:
         """Notice a log that is not the one we processed: a broker that came back empty.
@@ -622,12 +653,28 @@ class KafkaRunner:
         return lag
 
     def close(self) -> None:
-        self.consumer.close(autocommit=False)
+        self._close_consumer()
+
+    def _close_consumer(self) -> None:
+        """Close the consumer right after a final commit: its revoke on close only drops the
+        partitions (a second checkpoint would wait for an absent broker once more)."""
+        self.closing = True
+        try:
+            self.consumer.close(autocommit=False)
+        finally:
+            self.closing = False
+
+
+def producer_wait_s(config: DaemonConfig) -> float:
+    """How long a checkpoint waits for a producer's acknowledgements (and a send for its
+    topic's metadata): at most a third of the poll interval the group allows, as look-ups."""
+    return min(FLUSH_TIMEOUT_S, config.kafka.max_poll_interval_ms / 3000)
 
 
 def kafka_dead_letters(config: DaemonConfig) -> KafkaDeadLetters:
     """A producer-backed dead-letter sink for ``config.kafka.dlq``."""
+    wait_s = producer_wait_s(config)
     producer = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all",
                              client_id=f"{config.kafka.client_id}-dlq",
-                             **config.kafka.security_kwargs())
-    return KafkaDeadLetters(producer, config.kafka.dlq)
+                             max_block_ms=int(wait_s * 1000), **config.kafka.security_kwargs())
+    return KafkaDeadLetters(producer, config.kafka.dlq, wait_s)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
+from nextstate.daemon.producers import FLUSH_TIMEOUT_S, close_within, flush_within
 from nextstate.extractors.types import ScoredTuple
 
 log = structlog.get_logger("nextstate.tuple_topic")
@@ -47,18 +48,22 @@ class TupleTopicSink:
     Args:
         producer: a ``kafka.KafkaProducer`` (see :func:`tuple_topic_sink` for the settings).
         topic: the output topic.
+        flush_timeout_s: how long a flush waits for the broker; tuples not acknowledged by
+            then make it raise, and are waited for again (not sent again) by the next one.
 
     Raises (from ``flush``):
         kafka.errors.KafkaError: a send failed: the checkpoint must not go on (its offsets
             would cover tuples that were never written).
     """
 
-    __slots__ = ("_encoder", "_failing", "_futures", "_kafka_error", "_no_metadata",
-                 "_too_large", "producer", "sent", "too_large", "topic")
+    __slots__ = ("_encoder", "_failing", "_futures", "_kafka_error", "_timed_out",
+                 "_too_large", "flush_timeout_s", "producer", "sent", "too_large", "topic")
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Any, topic: str,
+                 flush_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         self.producer = producer
         self.topic = topic
+        self.flush_timeout_s = flush_timeout_s
         self._encoder = msgspec.json.Encoder()
         self._futures: list[Any] = []
         self.sent = 0
@@ -69,7 +74,7 @@ class TupleTopicSink:
             RecordListTooLargeError,
         )
 
-        self._kafka_error, self._no_metadata = KafkaError, KafkaTimeoutError
+        self._kafka_error, self._timed_out = KafkaError, KafkaTimeoutError
         self._too_large = (MessageSizeTooLargeError, RecordListTooLargeError)
         self.too_large = 0  # tuples larger than the producer or the broker take: not sent
         self._failing: Exception | None = None  # no metadata since the last flush
@@ -88,19 +93,23 @@ class TupleTopicSink:
             # Raised at once (larger than max_request_size, no metadata within max_block_ms):
             # the flush raises it like a failed send (and sends it again), the tuples after it
             # go on. Before, it left the sink, and the batch's later tuples were never sent.
-            if isinstance(exc, self._no_metadata):
+            if isinstance(exc, self._timed_out):
                 self._failing = exc
             future = _Failed(exc)
         self._futures.append((key, value, future))
 
     def flush(self) -> None:
-        """Wait for every send; a failed one is sent again and its error raised, so this
-        checkpoint stops and the next one only passes once the retry was acknowledged."""
-        self.producer.flush()
+        """Wait for every send (at most ``flush_timeout_s``); a failed one is sent again and
+        its error raised, so this checkpoint stops and the next one only passes once the retry
+        was acknowledged. Sends still unanswered raise too, and are waited for again."""
+        flush_within(self.producer, self.flush_timeout_s)
         futures, self._futures = self._futures, []
         self._failing = None
         error: Exception | None = None
         for key, value, future in futures:
+            if not future.is_done:  # still in the producer (the broker away): not sent twice
+                self._futures.append((key, value, future))
+                continue
             try:
                 future.get(timeout=0)  # raises the send's error, if it failed
                 self.sent += 1
@@ -113,18 +122,28 @@ class TupleTopicSink:
             except Exception as exc:  # re-raised below, once the retries are queued
                 error = error or exc
                 self._send(key, value)
+        if error is None and self._futures:
+            error = self._timed_out(f"{len(self._futures)} tuple(s) not acknowledged within "
+                                      f"{self.flush_timeout_s} s (the broker away?)")
         if error is not None:
             raise error
 
     def close(self) -> None:
-        self.flush()
-        self.producer.close()
+        """Flush, then close the producer (at once if the flush raised: nothing past the
+        tuples it could not write was committed)."""
+        written = False
+        try:
+            self.flush()
+            written = True
+        finally:
+            close_within(self.producer, self.flush_timeout_s if written else 0)
 
 
 class _Failed:
     """A send that raised at once, as a failed send future."""
 
     __slots__ = ("error",)
+    is_done = True
 
     def __init__(self, error: Exception) -> None:
         self.error = error
@@ -134,14 +153,17 @@ class _Failed:
 
 
 def tuple_topic_sink(bootstrap_servers: list[str], topic: str, client_id: str = "nextstate",
-                     **security: Any) -> TupleTopicSink:
-    """A :class:`TupleTopicSink` on an idempotent, ``acks="all"`` producer."""
+                     flush_timeout_s: float = FLUSH_TIMEOUT_S, **security: Any
+                     ) -> TupleTopicSink:
+    """A :class:`TupleTopicSink` on an idempotent, ``acks="all"`` producer whose sends wait
+    for metadata no longer than its flushes wait for acknowledgements."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all",
                              enable_idempotence=True, linger_ms=20,
+                             max_block_ms=int(flush_timeout_s * 1000),
                              client_id=f"{client_id}-tuples", **security)
-    return TupleTopicSink(producer, topic)
+    return TupleTopicSink(producer, topic, flush_timeout_s)
 
 
 def decode_tuple(value: bytes) -> ScoredTuple:

@@ -10,20 +10,25 @@ import hashlib
 import logging
 import threading
 import uuid
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.future import Future
+from kafka.structs import TopicPartition
 
 from nextstate.daemon import sources
 from nextstate.daemon.deadletter import TRUNCATED_HEAD_BYTES, DeadLetterError, KafkaDeadLetters
+from nextstate.daemon.pipeline import Pipeline
+from nextstate.daemon.service import Health, Progress
 from nextstate.daemon.tuple_topic import TupleTopicSink, tuple_topic_sink
 from nextstate.extractors.types import ScoredTuple
 from tests.daemon.test_kafka import Daemon, _metric, kafka_config
-from tests.daemon.test_pipeline import weather_session
+from tests.daemon.test_pipeline import stored, weather_session
 from tests.kafka_broker import wait_for
 from tests.records import line
 from tests.tcp_proxy import tansu_behind_proxy
@@ -32,10 +37,24 @@ BIG = 3 << 20  # 3 MB: three times kafka-python's default max_request_size (1 MB
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=3000)
+    """Every record of the topic: read until each partition's position reaches the high
+    watermark its fetches report (an idle timeout would guess how slow the broker may be)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    records: list[Any] = []
+
+    def caught_up(partitions: list[TopicPartition]) -> bool:
+        for batch in consumer.poll(timeout_ms=200).values():
+            records.extend(batch)
+        return all(consumer.highwater(tp) is not None
+                   and consumer.position(tp) >= consumer.highwater(tp) for tp in partitions)
+
     try:
-        return list(consumer)
+        assert wait_for(lambda: consumer.partitions_for_topic(topic), 30), f"no {topic}"
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        assert wait_for(lambda: caught_up(partitions), 60, interval_s=0), f"{topic} not read"
+        return records
     finally:
         consumer.close()
 
@@ -76,15 +95,24 @@ def test_oversized_dead_letter_is_cut_to_its_head_and_small_one_is_untouched(bro
 
 @pytest.mark.kafka
 @pytest.mark.filterwarnings("ignore::ResourceWarning")  # kafka-python's refused connects
-def test_dead_letter_the_producer_could_not_write_fails_flush_until_written(caplog):
-    """The broker goes away: the letters' sends expire after the producer's retries, flush()
-    raises (and keeps raising), and once the broker is back a flush writes them."""
+def test_dead_letter_the_producer_could_not_write_fails_flush_until_written(caplog, tmp_path):
+    """The daemon's own DLQ producer (idempotent, kafka-python's delivery timeout of 120 s)
+    while the broker is cut off: each flush waits for the letters no longer than its bound and
+    raises, the letters stay in the producer, and once the broker is back a flush passes with
+    each letter written once. Before, the flush waited out the delivery timeout, or the whole
+    outage. (This test once failed on a loaded machine: it counted on 1 s delivery timeouts
+    and 30 tries after the broker was back, and read the topic with a 3 s idle timeout.)"""
     # kafka-python logs each refused connect; a captured record would keep its socket alive.
     caplog.set_level(logging.CRITICAL, logger="kafka")
     with tansu_behind_proxy() as (broker, proxy):
-        topic = new_topic(broker, "dlq-outage")
-        errors = outage(broker, proxy, topic)
-        values = sorted(r.value for r in read_topic(broker.bootstrap, topic))
+        config = kafka_config(broker, tmp_path, new_topic(broker, "dlq-outage"), "g-outage")
+        broker.create_topic(config.kafka.dlq, 1)
+        dead_letters = sources.kafka_dead_letters(config)
+        try:
+            errors = outage(dead_letters, proxy)
+        finally:
+            dead_letters.close()
+        values = sorted(r.value for r in read_topic(broker.bootstrap, config.kafka.dlq))
     gc.collect()  # the sockets kafka-python left of its refused connects: here, not later
     first, second = errors
     assert isinstance(first, KafkaError)  # the Kafka loop's retry path takes it
@@ -93,39 +121,62 @@ def test_dead_letter_the_producer_could_not_write_fails_flush_until_written(capl
     assert values == [b"first", b"second", b"third"]
 
 
-def outage(broker, proxy, topic: str) -> list[Exception]:
+def flushed(sink: Any) -> bool:
+    """Whether a flush of the sink passes now (one that raises keeps what it could not
+    write, for the next)."""
+    try:
+        sink.flush()
+    except KafkaError:
+        return False
+    return True
+
+
+def outage(dead_letters: KafkaDeadLetters, proxy) -> list[Exception]:
     """Two dead letters sent while the broker is cut off; the errors of the two flushes that
     fail then, before it is back and one passes."""
-    # Not idempotent (kafka-python 3's default is): an idempotent producer whose expired batch
-    # had been sent resets its producer id, and then expires nothing more until the broker is
-    # back (its flush waits for the broker: nothing is lost, but nothing fails either).
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
-                             enable_idempotence=False, request_timeout_ms=500,
-                             delivery_timeout_ms=1000, max_block_ms=1000,
-                             reconnect_backoff_max_ms=200)
-    dead_letters = KafkaDeadLetters(producer, topic)
+    dead_letters.send(b"first", None, "schema", "e1", "in", 0, 1)
+    # Written (a flush waits a bounded time; a loaded machine may need more than one): the
+    # producer has the topic's metadata from here on.
+    assert wait_for(lambda: flushed(dead_letters), 60)
+    proxy.cut()
+    dead_letters.send(b"second", None, "schema", "e2", "in", 0, 2)
+    dead_letters.send(b"third", None, "schema", "e3", "in", 0, 3)
     errors: list[Exception] = []
-    try:
-        dead_letters.send(b"first", None, "schema", "e1", "in", 0, 1)
-        dead_letters.flush()  # written: the producer has the topic's metadata from here on
-        proxy.cut()
-        dead_letters.send(b"second", None, "schema", "e2", "in", 0, 2)
-        dead_letters.send(b"third", None, "schema", "e3", "in", 0, 3)
-        for _ in range(2):  # the second flush sends them again: still nowhere to go
-            with pytest.raises(DeadLetterError) as raised:
-                dead_letters.flush()
-            errors.append(raised.value.with_traceback(None))
-        proxy.restore()
-        for _ in range(30):  # each flush sends them again; one passes once reconnected
-            try:
-                dead_letters.flush()
-                break
-            except DeadLetterError:
-                continue
-        dead_letters.flush()
-    finally:
-        producer.close(timeout=5)
+    for _ in range(2):  # still in the producer: waited for again, not sent twice
+        with pytest.raises(DeadLetterError) as raised:
+            dead_letters.flush()
+        errors.append(raised.value.with_traceback(None))
+    proxy.restore()
+    assert wait_for(lambda: flushed(dead_letters), 120), "not written once the broker was back"
     return errors
+
+
+@pytest.mark.kafka
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # kafka-python's refused connects
+def test_tuple_topic_flush_during_an_outage_raises_and_sends_nothing_twice(caplog):
+    """The tuple topic's idempotent producer while the broker is cut off: a flush waits no
+    longer than its bound and raises; once the broker is back the tuples are written, each
+    once (the unanswered sends were waited for again, not sent again)."""
+    caplog.set_level(logging.CRITICAL, logger="kafka")
+    with tansu_behind_proxy() as (broker, proxy):
+        topic = new_topic(broker, "tuples-outage")
+        sink = tuple_topic_sink([broker.bootstrap], topic, flush_timeout_s=1.0)
+        try:
+            sink.send([scored(0)])
+            assert wait_for(lambda: flushed(sink), 60)  # the producer has the metadata
+            proxy.cut()
+            sink.send([scored(1), scored(2)])
+            for _ in range(2):
+                with pytest.raises(KafkaTimeoutError, match="2 tuple"):
+                    sink.flush()
+            proxy.restore()
+            assert wait_for(lambda: flushed(sink), 120), "not written once the broker was back"
+        finally:
+            sink.close()
+        keys = sorted(r.key for r in read_topic(broker.bootstrap, topic))
+    gc.collect()
+    assert keys == [f"i{n}|tool|evaluative".encode() for n in range(3)]
+    assert sink.sent == 3
 
 
 class FakeProducer:
@@ -147,10 +198,10 @@ class FakeProducer:
         self.written.append((value, key, dict(headers)))
         return Future().success(None)
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         self.closed = True
 
 
@@ -271,11 +322,11 @@ class FailingUntil:
             return Future().failure(KafkaTimeoutError("expired after the producer's retries"))
         return self.producer.send(topic, **kwargs)
 
-    def flush(self) -> None:
-        self.producer.flush()
+    def flush(self, timeout: float | None = None) -> None:
+        self.producer.flush(timeout=timeout)
 
-    def close(self) -> None:
-        self.producer.close()
+    def close(self, timeout: float | None = None) -> None:
+        self.producer.close(timeout=timeout)
 
 
 def poison_first_with_a_failing_dlq(broker, monkeypatch, name: str, failing_runs: int = 99
@@ -353,7 +404,8 @@ class TupleProducer(FakeProducer):
              ) -> Any:
         self.tries = getattr(self, "tries", 0) + 1
         future = super().send(topic, value, key, headers or [])
-        return type("Sent", (), {"get": lambda _, timeout=None: future.value})()
+        return type("Sent", (), {"is_done": True,
+                                 "get": lambda _, timeout=None: future.value})()
 
 
 def test_tuple_send_without_metadata_fails_the_flush_once_not_per_tuple():
@@ -395,3 +447,189 @@ def test_daemon_stopped_while_its_dead_letters_cannot_be_written(broker, tmp_pat
     assert daemon.result == [0]
     (letter,) = read_topic(broker.bootstrap, f"{topic}.dlq")
     assert letter.value == poison[1]
+
+
+# -- partitions leaving while the dead letters cannot be written ---------------------------------
+def failing_runner(broker, tmp_path, topic: str, group: str
+                   ) -> tuple[sources.KafkaRunner, FailingUntil]:
+    """A KafkaRunner whose DLQ producer fails until told otherwise. Its poll interval is long:
+    each failed checkpoint backs the loop off (up to 30 s) without polling."""
+    config = kafka_config(broker, tmp_path, topic, group)
+    config.kafka.max_poll_interval_ms = 60_000
+    failing = FailingUntil(KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all"))
+    pipeline = Pipeline(config, dead_letters=KafkaDeadLetters(failing, config.kafka.dlq))
+    runner = sources.KafkaRunner(pipeline, config, threading.Event(), Health(),
+                                 Progress(pipeline.stats, False))
+    return runner, failing
+
+
+def pending_partitions(runner: sources.KafkaRunner) -> set[tuple[str, int]]:
+    with runner.lock:
+        return {s.partition for s in runner.pipeline.joiner.sessions.values()}
+
+
+def owned(runner: sources.KafkaRunner) -> set[tuple[str, int]]:
+    return {(tp.topic, tp.partition) for tp in runner.consumer.assignment()}
+
+
+@pytest.mark.kafka
+def test_partitions_revoked_while_dead_letters_cannot_be_written_leave_nothing_behind(
+        broker, tmp_path, monkeypatch):
+    """A second member joins while the daemon's dead letter cannot be written, so the revoke's
+    checkpoint raises. Before, that skipped forgetting the revoked partitions: their pending
+    joins stayed with this daemon while another owned them (both would close the same
+    actions), and the listener raised again on every poll, holding up the rebalance. Now
+    they are dropped whatever the checkpoint did, nothing is committed until the letter is
+    written, and then every record is processed once: one dead letter, each interaction
+    closed once, no tuple twice."""
+    topic = new_topic(broker, "revoke-dlq", partitions=2)
+    broker.create_topic(f"{topic}.dlq", 1)
+    first, second = session_records(4)
+    poison = (b"s0", b'{"session_id": "s0", "request": [1, 2')
+    partition_of = {f"s{n}".encode(): n % 2 for n in range(4)}
+    broker.produce(topic, [poison, *first], partition_of)
+    runner, failing = failing_runner(broker, tmp_path, topic, "g-revoke")
+    pipeline = runner.pipeline
+    kept: list[set[tuple[str, int]]] = []  # after each revoke: revoked partitions still pending
+    revoke = sources._Rebalance.on_partitions_revoked
+
+    def revoked_then_pending(listener, revoked) -> None:
+        try:
+            revoke(listener, revoked)
+        finally:
+            if revoked:  # (the first join revokes nothing)
+                kept.append(pending_partitions(runner) & {(tp.topic, tp.partition)
+                                                          for tp in revoked})
+
+    monkeypatch.setattr(sources._Rebalance, "on_partitions_revoked", revoked_then_pending)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    other = None
+    try:
+        assert wait_for(lambda: sum(pipeline.seen.values()) == 5 and failing.failures >= 2, 60)
+        assert pending_partitions(runner) == {(topic, 0), (topic, 1)}
+        other = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="g-revoke",
+                              enable_auto_commit=False, session_timeout_ms=6000,
+                              heartbeat_interval_ms=1000, max_poll_interval_ms=60_000)
+        other.subscribe([topic])
+        assert wait_for(lambda: other.poll(100) is not None and bool(kept), 60), "no revoke"
+        assert kept[0] == set(), "the revoked partitions' pending joins stayed"
+        assert broker.committed(topic, "g-revoke", 2) == {0: None, 1: None}
+        failing.recover.set()
+        assert wait_for(lambda: other.poll(100) is not None and len(owned(runner)) == 1
+                        and len(other.assignment()) == 1, 60), "the group did not rebalance"
+        other.close(autocommit=False)
+        other = None
+        assert wait_for(lambda: len(owned(runner)) == 2, 60)
+        broker.produce(topic, second, partition_of)
+        assert wait_for(lambda: pipeline.stats.total("interactions") == 4, 60)
+        assert wait_for(lambda: None not in broker.committed(topic, "g-revoke", 2).values(), 60)
+    finally:
+        failing.recover.set()
+        if other is not None:
+            other.close(autocommit=False)
+        runner.stop.set()
+        thread.join(60)
+        runner.close()
+        pipeline.close()
+    assert not thread.is_alive() and set().union(*kept) == set()
+    # Read again after the rebalances, the records processed before them were replays.
+    assert pipeline.stats.total("records") == len(first) + len(second)
+    assert pipeline.stats.total("dead_letters") == 1
+    (letter,) = read_topic(broker.bootstrap, f"{topic}.dlq")
+    assert letter.value == poison[1]
+    keys = [t.key for t in stored(tmp_path / "state")]
+    assert len({key[0] for key in keys}) == 4 and max(Counter(keys).values()) == 1
+
+
+def test_partitions_lost_while_dead_letters_cannot_be_written_are_dropped(tmp_path):
+    """Evicted from the group while the dead letter cannot be written: the lost partitions'
+    pending joins are dropped all the same (before, the raising checkpoint skipped it), the
+    listener does not raise, and the letter is kept: the next checkpoint still fails, and
+    once the producer works it writes the letter."""
+    config = kafka_config(SimpleNamespace(bootstrap="127.0.0.1:9"), tmp_path, "in", "g")
+    producer = FakeProducer(lambda v: KafkaTimeoutError("broker away"))
+    pipeline = Pipeline(config, dead_letters=KafkaDeadLetters(producer, "in.dlq"))
+    runner = sources.KafkaRunner(pipeline, config, threading.Event(), Health(),
+                                 Progress(pipeline.stats, False), consumer=object())
+    first, _ = session_records(2)
+    pipeline.process(b'{"session_id": "s0", "request": [1, 2', b"s0", "in", 0, 0)
+    for offset, (key, value) in enumerate(first, start=1):
+        pipeline.process(value, key, "in", offset % 2, offset)
+    assert pending_partitions(runner) == {("in", 0), ("in", 1)}
+    sources._Rebalance(runner).on_partitions_lost([TopicPartition("in", 1)])
+    assert pending_partitions(runner) == {("in", 0)}
+    with pytest.raises(DeadLetterError):
+        pipeline.checkpoint()
+    producer.fail = lambda v: None
+    pipeline.checkpoint()
+    assert [v for v, _, _ in producer.written] == [b'{"session_id": "s0", "request": [1, 2']
+    pipeline.close()
+
+
+# -- stopped during an outage ---------------------------------------------------------------------
+def ended_session(sid: str) -> list[tuple[bytes, bytes]]:
+    """A whole session, then its end: nothing of it stays pending."""
+    records = [*weather_session(sid, '{"temp_c": 21}'), {"type": "session_end",
+                                                         "session_id": sid}]
+    return [(sid.encode(), line(r)) for r in records]
+
+
+@pytest.mark.kafka
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # kafka-python's refused connects
+def test_daemon_stopped_during_an_outage_with_letters_and_tuples_unwritten(
+        caplog, tmp_path, monkeypatch):
+    """A dead letter and tuples are sent after the broker is cut off, then the daemon is
+    stopped. Before, its checkpoints waited for the producers' delivery timeout (120 s; an
+    idempotent producer can wait for the whole outage): it did not stop. Now it exits 4
+    (``kafka_unavailable_at_stop``) with nothing committed past the record whose letter was
+    not written; after the outage a restart writes that letter and those tuples, each
+    once."""
+    from nextstate.daemon.cli import EXIT_KAFKA_UNAVAILABLE
+
+    caplog.set_level(logging.CRITICAL, logger="kafka")
+    poisons = [(b"p", b'{"session_id": "p", "request": [' + n) for n in (b"1", b"2")]
+    before, after = [poisons[0], *ended_session("s0")], [poisons[1], *ended_session("s1")]
+    # The second poison record waits, fetched, until the broker is cut off.
+    fetched, cut = threading.Event(), threading.Event()
+    process = Pipeline.process
+
+    def held(pipeline, value, *args):
+        if value == poisons[1][1] and not cut.is_set():
+            fetched.set()
+            cut.wait(60)
+        return process(pipeline, value, *args)
+
+    monkeypatch.setattr(Pipeline, "process", held)
+    with tansu_behind_proxy() as (broker, proxy):
+        topic, output = new_topic(broker, "stop-outage"), new_topic(broker, "stop-tuples")
+        broker.create_topic(f"{topic}.dlq", 1)
+        produce_in_order(broker.bootstrap, topic, before)
+
+        def config():
+            config = kafka_config(broker, tmp_path, topic, "g-stop-outage")
+            config.output_topic = output
+            return config
+
+        with Daemon(config()) as daemon:
+            # A checkpoint wrote the first letter and tuples: both producers have metadata.
+            assert wait_for(lambda: broker.committed(topic, "g-stop-outage", 1)[0]
+                            == len(before), 60)
+            produce_in_order(broker.bootstrap, topic, after)
+            assert fetched.wait(60)
+            proxy.cut()
+            cut.set()
+            assert wait_for(lambda: _metric(daemon, "nextstate_interactions_total") == 6, 60)
+        assert daemon.result == [EXIT_KAFKA_UNAVAILABLE]
+        proxy.restore()
+        assert broker.committed(topic, "g-stop-outage", 1) == {0: len(before)}
+        with Daemon(config()) as daemon:
+            assert wait_for(lambda: broker.committed(topic, "g-stop-outage", 1)[0]
+                            == len(before) + len(after), 60)
+        assert daemon.result == [0]
+        letters = sorted(r.value for r in read_topic(broker.bootstrap, f"{topic}.dlq"))
+        sent = sorted(r.key for r in read_topic(broker.bootstrap, output))
+    gc.collect()
+    assert letters == sorted(value for _, value in poisons)
+    assert sent == sorted("|".join(t.key).encode() for t in stored(tmp_path / "state"))
+    assert {key.split(b"#")[0] for key in sent} == {b"s0", b"s1"}

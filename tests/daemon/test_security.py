@@ -188,10 +188,10 @@ def test_security_settings_reach_every_kafka_client(monkeypatch, tmp_path, capsy
         def send(self, *args: Any, **kwargs: Any) -> None:
             raise AssertionError("nothing is sent")
 
-        def flush(self) -> None:
+        def flush(self, timeout: float | None = None) -> None:
             pass
 
-        def close(self) -> None:
+        def close(self, timeout: float | None = None) -> None:
             pass
 
     def consumer(**kwargs: Any) -> None:

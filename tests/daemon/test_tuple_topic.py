@@ -11,10 +11,11 @@ from tests.records import line
 
 
 class FakeFuture:
-    """kafka-python's send future, reduced to ``get``."""
+    """kafka-python's send future, reduced to ``is_done`` and ``get``."""
 
     def __init__(self) -> None:
         self.error: Exception | None = None
+        self.is_done = False
 
     def get(self, timeout: float | None = None) -> None:
         if self.error is not None:
@@ -34,15 +35,16 @@ class FakeProducer:
         self.pending.append((key, value, future))
         return future
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         for key, value, future in self.pending:
             if self.fail:
                 future.error = RuntimeError("broker said no")
             else:
                 self.acked.append((key, value))
+            future.is_done = True
         self.pending = []
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         pass
 
 
