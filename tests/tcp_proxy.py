@@ -76,11 +76,11 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Drop every open connection and stop listening (connects are refused)."""
-        if self._listener is not None:
-            _close(self._listener)
-            self._listener = None
-        with self._lock:
+        with self._lock:  # (a connection being accepted meanwhile is dropped by _accept)
+            listener, self._listener = self._listener, None
             sockets, self._open = self._open, set()
+        if listener is not None:
+            _close(listener)
         for sock in sockets:
             _close(sock)
 
@@ -111,8 +111,14 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
-                self._open.update((client, upstream))
-                self.accepted += 1
+                cut = self._listener is not listener  # cut since this accept: no connection
+                if not cut:
+                    self._open.update((client, upstream))
+                    self.accepted += 1
+            if cut:
+                _close(client)
+                _close(upstream)
+                return
             threading.Thread(target=self._pump, args=(client, upstream, _Frames()),
                              daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
