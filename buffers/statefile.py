@@ -16,6 +16,7 @@ This module sits in ``buffers`` as the lowest layer the daemon and the trainers 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -132,3 +133,19 @@ def check_sqlite_tables(conn: sqlite3.Connection, path: Path,
                        if table in found else f"not {what}: its tables are {has}")
             raise CorruptStateFile(path, problem, remedy)
     return False
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write-to-temp, fsync, rename, fsync the folder: a crash or a power loss leaves the old
+    file or the new one, never an empty or half one (which :func:`read_json` refuses)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

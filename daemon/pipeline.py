@@ -15,7 +15,6 @@ record is processed twice and no pending join is lost.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +25,7 @@ import msgspec
 import structlog
 
 from nextstate.buffers import BufferSet, BufferSpec
-from nextstate.buffers.statefile import read_json
+from nextstate.buffers.statefile import read_json, write_atomically
 from nextstate.daemon import ingest, otel, wire
 from nextstate.daemon.config import DaemonConfig
 from nextstate.daemon.deadletter import DeadLetterSink, FileDeadLetters
@@ -492,7 +491,7 @@ class Pipeline:
                  "stats": self.stats.state_dict(), "saved_at": self.clock()}
         if self.use_event_time:  # a resumed replay closes idle sessions as this run would
             state["event_time"] = [self.event_time, self.event_lateness]
-        _atomic_write(self.state_dir / CHECKPOINT_FILE, json.dumps(state).encode())
+        write_atomically(self.state_dir / CHECKPOINT_FILE, json.dumps(state).encode())
         self.records_since_checkpoint = 0
         return self.low_watermarks()
 
@@ -558,17 +557,3 @@ class Pipeline:
             self.buffers.close()
         self.dead_letters.close()
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write-to-temp, fsync, rename: a crash leaves the old or the new file, never half."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -22,7 +22,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from nextstate.buffers.statefile import read_json
+from nextstate.buffers.statefile import read_json, write_atomically
 from nextstate.daemon.config import DaemonConfig
 from nextstate.daemon.deadletter import KafkaDeadLetters
 from nextstate.daemon.pipeline import Pipeline
@@ -157,9 +157,8 @@ def _save_file_offsets(pipeline: Pipeline, committable: dict[tuple[str, int], in
     offsets = _file_offsets(pipeline)
     offsets.update({topic: offset for (topic, _), offset in committable.items()
                     if topic.startswith("file:")})
-    tmp = pipeline.state_dir / (FILE_OFFSETS + ".tmp")
-    tmp.write_text(json.dumps(offsets))
-    tmp.replace(pipeline.state_dir / FILE_OFFSETS)
+    # fsynced: a file emptied by a power loss would now stop the next run (exit 6)
+    write_atomically(pipeline.state_dir / FILE_OFFSETS, json.dumps(offsets).encode())
 
 
 # -- Kafka --------------------------------------------------------------------------------------
@@ -546,9 +545,7 @@ class KafkaRunner:
             self.consumer.seek_to_beginning(tp)
 
     def _save_topic_ids(self) -> None:
-        tmp = self._topic_ids_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._topic_ids))
-        tmp.replace(self._topic_ids_path)
+        write_atomically(self._topic_ids_path, json.dumps(self._topic_ids).encode())
 
     def _records_waiting(self, assigned: Any) -> str | None:
         """Does any assigned partition have records the consumer is not fetching? Returns

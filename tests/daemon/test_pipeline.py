@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import threading
 import time
@@ -218,6 +219,24 @@ def test_a_transcript_too_long_to_score_is_a_dead_letter_and_the_file_reads_on(t
     (letter,) = [json.loads(x) for x in (tmp_path / "state" / "dlq.jsonl").read_text().splitlines()]
     assert letter["reason"] == "too_large" and "max_record_context=9" in letter["error"]
     assert pipeline.stats.total("records") == 1
+
+
+def test_state_files_are_fsynced_before_they_replace_the_old_ones(tmp_path, monkeypatch):
+    """checkpoint.json and file_offsets.json reach the disk before the rename: a power loss
+    leaves the old file or the new one. file_offsets.json was renamed unsynced, so a power
+    loss could leave it empty, which a run now refuses (exit 6: a corrupt state file)."""
+    synced = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    source = tmp_path / "in.jsonl"
+    write_lines(source, weather_session("s", "{}"))
+    run(config_for(tmp_path, source=f"file:{source}"), source)
+    assert {"checkpoint.json.tmp", "file_offsets.json.tmp"} <= set(synced)
 
 
 def test_follow_mode_processes_appended_lines_until_stopped(tmp_path):
