@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from nextstate.daemon.producers import FLUSH_TIMEOUT_S, close_within, flush_within
+from nextstate.daemon.producers import FLUSH_TIMEOUT_S, flush_then_close, flush_within
 
 
 class DeadLetterSink(Protocol):
@@ -243,12 +243,7 @@ class KafkaDeadLetters:
     def close(self) -> None:
         """Flush, then close the producer (also when the flush raised: then at once, giving
         up the letters not written; nothing past them was committed)."""
-        written = False
-        try:
-            self.flush()
-            written = True
-        finally:
-            close_within(self.producer, self.flush_timeout_s if written else 0)
+        flush_then_close(self.flush, self.producer, self.flush_timeout_s)
 
 
 def _size(letter: Letter) -> int:

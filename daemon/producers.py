@@ -12,6 +12,7 @@ checkpoint stops before any commit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 FLUSH_TIMEOUT_S = 5.0
@@ -52,3 +53,14 @@ def close_within(producer: Any, timeout_s: float) -> None:
         sender.force_close()  # fails the records left: their futures complete
         sender.join(FORCED_CLOSE_WAIT_S)
     producer.close(timeout=0)
+
+
+def flush_then_close(flush: Callable[[], None], producer: Any, timeout_s: float) -> None:
+    """A sink's close: ``flush()``, then close the producer, at once if the flush raised
+    (giving up what it could not write: nothing past that was committed; the error goes on)."""
+    written = False
+    try:
+        flush()
+        written = True
+    finally:
+        close_within(producer, timeout_s if written else 0)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
-from nextstate.daemon.producers import FLUSH_TIMEOUT_S, close_within, flush_within
+from nextstate.daemon.producers import FLUSH_TIMEOUT_S, flush_then_close, flush_within
 from nextstate.extractors.types import ScoredTuple
 
 log = structlog.get_logger("nextstate.tuple_topic")
@@ -131,12 +131,7 @@ class TupleTopicSink:
     def close(self) -> None:
         """Flush, then close the producer (at once if the flush raised: nothing past the
         tuples it could not write was committed)."""
-        written = False
-        try:
-            self.flush()
-            written = True
-        finally:
-            close_within(self.producer, self.flush_timeout_s if written else 0)
+        flush_then_close(self.flush, self.producer, self.flush_timeout_s)
 
 
 class _Failed:
