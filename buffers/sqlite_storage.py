@@ -307,7 +307,9 @@ class SQLiteStorage(Storage):
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
-        """SQLite saying the file is damaged is a :class:`CorruptStateFile` naming it."""
+        """SQLite saying the file is damaged is a :class:`CorruptStateFile` naming it (on
+        open, and mid-run: a damaged page is often first read by a dedup look-up or a write,
+        which before ended ``run`` in a traceback naming no file)."""
         try:
             yield
         except sqlite3.DatabaseError as exc:
@@ -532,19 +534,20 @@ class SQLiteStorage(Storage):
         wanted = list(chains)
         found: dict[int, list[Message]] = {chain: [] for chain in wanted}
         decode = _MESSAGES_DECODER.decode
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for chain, messages in self._db.execute(
-                f"SELECT chain, messages FROM segments WHERE chain IN ({marks})"
-                " ORDER BY chain, start", chunk
-            ):
-                try:
-                    found[chain] += decode(messages)
-                except msgspec.DecodeError as exc:
-                    raise CorruptStateFile(
-                        self.path, f"the context messages of chain {chain} do not decode "
-                        f"({exc})", _MOVE_ASIDE) from None
+        with self._reading():
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for chain, messages in self._db.execute(
+                    f"SELECT chain, messages FROM segments WHERE chain IN ({marks})"
+                    " ORDER BY chain, start", chunk
+                ):
+                    try:
+                        found[chain] += decode(messages)
+                    except msgspec.DecodeError as exc:
+                        raise CorruptStateFile(
+                            self.path, f"the context messages of chain {chain} do not "
+                            f"decode ({exc})", _MOVE_ASIDE) from None
         return {chain: tuple(messages) for chain, messages in found.items()}
 
     def _chain_died(self, chain: int) -> None:
@@ -661,13 +664,18 @@ class SQLiteStorage(Storage):
     def __contains__(self, key: object) -> bool:
         if not (isinstance(key, tuple) and len(key) == 3):
             return False
-        self._write_queued()
-        row = self._db.execute(
-            "SELECT 1 FROM tuples WHERE key = ?", (encode_key(key),)  # type: ignore[arg-type]
-        ).fetchone()
+        with self._reading():
+            self._write_queued()
+            row = self._db.execute(
+                "SELECT 1 FROM tuples WHERE key = ?", (encode_key(key),)  # type: ignore[arg-type]
+            ).fetchone()
         return row is not None
 
     def known_keys(self, keys: Iterable[Key]) -> set[Key]:
+        with self._reading():
+            return self._known_keys(keys)
+
+    def _known_keys(self, keys: Iterable[Key]) -> set[Key]:
         self._write_queued()
         keys = keys if isinstance(keys, list) else list(keys)
         texts = list(map(encode_key, keys))
@@ -710,6 +718,10 @@ class SQLiteStorage(Storage):
 
     def flush(self) -> None:
         """Commit every write so far (and priority updates); durable when this returns."""
+        with self._reading():
+            self._flush()
+
+    def _flush(self) -> None:
         self._write_queued()
         dirty = np.flatnonzero(self._dirty & (self.seq != FREE))
         if dirty.size:

@@ -218,6 +218,12 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
         if not storage_full(exc):
             raise
         store_failed = _log_storage_full(exc, config)
+    except CorruptStateFile:
+        # A damaged page found mid-run (a dedup look-up, a write): closed without a
+        # checkpoint, so nothing past the last durable one is committed; main() says which
+        # file and exits 6.
+        store_failed = True
+        raise
     except sources.KafkaError as exc:
         # The last checkpoint could not write its dead letters or tuples (the broker is
         # away): nothing past them was committed, so a restart processes those records again.

@@ -184,6 +184,30 @@ def test_a_corrupt_buffer_stops_run_and_export(state, corrupt, capfd, tmp_path):
                   "export", path, capfd)
 
 
+def _damage_the_key_index(path: Path) -> None:
+    """Random bytes over the root page of the buffer's key index: the file opens, and the
+    damage is first read by a dedup look-up mid-run."""
+    with closing(sqlite3.connect(path)) as conn:
+        (page,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index' "
+                               "AND tbl_name = 'tuples'").fetchone()
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+    data = bytearray(path.read_bytes())
+    data[(page - 1) * size:page * size] = random.Random(0).randbytes(size)
+    path.write_bytes(bytes(data))
+
+
+def test_a_buffer_page_found_damaged_mid_run_stops_it_naming_the_file(state, capfd):
+    """A damaged page that opening the buffer does not read, found by the run's first dedup
+    look-up: exit 6 naming the file, and no checkpoint past the last durable one (a
+    traceback naming no file before, exit 1)."""
+    path = state / "buffers" / "evaluative.sqlite3"
+    _damage_the_key_index(path)
+    for name in ("checkpoint.json", "file_offsets.json"):  # the sample is read again
+        (state / name).unlink()
+    _refused_run(state, path, capfd)
+    assert not (state / "checkpoint.json").exists()
+
+
 def test_a_stored_tuple_that_does_not_decode_stops_export(state, capfd, tmp_path):
     """A buffer row whose payload does not decode: export exits 6 naming the file and the
     row's seq, and how to evict just that row (a msgspec traceback before)."""
