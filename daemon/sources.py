@@ -7,6 +7,7 @@ cover durable, and only up to the oldest record a pending join still needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -34,6 +35,8 @@ log = structlog.get_logger("nextstate.sources")
 FILE_OFFSETS = "file_offsets.json"
 FILE_OFFSETS_REMEDY = ("move it aside: files are then read again from their first line "
                        "(tuples already stored are not stored twice)")
+FINGERPRINT = "fingerprint:"  # + a file's topic, in file_offsets.json: which file the line is of
+FINGERPRINT_BYTES = 4096  # how much of a file's first line identifies it
 TOPIC_IDS = "kafka_topic_ids.json"  # which incarnation of each topic the offsets belong to
 TOPIC_IDS_REMEDY = ("move it aside: each topic's id is then recorded anew (a broker that came "
                     "back empty before that goes unnoticed)")
@@ -72,7 +75,7 @@ def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Healt
         lines = _lines_of(sys.stdin.buffer, stop, False, poll_s, max_bytes)
     else:
         topic = f"file:{Path(path).resolve()}"
-        start = _file_offsets(pipeline).get(topic, 0)
+        start = _resume_line(pipeline, topic, path)
         lines = _read_lines(path, stop, follow, poll_s, max_bytes)
     cadence = _Cadence(pipeline.config)
     health.set_ready(True, "")
@@ -100,10 +103,10 @@ def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Healt
             health.beat()
             progress.update()
             if cadence.due(pipeline):
-                _save_file_offsets(pipeline, pipeline.checkpoint())
+                _save_file_offsets(pipeline, pipeline.checkpoint(), path)
     if not stop.is_set():
         pipeline.finish()  # the whole file is in: no next state will come for what is pending
-    _save_file_offsets(pipeline, pipeline.checkpoint())
+    _save_file_offsets(pipeline, pipeline.checkpoint(), path)
     health.set_ready(False, "finished")
 
 
@@ -153,10 +156,40 @@ def _file_offsets(pipeline: Pipeline) -> dict[str, int]:
     return read_json(path, dict[str, Annotated[int, msgspec.Meta(ge=0)]], FILE_OFFSETS_REMEDY)
 
 
-def _save_file_offsets(pipeline: Pipeline, committable: dict[tuple[str, int], int]) -> None:
+def _fingerprint(path: str) -> int | None:
+    """Which file this is: a hash of its first line (at most FINGERPRINT_BYTES of it), as log
+    shippers tell a rotated file from the one before; ``None`` until it has a whole one."""
+    with open(path, "rb") as fh:
+        first = fh.readline(FINGERPRINT_BYTES)
+    if not first.endswith(b"\n") and len(first) < FINGERPRINT_BYTES:
+        return None
+    return int.from_bytes(hashlib.blake2b(first, digest_size=7).digest(), "big")
+
+
+def _resume_line(pipeline: Pipeline, topic: str, path: str) -> int:
+    """The line a file run resumes at: where the last run left this file, or 0 when the file
+    now at that path is another one (rotated, replaced: its first line differs). Before,
+    the new file's lines up to the old one's length were skipped as already read."""
+    offsets = _file_offsets(pipeline)
+    start = offsets.get(topic, 0)
+    known = offsets.get(FINGERPRINT + topic)
+    if start and known is not None and _fingerprint(path) not in (known, None):
+        log.warning("file_replaced", source=topic, lines_of_the_old_one=start,
+                    action="read from its first line")
+        pipeline.forget_offsets((topic, 0))
+        return 0
+    return start
+
+
+def _save_file_offsets(pipeline: Pipeline, committable: dict[tuple[str, int], int],
+                       path: str | None = None) -> None:
     offsets = _file_offsets(pipeline)
     offsets.update({topic: offset for (topic, _), offset in committable.items()
                     if topic.startswith("file:")})
+    if path is not None and path != "-":
+        fingerprint = _fingerprint(path)
+        if fingerprint is not None:
+            offsets[FINGERPRINT + f"file:{Path(path).resolve()}"] = fingerprint
     # fsynced: a file emptied by a power loss would now stop the next run (exit 6)
     write_atomically(pipeline.state_dir / FILE_OFFSETS, json.dumps(offsets).encode())
 
