@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -71,12 +72,22 @@ def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Healt
     """
     max_bytes = pipeline.config.join.max_record_bytes
     if path == "-":
-        topic, start = f"stdin:{time.time()}", 0
         lines = _lines_of(sys.stdin.buffer, stop, False, poll_s, max_bytes)
-    else:
-        topic = f"file:{Path(path).resolve()}"
-        start = _resume_line(pipeline, topic, path)
-        lines = _read_lines(path, stop, follow, poll_s, max_bytes)
+        _run_lines(pipeline, lines, f"stdin:{time.time()}", 0, None, stop, health, progress)
+        return
+    topic = f"file:{Path(path).resolve()}"
+    log_file = _LogFile(path)
+    try:
+        start = _resume_line(pipeline, topic, log_file.fingerprint())
+        lines = log_file.lines(stop, follow, poll_s, max_bytes)
+        _run_lines(pipeline, lines, topic, start, log_file, stop, health, progress)
+    finally:
+        log_file.close()
+
+
+def _run_lines(pipeline: Pipeline, lines: Iterator[bytes | None], topic: str, start: int,
+               log_file: _LogFile | None, stop: threading.Event, health: Health,
+               progress: Progress) -> None:
     cadence = _Cadence(pipeline.config)
     health.set_ready(True, "")
     if start:
@@ -86,6 +97,11 @@ def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Healt
     for line in lines:
         if stop.is_set():
             break
+        if line is ROTATED:  # a followed log rotated: the file now at its path, from line 0
+            log.info("file_rotated", source=topic, lines_of_the_old_one=offset)
+            pipeline.forget_offsets((topic, 0))
+            offset = start = 0
+            continue
         if line is None:  # a followed file with nothing new: its event clock runs on
             pipeline.advance_quiet(time.monotonic() - last_line_at)
         else:
@@ -103,22 +119,79 @@ def run_file(pipeline: Pipeline, path: str, stop: threading.Event, health: Healt
             health.beat()
             progress.update()
             if cadence.due(pipeline):
-                _save_file_offsets(pipeline, pipeline.checkpoint(), path)
+                _save_file_offsets(pipeline, pipeline.checkpoint(), topic, log_file)
     if not stop.is_set():
         pipeline.finish()  # the whole file is in: no next state will come for what is pending
-    _save_file_offsets(pipeline, pipeline.checkpoint(), path)
+    _save_file_offsets(pipeline, pipeline.checkpoint(), topic, log_file)
     health.set_ready(False, "finished")
 
 
-def _read_lines(path: str, stop: threading.Event, follow: bool, poll_s: float,
-                max_bytes: int) -> Iterator[bytes | None]:
-    with open(path, "rb") as fh:
-        yield from _lines_of(fh, stop, follow, poll_s, max_bytes)
+ROTATED = b"\0rotated"
+"""Yielded by :meth:`_LogFile.lines` when a followed log was rotated (never a line: each
+ends with a newline or is the file's last)."""
+
+
+class _LogFile:
+    """A file source's file: told by its first line, and reopened when, followed, the path
+    names another file (rotated by a rename) or it shrank (truncated in place), as ``tail -F``
+    does. Before, a followed log that was rotated was read no more."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._open()
+
+    def _open(self) -> None:
+        self.fh: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        self._first = self.fingerprint()
+
+    def fingerprint(self) -> int | None:
+        """A hash of the open file's first line (its first FINGERPRINT_BYTES at most), as
+        log shippers tell a rotated file from the one before; ``None`` until it has one."""
+        data = os.pread(self.fh.fileno(), FINGERPRINT_BYTES, 0)
+        newline = data.find(b"\n")
+        if newline < 0 and len(data) < FINGERPRINT_BYTES:
+            return None
+        first = data if newline < 0 else data[:newline + 1]
+        return int.from_bytes(hashlib.blake2b(first, digest_size=7).digest(), "big")
+
+    def _rotated(self) -> bool:
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False  # moved away, its successor not created yet
+        own = os.fstat(self.fh.fileno())
+        if (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino) or now.st_size < self.fh.tell():
+            return True
+        # Truncated in place and written past where this was read to before it looked: its
+        # first line is another one.
+        first = self.fingerprint()
+        if self._first is None:
+            self._first = first
+        return first is not None and first != self._first
+
+    def lines(self, stop: threading.Event, follow: bool, poll_s: float,
+              max_bytes: int) -> Iterator[bytes | None]:
+        """:func:`_lines_of` the file; followed, on to the next file at its path once this
+        one is read to its end and rotated, with :data:`ROTATED` between them."""
+        while True:
+            yield from _lines_of(self.fh, stop, follow, poll_s, max_bytes,
+                                 self._rotated if follow else None)
+            if not follow or stop.is_set():
+                return
+            self.fh.close()
+            self._open()
+            yield ROTATED
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def _lines_of(fh: BinaryIO, stop: threading.Event, follow: bool, poll_s: float,
-              max_bytes: int) -> Iterator[bytes | None]:
-    """The file's lines; following it, ``None`` each time it has nothing new (then waits).
+              max_bytes: int, rotated: Callable[[], bool] | None = None
+              ) -> Iterator[bytes | None]:
+    """The file's lines; following it, ``None`` each time it has nothing new (then waits,
+    and ends if ``rotated()`` says the file was rotated: checked before reading on, so that
+    a file truncated and written again is not read from the middle).
 
     A line longer than ``max_bytes`` comes cut to its first ``max_bytes + 1`` bytes (the
     pipeline dead-letters it as too large) and the rest of it is read past, never held:
@@ -143,7 +216,7 @@ def _lines_of(fh: BinaryIO, stop: threading.Event, follow: bool, poll_s: float,
             return
         else:  # caught up, maybe mid-line: the writer will finish it
             yield None  # the caller ticks and checkpoints while it waits
-            if stop.wait(poll_s):
+            if stop.wait(poll_s) or (rotated is not None and rotated()):
                 return
 
 
@@ -156,24 +229,14 @@ def _file_offsets(pipeline: Pipeline) -> dict[str, int]:
     return read_json(path, dict[str, Annotated[int, msgspec.Meta(ge=0)]], FILE_OFFSETS_REMEDY)
 
 
-def _fingerprint(path: str) -> int | None:
-    """Which file this is: a hash of its first line (at most FINGERPRINT_BYTES of it), as log
-    shippers tell a rotated file from the one before; ``None`` until it has a whole one."""
-    with open(path, "rb") as fh:
-        first = fh.readline(FINGERPRINT_BYTES)
-    if not first.endswith(b"\n") and len(first) < FINGERPRINT_BYTES:
-        return None
-    return int.from_bytes(hashlib.blake2b(first, digest_size=7).digest(), "big")
-
-
-def _resume_line(pipeline: Pipeline, topic: str, path: str) -> int:
+def _resume_line(pipeline: Pipeline, topic: str, fingerprint: int | None) -> int:
     """The line a file run resumes at: where the last run left this file, or 0 when the file
     now at that path is another one (rotated, replaced: its first line differs). Before,
     the new file's lines up to the old one's length were skipped as already read."""
     offsets = _file_offsets(pipeline)
     start = offsets.get(topic, 0)
     known = offsets.get(FINGERPRINT + topic)
-    if start and known is not None and _fingerprint(path) not in (known, None):
+    if start and known is not None and fingerprint not in (known, None):
         log.warning("file_replaced", source=topic, lines_of_the_old_one=start,
                     action="read from its first line")
         pipeline.forget_offsets((topic, 0))
@@ -182,14 +245,14 @@ def _resume_line(pipeline: Pipeline, topic: str, path: str) -> int:
 
 
 def _save_file_offsets(pipeline: Pipeline, committable: dict[tuple[str, int], int],
-                       path: str | None = None) -> None:
+                       file_topic: str, log_file: _LogFile | None) -> None:
     offsets = _file_offsets(pipeline)
     offsets.update({topic: offset for (topic, _), offset in committable.items()
                     if topic.startswith("file:")})
-    if path is not None and path != "-":
-        fingerprint = _fingerprint(path)
-        if fingerprint is not None:
-            offsets[FINGERPRINT + f"file:{Path(path).resolve()}"] = fingerprint
+    # the file these lines are of: the one open, whatever the path names by now
+    fingerprint = log_file.fingerprint() if log_file is not None else None
+    if fingerprint is not None:
+        offsets[FINGERPRINT + file_topic] = fingerprint
     # fsynced: a file emptied by a power loss would now stop the next run (exit 6)
     write_atomically(pipeline.state_dir / FILE_OFFSETS, json.dumps(offsets).encode())
 

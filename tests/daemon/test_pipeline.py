@@ -109,7 +109,7 @@ def test_resume_after_partial_run_replays_pending_joins(tmp_path):
     assert committable == {(f"file:{source.resolve()}", 0): 0}  # the pending action's record
     from nextstate.daemon.sources import _save_file_offsets
 
-    _save_file_offsets(pipeline, committable)
+    _save_file_offsets(pipeline, committable, f"file:{source.resolve()}", None)
     pipeline.close()
     assert stored(tmp_path / "state") == []
     # The agent goes on; the file grows; a new run resumes.
@@ -302,6 +302,38 @@ def following(pipeline: Pipeline, source: Path) -> Iterator[None]:
         stop.set()
         worker.join(10)
     assert not worker.is_alive()
+
+
+@pytest.mark.parametrize("rotate", ["rename", "truncate"])
+def test_a_followed_log_rotated_is_read_on_from_the_new_file(tmp_path, rotate):
+    """A followed log rotated as logrotate does (renamed and created anew, or copied and
+    truncated in place): the new file is read from its first line, and a session spanning
+    the rotation is joined across it. Before, the old file was followed for good and nothing
+    written after the rotation was read."""
+    from tests.kafka_broker import wait_for
+
+    source = tmp_path / "agent.jsonl"
+    records = weather_session("a", "Error: HTTP 500")
+    write_lines(source, records[:1])  # the tool call, pending
+    pipeline = Pipeline(config_for(tmp_path, commit_interval_s=0.05))
+    with following(pipeline, source):
+        assert wait_for(lambda: pipeline.stats.total("records") == 1, 10)
+        if rotate == "rename":
+            source.rename(tmp_path / "agent.jsonl.1")
+        else:
+            (tmp_path / "agent.jsonl.1").write_bytes(source.read_bytes())
+            source.write_bytes(b"")
+        # written after the rotation (in place: past where the old one was read to)
+        write_lines(source, records[1:])
+        assert wait_for(lambda: pipeline.stats.total("records") == len(records), 10)
+        assert wait_for(lambda: pipeline.stats.total("interactions") == 2, 10)
+    pipeline.close()
+    # the tool call read from the old file, its error from the new one: joined across
+    (scored,) = [t for t in stored(tmp_path / "state")
+                 if t.interaction_id == "a#2" and t.kind == "evaluative"]
+    assert scored.reward < 0
+    offsets = json.loads((tmp_path / "state" / "file_offsets.json").read_text())
+    assert offsets[f"file:{source.resolve()}"] <= len(records) - 1  # lines of the new file
 
 
 def test_a_quiet_followed_log_still_closes_idle_sessions(tmp_path):
