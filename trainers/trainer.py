@@ -488,10 +488,12 @@ class Trainer:
         py = rng["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
         np_state = rng["numpy"]
-        np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32),
+        # (.cpu(): a state loaded onto a GPU has its RNG states there too, and both setters
+        # take host tensors: resuming a CUDA trainer raised before)
+        np.random.set_state((np_state[0], np_state[1].cpu().numpy().astype(np.uint32),
                              np_state[2], np_state[3], np_state[4]))
         if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+            torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
         if "policy" in state:
             self.policy.load_state_dict(state["policy"])
 

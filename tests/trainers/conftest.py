@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,22 @@ import torch
 
 from nextstate.extractors.types import Message, ScoredTuple, ToolCall
 from nextstate.trainers.tiny import TinyConfig, TinyPolicy
+from nextstate.trainers.trainer import Trainer
+
+
+@pytest.fixture(autouse=True)
+def _trainer_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``NEXTSTATE_TEST_DEVICE=cuda`` runs every Trainer of these tests on that device (the
+    GPU check, where a machine has one; CI has none and runs them on the CPU)."""
+    device = os.environ.get("NEXTSTATE_TEST_DEVICE")
+    if not device:
+        return
+    build = Trainer.__init__
+
+    def on_device(self: Trainer, config: Any, *args: Any, **kwargs: Any) -> None:
+        build(self, dataclasses.replace(config, device=device), *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "__init__", on_device)
 
 CONTEXT = (Message(role="system", content="You are a helpful agent."),
            Message(role="user", content="What is the weather in Paris?"))

@@ -51,7 +51,7 @@ def test_lora_trains_only_the_adapter_and_publishes_it(hf_model_dir, tmp_path) -
     assert {"losses/pg", "losses/opd", "losses/dpo", "losses/kl"} <= set(metrics)
     for name, value in policy.model.named_parameters():
         if "lora_" not in name:
-            torch.testing.assert_close(value, base_before[name], rtol=0, atol=0)
+            torch.testing.assert_close(value.cpu(), base_before[name], rtol=0, atol=0)
     assert policy.action_logprobs(CONTEXT, GOOD).sum() > good0
     latest = latest_checkpoint(tmp_path)
     adapter = latest / "policy"
@@ -59,7 +59,7 @@ def test_lora_trains_only_the_adapter_and_publishes_it(hf_model_dir, tmp_path) -
     assert (adapter / "adapter_config.json").is_file()
     assert not list(adapter.glob("model*.safetensors"))
     loaded = load_policy(latest)
-    torch.testing.assert_close(loaded.action_logprobs(CONTEXT, GOOD),
+    torch.testing.assert_close(loaded.to(policy.device).action_logprobs(CONTEXT, GOOD),
                                policy.action_logprobs(CONTEXT, GOOD), rtol=1e-5, atol=1e-5)
     # Resume into a fresh LoRA policy: weights and step come back.
     fresh = HFPolicy.from_pretrained(hf_model_dir, lora=LORA)

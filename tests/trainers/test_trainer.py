@@ -85,7 +85,7 @@ def _kl_teacher_student(policy, context, hint, action, template) -> float:
     def dists(ctx):
         enc = policy.encode(ctx, action)
         with torch.no_grad():
-            logits = policy.logits(torch.tensor([enc.ids]))[0]
+            logits = policy.logits(torch.tensor([enc.ids], device=policy.device))[0]
         return torch.log_softmax(logits[enc.action_start - 1:-1], -1)
 
     teacher = dists(hinted_context(context, hint, template))
@@ -175,7 +175,8 @@ def test_publish_is_versioned_atomic_and_announced(tiny_policy, tmp_path) -> Non
     assert [a["version"] for a in announced] == [1, 2, 3]
     assert json.loads((latest / "manifest.json").read_text())["version"] == 3
     assert trainer.maybe_publish() is None
-    torch.testing.assert_close(load_policy(latest).action_logprobs(CONTEXT, GOOD),
+    published = load_policy(latest).to(trainer.policy.device)
+    torch.testing.assert_close(published.action_logprobs(CONTEXT, GOOD),
                                trainer.policy.action_logprobs(CONTEXT, GOOD), rtol=0, atol=0)
 
 
