@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import errno
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -431,7 +432,21 @@ DELEGATED: dict[str, tuple[str, Callable[[list[str]], int]]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nextstate`` command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # The reader went away (``nextstate stats | head``): stop quietly, as a shell tool
+        # killed by SIGPIPE does. Output still buffered would raise again as Python flushes
+        # its streams at exit, so they are pointed at /dev/null first (the recipe in the
+        # docs of ``signal``, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.dup2(devnull, stream.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
         return DELEGATED[argv[0]][1](argv[1:])
     parser = argparse.ArgumentParser(prog="nextstate", description=__doc__,

@@ -42,3 +42,29 @@ def test_run_with_its_metrics_port_taken_is_a_clear_error(tmp_path, capfd):
                 if '"metrics_unavailable"' in x]
     assert error["port"] == port and "0 picks a free one" in error["hint"]
     BufferSet.open(tmp_path / "state" / "buffers", []).close()  # not left locked or broken
+
+
+def test_stats_into_a_closed_pipe_stops_quietly(tmp_path):
+    """``nextstate stats | head``: a reader gone before the output ends was a BrokenPipeError
+    traceback and exit 1; now no output on stderr and exit 141, as a tool killed by SIGPIPE."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nextstate.daemon
+
+    sample = Path(nextstate.daemon.__file__).parent / "sample_interactions.jsonl"
+    state = tmp_path / "state"
+    assert cli_main(["run", "--source", f"file:{sample}", "--state-dir", str(state),
+                     "--metrics-port", "-1", "--log-format", "json"]) == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before stats starts: its first write finds no reader
+    try:
+        done = subprocess.run([sys.executable, "-m", "nextstate.daemon.cli", "stats",
+                               "--state-dir", str(state)],
+                              stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.stderr.decode() == ""
+    assert done.returncode == 141
