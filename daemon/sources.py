@@ -43,6 +43,7 @@ TOPIC_IDS_REMEDY = ("move it aside: each topic's id is then recorded anew (a bro
                     "back empty before that goes unnoticed)")
 FINAL_COMMIT_TIMEOUT_MS = 10_000  # the commit on stop: bounded, well inside a SIGTERM grace
 PROBE_TIMEOUT_MS = 5_000  # a blocking look-up in the loop (ListOffsets, committed offsets)
+MAX_BACKOFF_S = 30.0  # the longest wait before polling again after a Kafka error
 
 
 class _Cadence:
@@ -358,6 +359,9 @@ class KafkaRunner:
         self._stall_s = max(10.0, 3 * config.kafka.session_timeout_ms / 1000)
         # Look-ups block the loop: at most a third of the poll interval the group allows.
         self._probe_ms = min(PROBE_TIMEOUT_MS, config.kafka.max_poll_interval_ms // 3)
+        # Between polls, as the look-ups: a wait past max_poll_interval_ms makes the client
+        # leave the group (a rebalance for every member) though the broker was fine.
+        self._max_backoff_s = min(MAX_BACKOFF_S, config.kafka.max_poll_interval_ms / 3000)
         self.paused_for: str | None = None  # why consumption is paused (backpressure)
         self.closing = False  # closing the consumer, just after a final commit
         # kafka-python 3 runs the rebalance listener on its IO thread, and a group join goes
@@ -416,7 +420,7 @@ class KafkaRunner:
                 self.reachable = False
                 log.warning("kafka_error", error=repr(exc)[:300], retry_in_s=backoff)
                 self.stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, self._max_backoff_s)
                 continue
             assigned = self.consumer.assignment()
             self._apply_backpressure(assigned)

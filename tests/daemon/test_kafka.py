@@ -159,6 +159,48 @@ def test_a_kafka_error_mid_batch_reads_the_rest_of_the_batch_again(broker, tmp_p
     assert _metric_of_state(tmp_path, "interactions") == 2 * 3  # the last actions pending
 
 
+def test_the_retry_backoff_stays_within_the_poll_interval(broker, tmp_path, monkeypatch):
+    """Kafka errors in a row doubled the wait before the next poll up to 30 s, past a short
+    ``max_poll_interval_ms`` (6 s here), and the client left the group over a broker that was
+    fine. The waits now stop at a third of it, and the record is processed once it goes
+    through."""
+    from kafka.errors import KafkaTimeoutError
+
+    from nextstate.daemon.pipeline import Pipeline
+
+    topic, group = f"backoff-{uuid.uuid4().hex[:8]}", "nextstate-test"
+    broker.create_topic(topic, PARTITIONS)
+    broker.create_topic(f"{topic}.dlq", 1)
+    total = produce_sessions(broker, topic, {"s0": weather_session("s0", "Error: HTTP 500")})
+    process, failed = Pipeline.process, []
+
+    def failing(self, value, key, topic_, partition, offset):
+        if offset == 1 and len(failed) < 5:
+            failed.append(offset)
+            raise KafkaTimeoutError("injected: a send that timed out")
+        return process(self, value, key, topic_, partition, offset)
+
+    class Waits(threading.Event):
+        """The stop event, noting how long the loop waits on it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.timeouts: list[float | None] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.timeouts.append(timeout)
+            return super().wait(timeout)
+
+    monkeypatch.setattr(Pipeline, "process", failing)
+    daemon = Daemon(kafka_config(broker, tmp_path, topic, group))
+    daemon.stop = waits = Waits()
+    with daemon:
+        assert wait_for(lambda: _metric(daemon, "nextstate_records_total") == total, 60)
+    assert len(failed) == 5 and daemon.result == [0]
+    assert waits.timeouts[:5] == [0.5, 1.0, 2.0, 2.0, 2.0]  # 6000 ms / 3
+    assert _records_total(tmp_path) == total
+
+
 def _metric_of_state(tmp_path: Path, counter: str) -> float:
     state = json.loads((tmp_path / "state" / "checkpoint.json").read_text())
     return sum(value for name, _, value in state["stats"]["counters"] if name == counter)
