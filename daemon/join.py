@@ -574,6 +574,14 @@ class SessionJoiner:
                 marks[key] = offset
         return marks
 
+    def pending_at(self, session_id: str, position: Position) -> str | None:
+        """The id of the session's pending action if the record at ``position`` made it."""
+        session = self.sessions.get(session_id)
+        pending = None if session is None else session.pending
+        if pending is None or pending.position != position:
+            return None
+        return pending.interaction_id
+
     @property
     def pending_count(self) -> int:
         """Actions waiting for their next state."""

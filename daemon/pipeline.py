@@ -74,6 +74,9 @@ class CheckpointState(msgspec.Struct):
     saved_at: float | None = None
     event_time: tuple[float, float] | None = None
     """``[latest record time, lateness]`` (event time only)."""
+    closed_below: list[tuple[str, Offset, Offset]] = []
+    """``[topic, partition, offset]``: the low watermark this checkpoint returned. An action
+    read below it was no longer pending then: its interaction was scored before."""
 
 
 def read_checkpoint(state_dir: Path) -> CheckpointState | None:
@@ -170,6 +173,12 @@ class Pipeline:
         # later tells a broker that came back empty from a commit that never happened.
         self.committed: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
+        # Per partition, the low watermark of the last checkpoint: actions read again from
+        # below it were closed and scored before it (see _note_closed_before).
+        self.closed_below: dict[tuple[str, int], int] = {}
+        # Ids of such actions, pending again in the join: their interactions are not scored,
+        # counted or judged a second time when they close.
+        self._closed_before: set[str] = set()
         self.records_since_checkpoint = 0
         # Tuples are written to the buffers once this many are waiting, and by every tick and
         # checkpoint (before anything is made durable). The Kafka source raises it and calls
@@ -225,6 +234,10 @@ class Pipeline:
             self.stats.inc("join_duplicates", (), self.joiner.duplicates - self._duplicates_seen)
             self._duplicates_seen = self.joiner.duplicates
         if replay:
+            if offset < self.closed_below.get(tp, -1):
+                self._note_closed_before(decoded, position)
+            if self._closed_before:
+                self._closed_before.difference_update(i.interaction_id for i in closed)
             return
         stats = self.stats
         for record, shape in decoded:
@@ -238,6 +251,19 @@ class Pipeline:
         if self.use_event_time and \
                 self.event_time - self._last_series >= self.config.timeseries_interval_s:
             self.record_timeseries(self.event_time)
+
+    def _note_closed_before(self, decoded: list[tuple[wire.WireRecord, str]],
+                            position: tuple[str, int, int]) -> None:
+        """A record read again from below the last checkpoint's low watermark (the input
+        re-read from further back than the checkpoint: a commit that did not happen, a group
+        offset reset, a file's offsets lost): an action it left pending in the join was
+        closed before that checkpoint, so its interaction is not emitted again."""
+        pending_at = self.joiner.pending_at
+        for record, _ in decoded:
+            if record.session_id is not None:
+                interaction_id = pending_at(record.session_id, position)
+                if interaction_id is not None:
+                    self._closed_before.add(interaction_id)
 
     def _feed_spans(self, batch: list[tuple[wire.WireRecord, str]], key: bytes | None,
                     now: float, position: tuple[str, int, int], size: int, replay: bool
@@ -386,7 +412,11 @@ class Pipeline:
         """Score closed interactions, redact the tuples and add them to the buffers."""
         all_tuples: list[ScoredTuple] = []
         redactor, observe = self.redactor, self.stats.observe_interaction
+        closed_before = self._closed_before
         for interaction in interactions:
+            if closed_before and interaction.interaction_id in closed_before:
+                closed_before.discard(interaction.interaction_id)  # scored before a restart
+                continue
             tuples: list[ScoredTuple] = []
             for name, extractor, cascaded in self._dispatch(interaction):
                 try:
@@ -450,6 +480,10 @@ class Pipeline:
         """
         partitions = list(partitions)
         dropped = self.joiner.drop_partitions(partitions)
+        if self._closed_before:  # the ids of actions dropped with them
+            held = self.joiner.sessions
+            self._closed_before = {i for i in self._closed_before
+                                   if i.rpartition("#")[0] in held}
         for tp in partitions:
             if tp in self.seen:
                 self.processed[tp] = max(self.processed.get(tp, 0), self.seen.pop(tp))
@@ -462,6 +496,7 @@ class Pipeline:
         self.processed.pop(tp, None)
         self.seen.pop(tp, None)
         self.committed.pop(tp, None)
+        self.closed_below.pop(tp, None)
 
     def behind(self) -> str | None:
         """Why the source should stop fetching for now (``None``: it should not)."""
@@ -486,14 +521,22 @@ class Pipeline:
             # its ``seen`` starts below ``processed``; lowering it would re-process records.
             if offset > self.processed.get(tp, 0):
                 self.processed[tp] = offset
+        marks = self.low_watermarks()
+        closed_below = self.closed_below
+        for tp, mark in marks.items():
+            # Only up: below an earlier mark everything was closed before, whatever was
+            # read again since (re-read actions are pending again, lowering the marks).
+            if mark > closed_below.get(tp, -1):
+                closed_below[tp] = mark
         state = {"processed": [[t, p, o] for (t, p), o in self.processed.items()],
                  "committed": [[t, p, o] for (t, p), o in self.committed.items()],
+                 "closed_below": [[t, p, o] for (t, p), o in self.closed_below.items()],
                  "stats": self.stats.state_dict(), "saved_at": self.clock()}
         if self.use_event_time:  # a resumed replay closes idle sessions as this run would
             state["event_time"] = [self.event_time, self.event_lateness]
         write_atomically(self.state_dir / CHECKPOINT_FILE, json.dumps(state).encode())
         self.records_since_checkpoint = 0
-        return self.low_watermarks()
+        return marks
 
     def low_watermarks(self) -> dict[tuple[str, int], int]:
         """Per partition read, the oldest offset a pending join still needs, else the next
@@ -521,6 +564,7 @@ class Pipeline:
     def _restore(self, state: CheckpointState) -> None:
         self.processed = {(t, p): o for t, p, o in state.processed}
         self.committed = {(t, p): o for t, p, o in state.committed}
+        self.closed_below = {(t, p): o for t, p, o in state.closed_below}
         self.stats.load_state_dict(msgspec.to_builtins(state.stats))
         if self.use_event_time and state.event_time is not None:
             self.event_time, lateness = state.event_time

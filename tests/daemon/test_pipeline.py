@@ -14,6 +14,8 @@ from pathlib import Path
 import msgspec
 import pytest
 import structlog.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nextstate.buffers import BufferSet, BufferSpec
 from nextstate.daemon.cli import main as cli_main
@@ -120,6 +122,113 @@ def test_resume_after_partial_run_replays_pending_joins(tmp_path):
     (scored,) = stored(tmp_path / "state")
     assert scored.interaction_id == "a#2" and scored.reward < 0
     assert resumed.stats.total("records") == 3  # the first record was replayed, not recounted
+
+
+def test_records_read_again_from_before_the_checkpoint_are_not_scored_twice(tmp_path):
+    """A restart that reads from further back than the last checkpoint (its commit did not
+    happen, a group offset reset): the re-read records rebuilt the last action of a session
+    already closed as idle, and it was closed, scored and counted again (and judged again,
+    with a judge). An action still pending at the checkpoint is scored once, after it."""
+    clock = [1000.0]
+    config = config_for(tmp_path, source="kafka", event_time="wall")
+    values = [line(r) for sid in ("a", "b") for r in weather_session(sid, "Error: HTTP 500")]
+
+    def feed(pipeline: Pipeline, offsets: range) -> None:
+        for offset in offsets:
+            pipeline.process(values[offset], None, "t", 0, offset)
+
+    first = Pipeline(config, clock=lambda: clock[0])
+    feed(first, range(3))  # session a, its last action pending
+    clock[0] += 400.0
+    first.tick()  # ... closed as idle, scored
+    feed(first, range(3, 6))  # session b, its last action pending at the checkpoint
+    assert first.checkpoint() == {("t", 0): 5}  # (a commit of offset 5 that never lands)
+    first.close()
+    assert first.stats.total("interactions") == 2 + 3
+
+    again = Pipeline(config, clock=lambda: clock[0])
+    feed(again, range(6))  # from the last offset committed: 0
+    clock[0] += 400.0
+    again.tick()
+    again.close()
+    assert again.stats.total("records") == 6
+    assert again.stats.total("interactions") == 6  # b's last action once; a's not again (7)
+    assert {t.interaction_id for t in stored(tmp_path / "state")} == {"a#2", "b#2"}
+    assert not again._closed_before  # nothing left behind
+
+
+def _restart_events(kinds: list[str], idle_after: list[bool]) -> list[bytes | float]:
+    """Sessions one after another (call logs ending well or badly, or one transcript), each
+    followed by a tick after ``+400 s`` (its last action closes as idle) or ``+1 s``."""
+    events: list[bytes | float] = []
+    for n, kind in enumerate(kinds):
+        sid = f"s{n}"
+        if kind == "transcript":
+            call = assistant(calls=[(f"{sid}-c", "get_weather", {"city": "Oslo"})])
+            events.append(line({"session_id": sid, "messages": [
+                user("weather in Oslo?"), call, tool(f"{sid}-c", "Error: HTTP 503"),
+                assistant("It failed."), user("try again"), assistant("Trying again.")]}))
+        else:
+            result = '{"temp_c": 18}' if kind == "ok" else "Error: HTTP 500"
+            events += [line(r) for r in weather_session(sid, result)]
+        events.append(400.0 if idle_after[n % len(idle_after)] else 1.0)
+    return events
+
+
+def _play(pipeline: Pipeline, events: list[bytes | float], clock: list[float],
+          first_offset: int = 0, stop_offset: int | None = None) -> None:
+    """Feed the records from ``first_offset`` on (each followed by its tick) until
+    ``stop_offset``."""
+    offset = 0
+    for event in events:
+        if isinstance(event, float):
+            if offset > first_offset:
+                clock[0] += event
+                pipeline.tick()
+            continue
+        if offset == stop_offset:
+            return
+        if offset >= first_offset:
+            clock[0] += 0.5
+            pipeline.process(event, None, "t", 0, offset)
+        offset += 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(kinds=st.lists(st.sampled_from(["ok", "error", "transcript"]), min_size=1, max_size=5),
+       idle_after=st.lists(st.booleans(), min_size=1, max_size=5),
+       cut=st.integers(0, 20), back=st.integers(0, 20))
+def test_a_restart_from_any_earlier_offset_scores_each_action_once(kinds, idle_after, cut,
+                                                                   back):
+    """Cut a run anywhere (checkpointed), then read again from any offset at or before the
+    one it would commit: every action is scored and counted once, as in a run never cut."""
+    import tempfile
+
+    events = _restart_events(kinds, idle_after)
+    records = sum(1 for e in events if isinstance(e, bytes))
+    cut %= records + 1
+    with tempfile.TemporaryDirectory() as whole_dir, tempfile.TemporaryDirectory() as cut_dir:
+        clock = [1000.0]
+        config = config_for(Path(whole_dir), source="kafka", event_time="wall")
+        whole = Pipeline(config, clock=lambda: clock[0])
+        _play(whole, events, clock)
+        whole.finish()
+        whole.close()
+
+        clock = [1000.0]
+        config = config_for(Path(cut_dir), source="kafka", event_time="wall")
+        first = Pipeline(config, clock=lambda: clock[0])
+        _play(first, events, clock, stop_offset=cut)
+        commit = first.checkpoint().get(("t", 0), 0)
+        first.close(durable=False)  # a crash after the checkpoint
+        again = Pipeline(config, clock=lambda: clock[0])
+        _play(again, events, clock, first_offset=back % (commit + 1))
+        again.finish()
+        again.close()
+        for counter in ("records", "interactions", "tuples"):
+            assert again.stats.total(counter) == whole.stats.total(counter), counter
+        assert sorted(t.key for t in stored(Path(cut_dir) / "state")) == \
+            sorted(t.key for t in stored(Path(whole_dir) / "state"))
 
 
 def test_cli_run_stats_and_export(tmp_path, capsys):
