@@ -318,6 +318,10 @@ class SessionJoiner:
                   position: Position | None) -> list[Interaction]:
         assert record.request is not None
         messages: Any = record.request.messages
+        # Every check that rejects the record comes before the session is made or touched:
+        # a rejected record leaves the join as it was (a stream of records with a bad time
+        # made a session each, past max_sessions; found by atheris).
+        ts = wire.parse_ts(record.ts)
         held = self.sessions.get(session_id)
         array = partial = None
         if type(messages) in wire.LAZY_ARRAYS:
@@ -373,8 +377,8 @@ class SessionJoiner:
             f"{session_id}#{index}", context, action, index, position,
             record.model or record.request.model
             or (record.response.model if record.response else None),
-            _version(record.policy_version), logprobs, wire.usage_of(record),
-            wire.parse_ts(record.ts), "openai_exchange", (), (), wire_action)
+            _version(record.policy_version), logprobs, wire.usage_of(record), ts,
+            "openai_exchange", (), (), wire_action)
         session.history_len = index + 1
         session.last_action = action
         # What the next request may repeat byte for byte: this one's array up to its last
@@ -399,12 +403,12 @@ class SessionJoiner:
             raise BadRecord("too_large", f"a transcript of {len(messages)} messages: its "
                             f"{len(actions)} actions' contexts hold {context} messages "
                             f"together > join.max_record_context={self.max_record_context}")
+        ts = wire.parse_ts(record.ts)  # (before the session is touched, as in _exchange)
         session = self._session(session_id, now, position)
         closed: list[Interaction] = []
         if actions:
             # The same for every action of the record: worked out once.
             model, version = record.model, _version(record.policy_version)
-            ts = wire.parse_ts(record.ts)
             held, session.pending = session.pending, None
             last = actions[-1]
             for n, i in enumerate(actions):
@@ -474,6 +478,7 @@ class SessionJoiner:
         """
         assert record.messages
         result = wire.normalize_message(record.messages[0])
+        ts = wire.parse_ts(record.ts)  # (before the session is touched, as in _exchange)
         # No session is made for a result nobody waits for: a flood of such spans (content
         # capture off) must not grow the sessions past max_sessions (found by atheris).
         pending = (self._session(session_id, now, None).pending if session_id in self.sessions
@@ -494,8 +499,7 @@ class SessionJoiner:
         return [Interaction(
             interaction_id=f"{session_id}#tool:{call.id or call.name}", session_id=session_id,
             context=(), action=Message(role="assistant", tool_calls=(call,)),
-            next_state=(result,), closed_by="next_state", ts=wire.parse_ts(record.ts),
-            shape=otel.TOOL_SHAPE)]
+            next_state=(result,), closed_by="next_state", ts=ts, shape=otel.TOOL_SHAPE)]
 
     def _session_end(self, session_id: str, outcome: float | None) -> list[Interaction]:
         session = self.sessions.pop(session_id, None)

@@ -264,3 +264,39 @@ def test_unawaited_tool_results_make_no_sessions():
         (interaction,) = joiner.feed(result, "otel_tool", float(n))
         assert interaction.next_state[0].content == "ok"
         assert len(joiner.sessions) == 0
+
+
+@pytest.mark.parametrize("shape", ["openai_exchange", "transcript", "otel_tool"])
+def test_a_record_with_a_bad_time_leaves_the_join_as_it_was(shape):
+    """A record rejected for its time (``ts`` not a time) made its session first: with the
+    wall clock (Kafka) a stream of them, one session each, grew the join past max_sessions
+    (found by atheris), and an existing session was moved to the front as if it had been
+    heard from. Now nothing changes: no session, the held ones in their order, their pending
+    actions kept."""
+    joiner = SessionJoiner(max_sessions=4)
+    call = assistant(calls=[("c1", "bash", {"cmd": "ls"})])
+    held = [exchange(f"held{n}", [user("list files")], call) for n in range(2)]
+    for n, record in enumerate(held):
+        joiner.feed(wire.decode(line(record)), "openai_exchange", float(n))
+    def state() -> list:
+        return [(sid, s.pending and s.pending.interaction_id, s.last_seen)
+                for sid, s in joiner.sessions.items()]
+
+    before = state()
+
+    def bad(session_id: str) -> wire.WireRecord:
+        if shape == "openai_exchange":
+            record = exchange(session_id, [user("list files"), call, tool("c1", "a b")],
+                              assistant("Two files."))
+        elif shape == "transcript":
+            record = {"session_id": session_id, "messages": [user("hi"), assistant("Hello.")]}
+        else:
+            record = {"session_id": session_id, "messages": [tool("c1", "a b", "bash")]}
+        return wire.decode(line({**record, "ts": "not a time"}))
+
+    for n in range(100):
+        with pytest.raises(BadRecord, match="ts is not ISO-8601"):
+            joiner.feed(bad(f"new{n}"), shape, 10.0 + n)
+    with pytest.raises(BadRecord, match="ts is not ISO-8601"):
+        joiner.feed(bad("held0"), shape, 200.0)
+    assert state() == before

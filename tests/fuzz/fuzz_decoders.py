@@ -10,7 +10,8 @@ breach of which is a crash for libFuzzer:
   turns into a ``decode`` dead letter), and a rejected record carries a known reason and a
   detail;
 - the join's state stays within its bounds after every record: sessions, pending bytes, and
-  feedback held per pending action.
+  feedback held per pending action;
+- a record the join rejects leaves it as it was (sessions, their order and pending actions).
 
 Run it (the seed corpus is written into an empty corpus folder first)::
 
@@ -61,7 +62,12 @@ def check_stream(data: bytes) -> None:
         try:
             decoded = ingest.decode_records(piece, b"key" if n % 2 else None)
             for record, shape in decoded:
-                joiner.feed(record, shape, now, ("fuzz", 0, n), len(piece) // len(decoded))
+                before = join_state(joiner)
+                try:
+                    joiner.feed(record, shape, now, ("fuzz", 0, n), len(piece) // len(decoded))
+                except (BadRecord, RecursionError):
+                    assert join_state(joiner) == before, "a rejected record changed the join"
+                    raise
                 check_bounds(joiner)
         except BadRecord as exc:
             assert exc.reason in REASONS, f"unknown reason {exc.reason!r}"
@@ -75,6 +81,14 @@ def check_stream(data: bytes) -> None:
     for interaction in joiner.close_all():
         assert interaction.session_id is not None
     assert not joiner.sessions and joiner.pending_count == 0
+
+
+def join_state(joiner: SessionJoiner) -> tuple[object, ...]:
+    """What a rejected record must leave as it was: the sessions (in recency order, each
+    with its pending action and what it saw last) and the bounds' counters."""
+    return (joiner.pending_bytes, joiner.evicted, joiner.duplicates,
+            [(sid, s.pending and s.pending.interaction_id, s.last_seen, s.history_len)
+             for sid, s in joiner.sessions.items()])
 
 
 def check_bounds(joiner: SessionJoiner) -> None:
