@@ -194,20 +194,18 @@ class SpanBatch(list[tuple[WireRecord, str]]):
     pipeline tells it from one record's (a plain list) by its type.
     """
 
-    __slots__ = ("_attrs", "_sources", "_traces", "_value", "rejected")
+    __slots__ = ("_attrs", "_sources", "_splitter", "rejected")
 
-    def __init__(self, value: bytes, traces: list[ResourceSpans],
-                 attrs: list[dict[str, Any] | None]) -> None:
+    def __init__(self, splitter: _Splitter, attrs: list[dict[str, Any] | None]) -> None:
         super().__init__()
         self.rejected: list[RejectedSpan] = []
-        self._value, self._traces, self._attrs = value, traces, attrs
+        self._splitter, self._attrs = splitter, attrs
         self._sources: list[int] = []  # each pair's span, as its index in the batch
 
     def reject(self, n: int, error: BadRecord) -> RejectedSpan:
         """Pair ``n``'s span, rejected after decoding (by the join) for ``error``."""
         index = self._sources[n]
-        return _rejected(self._value, self._traces, index, self._attrs[index],
-                         self[n][0].session_id, error)
+        return self._splitter.reject(index, self._attrs[index], self[n][0].session_id, error)
 
 
 def decode_batch(value: bytes) -> SpanBatch:
@@ -236,10 +234,11 @@ def decode_batch(value: bytes) -> SpanBatch:
             conversation.setdefault(span.traceId, a["gen_ai.conversation.id"])
         if _operation(a) in _MODEL_CALLS:
             model_call_traces.add(span.traceId)
-    out = SpanBatch(value, traces, attrs)
+    splitter = _Splitter(value, traces, spans)
+    out = SpanBatch(splitter, attrs)
     for i, (span, a) in enumerate(zip(spans, attrs, strict=True)):
         if a is None:
-            out.rejected.append(_rejected(value, traces, i, None, None, unreadable[i]))
+            out.rejected.append(splitter.reject(i, None, None, unreadable[i]))
             continue
         operation = _operation(a)
         session = str(a.get("gen_ai.conversation.id") or conversation.get(span.traceId)
@@ -255,7 +254,7 @@ def decode_batch(value: bytes) -> SpanBatch:
         except (BadRecord, RecursionError) as error:
             # One malformed span must not cost the batch's other spans: it goes apart.
             exc = as_bad_record(error, "GenAI messages attribute: ")
-            out.rejected.append(_rejected(value, traces, i, a, session, exc))
+            out.rejected.append(splitter.reject(i, a, session, exc))
             continue
         if record is not None:  # None: an exchange without its messages (capture off)
             out.append((record, shape))
@@ -263,35 +262,88 @@ def decode_batch(value: bytes) -> SpanBatch:
     return out
 
 
-def _rejected(value: bytes, traces: list[ResourceSpans], index: int,
-              a: dict[str, Any] | None, session: str | None, error: BadRecord) -> RejectedSpan:
-    """Span ``index`` of the batch (its attributes ``a``, its session), rejected for ``error``."""
-    r, s, k = _locate(traces, index)
-    span = traces[r].scopeSpans[s].spans[k]
-    # A session that came from another span of its trace: the span alone must carry it.
-    inherited = a is not None and not a.get("gen_ai.conversation.id") \
-        and session != _hex_id(span.traceId)
-    conversation = session if inherited else None
-    try:
-        if looks_like_otlp_proto(value):
-            alone = _one_span_proto(value, r, s, k, conversation)
-        else:
-            alone = _one_span_json(value, r, s, k, conversation)
-    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
-        # Not seen (the batch's decode read these bytes): the whole batch, so nothing is lost.
-        alone = value
-    span_id = _hex_id(span.spanId)[:32] or "no id"
-    return RejectedSpan(index, error.reason, f"span {index} ({span_id}): {error.detail}", alone)
+class _Splitter:
+    """Cuts spans out of one batch as batches of their own (see :class:`RejectedSpan`).
 
+    The batch is read again for that once, when its first span is rejected, and each span's
+    resource and scope are found by its index: before, every rejected span decoded the whole
+    batch again and walked its scopes (4,000 bad spans in a 2 MB batch took 8 s; the 16 MB a
+    record may hold, minutes).
+    """
 
-def _locate(traces: list[ResourceSpans], index: int) -> tuple[int, int, int]:
-    """The resource, scope and place in the scope of the batch's span ``index``."""
-    for r, resource in enumerate(traces):
-        for s, scope in enumerate(resource.scopeSpans):
-            if index < len(scope.spans):
-                return r, s, index
-            index -= len(scope.spans)
-    raise IndexError(index)
+    __slots__ = ("_places", "_proto", "_raw", "_shells", "_spans", "_value")
+
+    def __init__(self, value: bytes, traces: list[ResourceSpans], spans: list[Span]) -> None:
+        self._value, self._spans = value, spans
+        self._proto = False  # (set with _raw: the test copies the batch)
+        # span index -> (resource, scope, place in the scope)
+        self._places = [(r, s, k) for r, resource in enumerate(traces)
+                        for s, scope in enumerate(resource.scopeSpans)
+                        for k in range(len(scope.spans))]
+        self._raw: Any = None  # the batch read again (_raw_json or _raw_proto); False: unreadable
+        # A protobuf batch's resources (r, -1) and scopes (r, s), each without what it holds.
+        self._shells: dict[tuple[int, int], Any] = {}
+
+    def reject(self, index: int, a: dict[str, Any] | None, session: str | None,
+               error: BadRecord) -> RejectedSpan:
+        """Span ``index`` (its attributes ``a``, its session), rejected for ``error``."""
+        span = self._spans[index]
+        # A session that came from another span of its trace: the span alone must carry it.
+        inherited = a is not None and not a.get("gen_ai.conversation.id") \
+            and session != _hex_id(span.traceId)
+        alone = self._alone(index, session if inherited else None)
+        span_id = _hex_id(span.spanId)[:32] or "no id"
+        return RejectedSpan(index, error.reason, f"span {index} ({span_id}): {error.detail}",
+                            alone)
+
+    def _alone(self, index: int, conversation: str | None) -> bytes:
+        if self._raw is None:
+            proto = self._proto = looks_like_otlp_proto(self._value)
+            try:
+                self._raw = _raw_proto(self._value) if proto else _raw_json(self._value)
+            except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+                self._raw = False
+        if self._raw is False:
+            # Not seen (the batch's decode read these bytes): the whole batch, so nothing is
+            # lost.
+            return self._value
+        r, s, k = self._places[index]
+        if self._proto:
+            return self._one_span_proto(r, s, k, conversation)
+        try:
+            return _one_span_json(self._raw, r, s, k, conversation)
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+            return self._value
+
+    def _one_span_proto(self, r: int, s: int, k: int, conversation: str | None) -> bytes:
+        """:func:`_one_span_json` for a protobuf batch: its resource and scope as they were
+        (unknown fields too), with only the span in them."""
+        from opentelemetry.proto.trace.v1.trace_pb2 import TracesData as PbTracesData
+
+        # Each resource and scope copied once without what it holds (a copy of a resource
+        # copies every span in it).
+        resource = self._raw.resource_spans[r]
+        resource_shell = self._shells.get((r, -1))
+        if resource_shell is None:
+            resource_shell = self._shells[(r, -1)] = type(resource)()
+            resource_shell.CopyFrom(resource)
+            del resource_shell.scope_spans[:]
+        scope = resource.scope_spans[s]
+        scope_shell = self._shells.get((r, s))
+        if scope_shell is None:
+            scope_shell = self._shells[(r, s)] = type(scope)()
+            scope_shell.CopyFrom(scope)
+            del scope_shell.spans[:]
+        out = PbTracesData()
+        alone = out.resource_spans.add()
+        alone.CopyFrom(resource_shell)
+        alone_scope = alone.scope_spans.add()
+        alone_scope.CopyFrom(scope_shell)
+        span = alone_scope.spans.add()
+        span.CopyFrom(scope.spans[k])
+        if conversation is not None:
+            span.attributes.add(key="gen_ai.conversation.id").value.string_value = conversation
+        return out.SerializeToString()
 
 
 class _RawScopeSpans(msgspec.Struct, omit_defaults=True):
@@ -316,11 +368,27 @@ _RAW_FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 
 
-def _one_span_json(value: bytes, r: int, s: int, k: int, conversation: str | None) -> bytes:
+def _raw_json(value: bytes) -> tuple[bool, list[_RawResourceSpans]]:
+    """A JSON batch's resources with every part left as bytes, and whether it is the list
+    form (Rotel) rather than the envelope."""
+    listed = value.lstrip()[:1] == b"["
+    return listed, _RAW_LIST.decode(value) if listed else _RAW_ENVELOPE.decode(value).resourceSpans
+
+
+def _raw_proto(value: bytes) -> Any:
+    """A protobuf batch parsed again, as the generated ``TracesData`` message."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData as PbTracesData
+
+    batch = PbTracesData()
+    batch.ParseFromString(value)
+    return batch
+
+
+def _one_span_json(raw: tuple[bool, list[_RawResourceSpans]], r: int, s: int, k: int,
+                   conversation: str | None) -> bytes:
     """Span ``k`` of scope ``s`` of resource ``r`` as a JSON batch of its own, its bytes (and
     its resource's and scope's) as they were, in the batch's form (envelope or list)."""
-    listed = value.lstrip()[:1] == b"["
-    resources = _RAW_LIST.decode(value) if listed else _RAW_ENVELOPE.decode(value).resourceSpans
+    listed, resources = raw
     resource = resources[r]
     scope = resource.scopeSpans[s]
     span = scope.spans[k]
@@ -337,26 +405,6 @@ def _one_span_json(value: bytes, r: int, s: int, k: int, conversation: str | Non
     alone = msgspec.structs.replace(resource, scopeSpans=[
         msgspec.structs.replace(scope, spans=[span])])
     return msgspec.json.encode([alone] if listed else _RawTracesData([alone]))
-
-
-def _one_span_proto(value: bytes, r: int, s: int, k: int, conversation: str | None) -> bytes:
-    """:func:`_one_span_json` for a protobuf batch (it was parsed once already)."""
-    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData as PbTracesData
-
-    batch = PbTracesData()
-    batch.ParseFromString(value)
-    out = PbTracesData()
-    resource = out.resource_spans.add()
-    resource.CopyFrom(batch.resource_spans[r])
-    del resource.scope_spans[:]
-    scope = resource.scope_spans.add()
-    scope.CopyFrom(batch.resource_spans[r].scope_spans[s])
-    del scope.spans[:]
-    span = scope.spans.add()
-    span.CopyFrom(batch.resource_spans[r].scope_spans[s].spans[k])
-    if conversation is not None:
-        span.attributes.add(key="gen_ai.conversation.id").value.string_value = conversation
-    return out.SerializeToString()
 
 
 def _traces(value: bytes) -> list[ResourceSpans]:

@@ -300,6 +300,33 @@ def test_only_malformed_spans_make_a_batch_of_rejects_not_a_bad_record():
     assert [(r.index, r.reason) for r in batch.rejected] == [(0, "schema"), (1, "schema")]
 
 
+@pytest.mark.parametrize("encode", ENCODINGS.values(), ids=ENCODINGS)
+def test_many_rejected_spans_read_their_batch_again_once(encode, monkeypatch):
+    """Each rejected span is cut out of its batch as a batch of its own. That decoded (or
+    parsed) the whole batch again for every one of them: 4,000 bad spans in a 2 MB JSON
+    batch took 8 s, in a 1 MB protobuf one 17 s, and a 16 MB batch minutes. Now the batch is
+    read again once, and every span alone is still its own span in its resource and scope."""
+    from nextstate.daemon import otel
+
+    calls = []
+    for name in ("_raw_json", "_raw_proto"):
+        read = getattr(otel, name)
+        monkeypatch.setattr(otel, name, lambda value, read=read: calls.append(1) or read(value))
+    spans = odd_run("conv-m")
+    bad = [s for s in spans if s.attributes.get("gen_ai.output.messages") == "[{not json"]
+    batch = decode_records(encode(bad * 60 + spans), None)
+    (wizard,) = batch  # decoded: the join rejects it, with the batch's conversation id
+    rejected = [*batch.rejected, batch.reject(0, BadRecord("unknown_role", "wizard"))]
+    assert len(calls) == 1
+    assert sorted(r.index for r in rejected) == list(range(62))  # the agent span: 62
+    for r in rejected[:-1]:
+        assert alone(r.value)[2]["gen_ai.output.messages"] == "[{not json"
+    attributes = alone(rejected[-1].value)[2]
+    assert "wizard" in attributes["gen_ai.input.messages"]
+    assert attributes["gen_ai.conversation.id"] == "conv-m"  # inherited from its trace
+    assert wizard[0].session_id == "conv-m"
+
+
 @pytest.mark.parametrize("value", [{"arrayValue": {"values": [{"stringValue": "chat"}]}},
                                    {"kvlistValue": {"values": []}}])
 def test_an_operation_name_that_is_no_string_skips_only_its_span(value):
