@@ -108,6 +108,8 @@ def _run_lines(pipeline: Pipeline, lines: Iterator[bytes | None], topic: str, st
         else:
             last_line_at = time.monotonic()
             if offset >= start and line.strip():
+                if offset == 0 and line[:3] == UTF8_BOM:
+                    line = line[3:]  # saved as "UTF-8 with BOM" (Windows tools): no JSON
                 pipeline.process(line.rstrip(b"\r\n"), None, topic, 0, offset)
                 if pipeline.use_event_time:
                     # Event time moves with every record: close what went idle (the tuples
@@ -126,6 +128,9 @@ def _run_lines(pipeline: Pipeline, lines: Iterator[bytes | None], topic: str, st
     _save_file_offsets(pipeline, pipeline.checkpoint(), topic, log_file)
     health.set_ready(False, "finished")
 
+
+UTF8_BOM = b"\xef\xbb\xbf"
+"""What a file saved as "UTF-8 with BOM" starts with; its first line is read without it."""
 
 ROTATED = b"\0rotated"
 """Yielded by :meth:`_LogFile.lines` when a followed log was rotated (never a line: each

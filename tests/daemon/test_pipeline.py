@@ -97,6 +97,22 @@ def test_rerun_of_a_finished_file_processes_nothing_twice(tmp_path):
     assert after_first and stored(tmp_path / "state") == after_first
 
 
+def test_a_file_saved_with_a_byte_order_mark_and_crlf_reads_as_without(tmp_path):
+    """A JSON-lines file saved as "UTF-8 with BOM" with Windows line ends (what Windows
+    PowerShell's ``Out-File -Encoding utf8`` writes): its first record was a ``decode`` dead
+    letter ("invalid character (byte 0)"); now every line reads as in the plain file."""
+    records = weather_session("a", "Error: HTTP 500") + weather_session("b", '{"ok": 1}')
+    plain, windows = tmp_path / "plain.jsonl", tmp_path / "windows.jsonl"
+    write_lines(plain, records)
+    windows.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
+    first = run(config_for(tmp_path / "p"), plain)
+    second = run(config_for(tmp_path / "w"), windows)
+    assert second.stats.total("dead_letters") == 0
+    assert second.stats.total("interactions") == first.stats.total("interactions") == 6
+    assert sorted(t.key for t in stored(tmp_path / "w" / "state")) == \
+        sorted(t.key for t in stored(tmp_path / "p" / "state"))
+
+
 def test_resume_after_partial_run_replays_pending_joins(tmp_path):
     """A run cut mid-file resumes from the oldest pending record without re-emitting tuples."""
     records = weather_session("a", "Error: HTTP 500")
