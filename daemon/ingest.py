@@ -54,7 +54,7 @@ _MARK = b'["' + _NONCE + b'",'
 _MIN_SPLICE = 1024
 # The session id near the start (a guess: one search, not three finds; a wrong one only
 # costs speed).
-_find_session_id = re.compile(rb'"session_id"\s*:\s*"([^"]{0,1024})"').search
+_find_session_id = re.compile(rb'"session_id"\s*:\s*(?:"([^"]{0,1024})"|(-?[0-9]{1,64}))').search
 _LAZY_DECODE = wire.LAZY_DECODER.decode
 _MESSAGES_DECODE = wire.MESSAGES_DECODER.decode
 _force_setattr = msgspec.structs.force_setattr
@@ -97,6 +97,8 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
         record = wire.decode_lazy(value)
     if record.session_id is None and key:
         record = msgspec.structs.replace(record, session_id=key.decode("utf-8", "replace"))
+    elif type(record.session_id) is int:  # a numeric id: the same session as its string
+        record = msgspec.structs.replace(record, session_id=str(record.session_id))
     if record.type is None and record.request is not None and record.response is not None \
             and record.session_id:
         shape = "openai_exchange"  # what wire.classify says of it, without the call
@@ -137,7 +139,8 @@ def _decode_spliced(value: bytes, key: bytes | None, known: KnownRequests
         found = _find_session_id(value, 0, 2048)
         if found is None:
             return None
-        session_id = found.group(1).decode("utf-8", "replace")
+        text, number = found.groups()
+        session_id = (number if text is None else text).decode("utf-8", "replace")
     prefix = known.known_request(session_id)
     if prefix is None or len(prefix) < _MIN_SPLICE:
         return None

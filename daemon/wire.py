@@ -146,7 +146,8 @@ class WireRecord(msgspec.Struct, Generic[M], frozen=True):
     (:func:`decode_lazy`) keeps the request's messages as the bytes of their JSON array.
     """
 
-    session_id: str | None = None
+    # An int (a database key) is taken as its decimal string by ingest.decode_records.
+    session_id: str | int | None = None
     type: str | None = None
     ts: float | str | None = None
     model: str | None = None

@@ -279,6 +279,37 @@ def test_ingest_cuts_out_the_bytes_the_joiner_holds():
     assert _outputs(values, lazy=True) == _outputs(values, lazy=False)
 
 
+def test_a_numeric_session_id_is_the_session_of_its_decimal_string():
+    """``"session_id": 42`` (a database key) was a ``schema`` dead letter; now it is the
+    session ``"42"``: its exchanges, feedback and end join as with the string id, and the
+    known request bytes are still cut out of its later records."""
+    history = [SYSTEM, user("x" * ingest._MIN_SPLICE)]
+    records = []
+    for n in range(3):
+        records.append(exchange("42", history, assistant(f"answer {n}")))
+        history = [*history, assistant(f"answer {n}"), user(f"more {n}")]
+    records += [{"type": "feedback", "session_id": "42", "value": 1},
+                {"type": "session_end", "session_id": "42", "outcome": 1.0}]
+
+    def joined(session_id):
+        joiner, kinds, closed = SessionJoiner(), [], []
+        for record in records:
+            value = line({**record, "session_id": session_id})
+            for decoded, shape in ingest.decode_records(value, None, joiner):
+                if shape == "openai_exchange":
+                    kinds.append(type(decoded.request.messages).__name__)
+                closed += joiner.feed(decoded, shape, 0.0)
+        return kinds, closed
+
+    kinds, closed = joined(42)
+    assert kinds == ["Raw", "SplicedArray", "SplicedArray"]
+    assert closed == joined("42")[1] and [i.session_id for i in closed] == ["42"] * 3
+    assert [i.closed_by for i in closed] == ["next_state", "next_state", "session_end"]
+    for not_an_id in (4.2, True, [42]):
+        with pytest.raises(BadRecord, match="session_id"):
+            ingest.decode_records(line({**records[0], "session_id": not_an_id}), None)
+
+
 def test_a_spliced_request_joins_as_its_bytes_do():
     """The short path trusts a spliced request's decoded messages only when it was cut at
     the very bytes the session holds: with other bytes lent (equal or not) it reads the

@@ -40,7 +40,7 @@ def test_response_may_be_the_message_itself():
 
 @pytest.mark.parametrize(("raw", "reason"), [
     (b'{"session_id": ', "decode"),
-    (b'{"session_id": 5}', "schema"),
+    (b'{"session_id": 5.5}', "schema"),  # (an int is a session id: its decimal string)
     (b'{"request": {"messages": []}, "response": {}}', "no_session"),
     (b'{"session_id": "s", "type": "nonsense"}', "unknown_type"),
     (b'{"session_id": "s", "hello": 1}', "unknown_shape"),
