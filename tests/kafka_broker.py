@@ -55,9 +55,10 @@ class Broker:
             consumer.close()
 
     def produce(self, topic: str, records: list[tuple[bytes | None, bytes]],
-                partition_of: dict[bytes, int] | None = None) -> None:
+                partition_of: dict[bytes, int] | None = None,
+                compression_type: str | None = None) -> None:
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
-                                 **self.security)
+                                 compression_type=compression_type, **self.security)
         try:
             for key, value in records:
                 partition = partition_of.get(key) if partition_of and key else None
