@@ -38,9 +38,9 @@ import structlog  # noqa: E402
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
 
 with atheris.instrument_imports(include=["nextstate"]):
-    from nextstate.daemon import ingest
+    from nextstate.daemon import ingest, otel
     from nextstate.daemon.join import SessionJoiner
-    from nextstate.daemon.wire import BadRecord
+    from nextstate.daemon.wire import BadRecord, as_bad_record
 
 REASONS = frozenset({"decode", "schema", "no_session", "unknown_type", "unknown_shape",
                      "unknown_role", "unmatched_feedback"})
@@ -61,13 +61,18 @@ def check_stream(data: bytes) -> None:
         now = float(n)
         try:
             decoded = ingest.decode_records(piece, b"key" if n % 2 else None)
-            for record, shape in decoded:
+            batch = isinstance(decoded, otel.SpanBatch)
+            for i, (record, shape) in enumerate(decoded):
                 before = join_state(joiner)
                 try:
                     joiner.feed(record, shape, now, ("fuzz", 0, n), len(piece) // len(decoded))
-                except (BadRecord, RecursionError):
+                except (BadRecord, RecursionError) as error:
                     assert join_state(joiner) == before, "a rejected record changed the join"
-                    raise
+                    if not batch:
+                        raise
+                    # As the pipeline does: the span alone, for the dead letters.
+                    rejected = decoded.reject(i, as_bad_record(error))
+                    assert rejected.reason in REASONS and rejected.value, rejected
                 check_bounds(joiner)
         except BadRecord as exc:
             assert exc.reason in REASONS, f"unknown reason {exc.reason!r}"
