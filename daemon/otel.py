@@ -267,8 +267,8 @@ class _Splitter:
 
     The batch is read again for that once, when its first span is rejected, and each span's
     resource and scope are found by its index: before, every rejected span decoded the whole
-    batch again and walked its scopes (4,000 bad spans in a 2 MB batch took 8 s; the 16 MB a
-    record may hold, minutes).
+    batch again and walked its scopes (4,000 bad spans took 6-8 s in a 1.8 MB JSON batch, 32 s
+    in a 0.85 MB protobuf one; the 16 MB a record may hold, many minutes).
     """
 
     __slots__ = ("_places", "_proto", "_raw", "_shells", "_spans", "_value")

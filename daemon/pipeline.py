@@ -75,8 +75,8 @@ class CheckpointState(msgspec.Struct):
     event_time: tuple[float, float] | None = None
     """``[latest record time, lateness]`` (event time only)."""
     closed_below: list[tuple[str, Offset, Offset]] = []
-    """``[topic, partition, offset]``: the low watermark this checkpoint returned. An action
-    read below it was no longer pending then: its interaction was scored before."""
+    """``[topic, partition, offset]``: the highest low watermark a checkpoint returned. An
+    action read below it was no longer pending then: its interaction was scored before."""
 
 
 def read_checkpoint(state_dir: Path) -> CheckpointState | None:
@@ -173,8 +173,8 @@ class Pipeline:
         # later tells a broker that came back empty from a commit that never happened.
         self.committed: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
-        # Per partition, the low watermark of the last checkpoint: actions read again from
-        # below it were closed and scored before it (see _note_closed_before).
+        # Per partition, the highest low watermark a checkpoint returned: actions read again
+        # from below it were closed and scored before it (see _note_closed_before).
         self.closed_below: dict[tuple[str, int], int] = {}
         # Ids of such actions, pending again in the join: their interactions are not scored,
         # counted or judged a second time when they close.
@@ -254,10 +254,10 @@ class Pipeline:
 
     def _note_closed_before(self, decoded: list[tuple[wire.WireRecord, str]],
                             position: tuple[str, int, int]) -> None:
-        """A record read again from below the last checkpoint's low watermark (the input
-        re-read from further back than the checkpoint: a commit that did not happen, a group
-        offset reset, a file's offsets lost): an action it left pending in the join was
-        closed before that checkpoint, so its interaction is not emitted again."""
+        """A record read again from below ``closed_below`` (the input re-read from further
+        back than a checkpoint: a commit that did not land, a group offset reset, a file's
+        offsets lost): an action it left pending in the join was closed before that
+        checkpoint, so its interaction is not emitted again."""
         pending_at = self.joiner.pending_at
         for record, _ in decoded:
             if record.session_id is not None:
