@@ -88,13 +88,19 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
     else:
         otlp = otel.looks_like_otlp_json(value) or otel.looks_like_otlp_proto(value)
     if otlp:
-        return otel.decode_batch(value)
+        try:
+            return otel.decode_batch(value)
+        except BadRecord as error:
+            return otel.decode_batch(_repaired(value, error))
     record = None
     # A record shorter than the least known bytes worth cutting out cannot hold them.
     if known is not None and type(value) is bytes and len(value) > _MIN_SPLICE:
         record = _decode_spliced(value, key, known)
     if record is None:
-        record = wire.decode_lazy(value)
+        try:
+            record = wire.decode_lazy(value)
+        except BadRecord as error:
+            record = wire.decode_lazy(_repaired(value, error))
     if record.session_id is None and key:
         record = msgspec.structs.replace(record, session_id=key.decode("utf-8", "replace"))
     elif type(record.session_id) is int:  # a numeric id: the same session as its string
@@ -113,6 +119,16 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
     if anthropic.is_anthropic(record):
         return [(anthropic.to_openai(wire.typed(record)), anthropic.SHAPE)]
     return [(record, shape)]
+
+
+def _repaired(value: bytes, error: BadRecord) -> bytes:
+    """A record that did not decode, with its lone surrogate escapes read as U+FFFD (see
+    :func:`wire.without_lone_surrogates`); ``error`` again when it holds none."""
+    repaired = wire.without_lone_surrogates(value) if error.reason == "decode" and \
+        type(value) is bytes else None
+    if repaired is None:
+        raise error
+    return repaired
 
 
 def _decode_spliced(value: bytes, key: bytes | None, known: KnownRequests

@@ -46,6 +46,7 @@ from nextstate.daemon.wire import (
     WireToolCall,
     WireUsage,
     as_bad_record,
+    without_lone_surrogates,
 )
 
 EXCHANGE_SHAPE = "otel_span"
@@ -472,7 +473,13 @@ def _messages(raw: Any, decoder: msgspec.json.Decoder[Any]) -> Any:
         return None
     try:
         if isinstance(raw, str):
-            return decoder.decode(raw)
+            try:
+                return decoder.decode(raw)
+            except msgspec.DecodeError:  # a cut emoji in a message, as in a record
+                repaired = without_lone_surrogates(raw.encode())
+                if repaired is None:
+                    raise
+                return decoder.decode(repaired)
         return msgspec.convert(raw, decoder.type)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRecord("schema", f"GenAI messages attribute: {exc}") from None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -208,6 +209,25 @@ def decode(value: bytes | str) -> WireRecord[list[WireMessage]]:
         raise BadRecord("schema", str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is the latter
         raise BadRecord("decode", str(exc)) from None
+
+
+# A UTF-16 surrogate escape without its other half: what JavaScript's JSON.stringify writes
+# for a string cut inside an emoji, and Python's json.dumps for undecodable bytes read with
+# "surrogateescape". The JSON grammar allows it; no Unicode text holds it, and msgspec
+# rejects the record. An escape, not an escaped backslash (an even run of them before it).
+_LONE_SURROGATE = re.compile(
+    rb"(?<!\\)((?:\\\\)*)"
+    rb"(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # high, no low
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})")  # low, no high
+
+
+def without_lone_surrogates(value: bytes) -> bytes | None:
+    """``value`` with every lone surrogate escape read as U+FFFD (the replacement character),
+    or ``None`` if it holds none. Called on a record that did not decode: one cut emoji in a
+    tool output, repeated in every later request of a call log, cost the session's records
+    from there on."""
+    repaired = _LONE_SURROGATE.sub(rb"\1\\ufffd", value)
+    return None if repaired == value else repaired
 
 
 def decode_lazy(value: bytes | str) -> WireRecord[msgspec.Raw]:

@@ -284,3 +284,65 @@ def test_a_negative_token_count_is_rejected(usage):
               "response": {"role": "assistant", "content": "y"}, "usage": usage}
     with pytest.raises(BadRecord, match="Expected `int` >= 0"):
         ingest.decode_records(json.dumps(record).encode(), None)
+
+
+def _js_stringify(text: str) -> str:
+    """``text`` as JavaScript's JSON.stringify writes it: a lone surrogate as an escape
+    (Python's json.dumps does the same)."""
+    return json.dumps(text)
+
+
+def test_a_lone_surrogate_escape_is_read_as_the_replacement_character(tmp_path):
+    """A tool output cut inside an emoji by a JavaScript agent (``"\\ud83d"`` with no low half)
+    is valid JSON grammar but no text: msgspec rejected the record, and in a call log every
+    later request repeats it, so the session's records were dead letters from there on. Now
+    the lone half reads as U+FFFD and the session joins; paired halves, escaped backslashes
+    and records bad for another reason are as before."""
+    from nextstate.daemon.config import load_config
+    from nextstate.daemon.pipeline import Pipeline
+    from tests.daemon.test_pipeline import weather_session
+    from tests.records import line
+
+    cut = "Error: HTTP 500 \U0001F600"[:-1] + "\ud83d"  # what a UTF-16 slice leaves
+    records = [line(r) for r in weather_session("s", "placeholder")]
+    records = [r.replace(b'"placeholder"', _js_stringify(cut).encode()) for r in records]
+    assert b"\\ud83d\"" in records[1]
+    with pytest.raises(msgspec.DecodeError):
+        wire.LAZY_DECODER.decode(records[1])
+    pipeline = Pipeline(load_config(None, state_dir=str(tmp_path / "state"),
+                                    extractors=["tool"]))
+    for offset, value in enumerate(records):
+        pipeline.process(value, None, "t", 0, offset)
+    pipeline.finish()
+    pipeline.write_pending()
+    assert pipeline.stats.total("dead_letters") == 0
+    assert pipeline.stats.total("interactions") == 3
+    (scored,) = [t for b in pipeline.buffers.buffers.values() for t in b.iter_tuples()
+                 if t.kind == "evaluative"]
+    assert scored.reward < 0 and "\ufffd" in scored.next_state_excerpt
+    pipeline.close()
+
+    paired = b'"a \\ud83d\\ude00 b \\\\ud800 c"'  # an emoji, then the text \ud800
+    assert wire.without_lone_surrogates(paired) is None
+    assert wire.without_lone_surrogates(b'"\\udc00 \\uD83D"') == b'"\\ufffd \\ufffd"'
+    with pytest.raises(BadRecord, match="malformed"):  # bad for another reason as well
+        ingest.decode_records(records[1][:-1] + b"\\ud800", None)
+
+
+def test_a_lone_surrogate_in_an_otlp_span_is_read_as_the_replacement_character():
+    """The same in OpenTelemetry spans: in a plain attribute (a tool's result) the whole
+    batch did not decode; in a GenAI messages attribute (JSON text in a string) its span
+    was rejected."""
+    from tests.daemon.test_otel import _kv, _span
+
+    chat = _span("chat", "a" * 32, 1)
+    messages = json.dumps([{"role": "user", "parts": [{"type": "text", "content": "\ud83d"}]}])
+    chat["attributes"][1] = _kv("gen_ai.input.messages", messages)
+    tool = _span("tool", "b" * 32, 2)
+    tool["attributes"][2] = _kv("gen_ai.tool.call.result", "cut \ud83d")
+    batch = ingest.decode_records(json.dumps({"resourceSpans": [{"scopeSpans": [
+        {"spans": [chat, tool]}]}]}).encode(), None)
+    assert batch.rejected == []
+    (exchange, _), (result, _) = batch
+    assert wire.typed(exchange).request.messages[0].content == "\ufffd"
+    assert result.messages[0].content == "cut \ufffd"
