@@ -33,6 +33,34 @@ from nextstate.daemon.service import Health, Progress
 
 log = structlog.get_logger("nextstate.sources")
 
+
+def _guard_spent_partition_records() -> None:
+    """Work around a kafka-python 3.0 bug (3.0.12 checked): when a partition's fetched batch
+    does not read (a compression codec it lacks, a batch failing its CRC check), ``take``
+    raises once and then returns nothing from the spent record iterator, and the fetcher
+    loops on it for good: the consumer thread at full CPU, deaf to a stop. Marking the
+    records drained when ``take`` raises lets the error reach the loop (logged, not ready,
+    retried with backoff) and the loop answer a stop."""
+    from kafka.consumer.fetcher import Fetcher
+
+    records = getattr(Fetcher, "PartitionRecords", None)
+    take = getattr(records, "take", None)
+    if take is None or getattr(take, "_nextstate_guard", False):
+        return
+
+    def guarded_take(self: Any, n: int | None = None) -> list[Any]:
+        try:
+            return take(self, n)
+        except Exception:
+            self.record_iterator = None  # falsy: the fetcher moves on (and fetches again)
+            raise
+
+    guarded_take._nextstate_guard = True  # type: ignore[attr-defined]
+    records.take = guarded_take  # type: ignore[union-attr]
+
+
+_guard_spent_partition_records()
+
 FILE_OFFSETS = "file_offsets.json"
 FILE_OFFSETS_REMEDY = ("move it aside: files are then read again from their first line "
                        "(tuples already stored are not stored twice)")

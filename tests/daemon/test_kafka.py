@@ -21,6 +21,18 @@ pytestmark = pytest.mark.kafka
 PARTITIONS = 3
 
 
+class _Waits(threading.Event):
+    """A stop event that notes how long the loop waits on it (its backoffs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        return super().wait(timeout)
+
+
 def kafka_config(broker, tmp_path: Path, topic: str, group: str):
     return load_config(
         None, source="kafka", state_dir=str(tmp_path / "state"), extractors=["tool"],
@@ -145,6 +157,30 @@ def test_a_compressed_topic_is_read(broker, tmp_path, codec):
     assert {t.session_id for t in stored(tmp_path / "state")} == set(sessions)
 
 
+def test_a_batch_that_does_not_read_leaves_the_daemon_answering(broker, tmp_path, monkeypatch):
+    """kafka-python 3.0.12 raises once for a partition's batch that does not read (a codec it
+    lacks, a batch failing its CRC check), then its next poll loops for good on the spent
+    records: the daemon hung at full CPU, deaf to a stop. With the guard the error comes back
+    on each poll: the daemon logs it, is not ready, and stops when told."""
+    from kafka import codec
+
+    topic, group = f"unreadable-{uuid.uuid4().hex[:8]}", "nextstate-test"
+    broker.create_topic(topic, PARTITIONS)
+    broker.create_topic(f"{topic}.dlq", 1)
+    produce_sessions(broker, topic, {"s0": weather_session("s0", "Error: HTTP 500")},
+                     compression_type="lz4")
+    monkeypatch.setattr(codec, "has_lz4", lambda: False)  # as where lz4 is not installed
+    daemon = Daemon(kafka_config(broker, tmp_path, topic, group))
+    daemon.stop = waits = _Waits()
+    with daemon:
+        # Three polls that raised, each followed by its backoff (the bug: the second hung).
+        assert wait_for(lambda: len(waits.timeouts) >= 3, 60)
+        status, body = daemon.http("/readyz")
+        assert status == 503 and "UnsupportedCodecError" in body.decode()
+        assert daemon.http("/healthz")[0] == 200
+    assert daemon.result == [0]  # (__exit__: it stopped when told)
+
+
 def test_a_kafka_error_mid_batch_reads_the_rest_of_the_batch_again(broker, tmp_path,
                                                                    monkeypatch):
     """A KafkaError raised while a poll's records are processed (a producer's send used to
@@ -198,20 +234,9 @@ def test_the_retry_backoff_stays_within_the_poll_interval(broker, tmp_path, monk
             raise KafkaTimeoutError("injected: a send that timed out")
         return process(self, value, key, topic_, partition, offset)
 
-    class Waits(threading.Event):
-        """The stop event, noting how long the loop waits on it."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.timeouts: list[float | None] = []
-
-        def wait(self, timeout: float | None = None) -> bool:
-            self.timeouts.append(timeout)
-            return super().wait(timeout)
-
     monkeypatch.setattr(Pipeline, "process", failing)
     daemon = Daemon(kafka_config(broker, tmp_path, topic, group))
-    daemon.stop = waits = Waits()
+    daemon.stop = waits = _Waits()
     with daemon:
         assert wait_for(lambda: _metric(daemon, "nextstate_records_total") == total, 60)
     assert len(failed) == 5 and daemon.result == [0]
