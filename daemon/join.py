@@ -542,6 +542,12 @@ class SessionJoiner:
             self.pending_bytes -= self.sessions.pop(session_id).size
         return len(gone)
 
+    def discard(self, session_id: str) -> None:
+        """Forget a session without closing its pending action (closed before, elsewhere)."""
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            self.pending_bytes -= session.size
+
     def _forget(self, session_id: str, closed_by: ClosedBy) -> list[Interaction]:
         session = self.sessions.pop(session_id)
         self.pending_bytes -= session.size

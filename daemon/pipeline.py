@@ -215,6 +215,8 @@ class Pipeline:
                                 f"{self.config.join.max_record_bytes}")
             # An OTLP batch holds many spans; the joiner lends the request bytes it holds.
             decoded = ingest.decode_records(value, key, self.joiner)
+            if self._closed_before and not replay:
+                self._retire_closed_before(decoded)
             now = self._read_event_time(decoded, replay, quiet) if self.use_event_time \
                 else self.clock()
             if type(decoded) is list:  # the usual case: one wire record per Kafka record
@@ -264,6 +266,21 @@ class Pipeline:
                 interaction_id = pending_at(record.session_id, position)
                 if interaction_id is not None:
                     self._closed_before.add(interaction_id)
+
+    def _retire_closed_before(self, decoded: list[tuple[wire.WireRecord, str]]) -> None:
+        """A new record (past the re-read ones) for a session whose pending action was closed
+        before the checkpoint: no record closed it (one read again would have), so it was
+        closed as idle, evicted or ended, and the session forgotten, before this record came.
+        The session is forgotten now, and the record meets the join as it did then: feedback
+        or a tool result for that action was kept with it and lost when it closed unscored;
+        without a known action, feedback is a dead letter, as it was in the run not cut."""
+        sessions, closed_before = self.joiner.sessions, self._closed_before
+        for record, _ in decoded:
+            session = sessions.get(record.session_id)  # type: ignore[arg-type]
+            pending = None if session is None else session.pending
+            if pending is not None and pending.interaction_id in closed_before:
+                closed_before.discard(pending.interaction_id)
+                self.joiner.discard(record.session_id)  # type: ignore[arg-type]
 
     def _feed_spans(self, batch: list[tuple[wire.WireRecord, str]], key: bytes | None,
                     now: float, position: tuple[str, int, int], size: int, replay: bool
