@@ -390,11 +390,9 @@ class KafkaRunner:
         # Records waiting (lag), broker reachable, not paused, yet nothing fetched this long:
         # the consumer is stuck (see _fresh_consumer).
         self._stall_s = max(10.0, 3 * config.kafka.session_timeout_ms / 1000)
-        # Look-ups block the loop: at most a third of the poll interval the group allows.
-        self._probe_ms = min(PROBE_TIMEOUT_MS, config.kafka.max_poll_interval_ms // 3)
-        # Between polls, as the look-ups: a wait past max_poll_interval_ms makes the client
-        # leave the group (a rebalance for every member) though the broker was fine.
-        self._max_backoff_s = min(MAX_BACKOFF_S, config.kafka.max_poll_interval_ms / 3000)
+        # Look-ups block the loop, and backoff waits between polls: each within the limit.
+        self._probe_ms = min(PROBE_TIMEOUT_MS, between_polls_ms(config))
+        self._max_backoff_s = min(MAX_BACKOFF_S, between_polls_ms(config) / 1000)
         self.paused_for: str | None = None  # why consumption is paused (backpressure)
         self.closing = False  # closing the consumer, just after a final commit
         # kafka-python 3 runs the rebalance listener on its IO thread, and a group join goes
@@ -795,10 +793,17 @@ class KafkaRunner:
             self.closing = False
 
 
+def between_polls_ms(config: DaemonConfig) -> int:
+    """The longest the loop may block between two polls: a third of the poll interval the
+    group allows (a wait past ``max_poll_interval_ms`` makes the client leave the group, a
+    rebalance for every member, though the broker was fine)."""
+    return config.kafka.max_poll_interval_ms // 3
+
+
 def producer_wait_s(config: DaemonConfig) -> float:
     """How long a checkpoint waits for a producer's acknowledgements (and a send for its
-    topic's metadata): at most a third of the poll interval the group allows, as look-ups."""
-    return min(FLUSH_TIMEOUT_S, config.kafka.max_poll_interval_ms / 3000)
+    topic's metadata): within :func:`between_polls_ms`, as look-ups."""
+    return min(FLUSH_TIMEOUT_S, between_polls_ms(config) / 1000)
 
 
 def kafka_dead_letters(config: DaemonConfig) -> KafkaDeadLetters:
