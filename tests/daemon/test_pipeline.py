@@ -173,6 +173,45 @@ def test_records_read_again_from_before_the_checkpoint_are_not_scored_twice(tmp_
     assert not again._closed_before  # nothing left behind
 
 
+def test_a_tool_span_after_a_fast_re_read_meets_the_join_as_in_a_run_never_cut(tmp_path):
+    """An action closed as idle before the checkpoint, read again fast after a restart (no
+    time for it to go idle again): an OTel execute_tool span for its call that comes next
+    closed an interaction of its own in the run not cut (no action was pending), but was kept
+    with the re-read action and lost unscored with it."""
+    clock = [1000.0]
+    config = config_for(tmp_path, source="kafka", event_time="wall")
+    values = [line(r) for sid in ("a", "b") for r in weather_session(sid, "Error: HTTP 500")]
+    values = [values[0], *values[3:]]  # a: its tool call only (pending), then session b
+    span = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": "a" * 32, "spanId": "1" * 16, "name": "execute_tool get_weather",
+        "startTimeUnixNano": "1760000000000000000", "attributes": [
+            {"key": "gen_ai.operation.name", "value": {"stringValue": "execute_tool"}},
+            {"key": "gen_ai.conversation.id", "value": {"stringValue": "a"}},
+            {"key": "gen_ai.tool.name", "value": {"stringValue": "get_weather"}},
+            {"key": "gen_ai.tool.call.id", "value": {"stringValue": "a-c"}},
+            {"key": "gen_ai.tool.call.result", "value": {"stringValue": "Error: HTTP 500"}},
+        ]}]}]}]}).encode()
+
+    first = Pipeline(config, clock=lambda: clock[0])
+    first.process(values[0], None, "t", 0, 0)
+    clock[0] += 400.0
+    first.tick()  # a's call closes as idle (no result yet), a is forgotten
+    for offset in range(1, 4):
+        first.process(values[offset], None, "t", 0, offset)  # b, its last action pending
+    assert first.checkpoint() == {("t", 0): 3}  # (a commit that never lands)
+    first.close(durable=False)
+
+    again = Pipeline(config, clock=lambda: clock[0])
+    for offset in range(4):  # read again from 0, fast: a's call is pending again
+        again.process(values[offset], None, "t", 0, offset)
+    again.process(span, None, "t", 0, 4)
+    again.finish()
+    again.close()
+    scored = {t.interaction_id: t for t in stored(tmp_path / "state")}
+    assert "a#tool:a-c" in scored and scored["a#tool:a-c"].reward < 0
+    assert not again._closed_before
+
+
 def _restart_events(kinds: list[str], idle_after: list[bool], feedback_after: list[bool]
                     ) -> list[bytes | float]:
     """Sessions one after another (call logs ending well or badly, or one transcript), each
