@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -448,6 +448,10 @@ class SessionJoiner:
         session = self.sessions.get(session_id)
         if session is None or (session.pending is None and session.last_closed is None):
             raise BadRecord("unmatched_feedback", f"no action known for session {session_id!r}")
+        # Heard from, but left where it is in the recency order (it holds the sessions
+        # behind it open until it goes idle): so sessions close as idle in the order of
+        # their pending actions' records, and an action below a partition's low watermark
+        # was closed before it (what a restart's closed_below relies on).
         session.last_seen = now
         if session.pending is not None:
             kept = session.pending.feedback[-(self.max_feedback_per_action - 1):] \
@@ -481,8 +485,11 @@ class SessionJoiner:
         ts = wire.parse_ts(record.ts)  # (before the session is touched, as in _exchange)
         # No session is made for a result nobody waits for: a flood of such spans (content
         # capture off) must not grow the sessions past max_sessions (found by atheris).
-        pending = (self._session(session_id, now, None).pending if session_id in self.sessions
-                   else None)
+        session = self.sessions.get(session_id)
+        pending = None
+        if session is not None:  # heard from, left in place (as feedback, see _feedback)
+            session.last_seen = now
+            pending = session.pending
         if pending is not None:
             calls = pending.call_ids
             if calls is None:
@@ -511,18 +518,21 @@ class SessionJoiner:
         return [pending.close(session_id, pending.next_so_far(), "session_end", outcome=outcome)]
 
     # -- closing ----------------------------------------------------------------------------
-    def close_idle(self, now: float) -> list[Interaction]:
+    def close_idle(self, now: float, hold: Collection[tuple[str, int]] = ()
+                   ) -> list[Interaction]:
         """Close and forget sessions idle for longer than ``idle_timeout_s``.
 
         Sessions are checked in the order their latest records came, from the head, which is
         O(1) when none is idle. With event time out of order, a session idle behind one that
-        is not waits for it: a session may close late, never early.
+        is not waits for it: a session may close late, never early. So does one of a
+        partition in ``hold`` (read again after a restart: its later records, which may
+        find it, are still to come), and every session behind it.
         """
         closed: list[Interaction] = []
         horizon = now - self.idle_timeout_s
         while self.sessions:
             session_id, session = next(iter(self.sessions.items()))
-            if session.last_seen > horizon:
+            if session.last_seen > horizon or (hold and session.partition in hold):
                 break
             closed.extend(self._forget(session_id, "idle_timeout"))
         return closed

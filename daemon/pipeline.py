@@ -74,6 +74,9 @@ class CheckpointState(msgspec.Struct):
     saved_at: float | None = None
     event_time: tuple[float, float] | None = None
     """``[latest record time, lateness]`` (event time only)."""
+    event_leap: float | None = None
+    """A record time more than an idle timeout ahead of the clock, waiting for the next
+    record to bear it out (see ``Pipeline._far_ahead``; event time only)."""
     closed_below: list[tuple[str, Offset, Offset]] = []
     """``[topic, partition, offset]``: the highest low watermark a checkpoint returned. An
     action read below it was no longer pending then: its interaction was scored before."""
@@ -179,6 +182,12 @@ class Pipeline:
         # Ids of such actions, pending again in the join: their interactions are not scored,
         # counted or judged a second time when they close.
         self._closed_before: set[str] = set()
+        # Partitions read again below ``processed`` after a restart (until their last such
+        # record). In event time their sessions wait to go idle until then: the restored
+        # clock runs ahead of the records read again, and a session open at the checkpoint
+        # (a later record, feedback say, kept it from going idle) was closed before that
+        # record came again, and scored without it.
+        self._replaying: set[tuple[str, int]] = set()
         self.records_since_checkpoint = 0
         # Tuples are written to the buffers once this many are waiting, and by every tick and
         # checkpoint (before anything is made durable). The Kafka source raises it and calls
@@ -227,7 +236,9 @@ class Pipeline:
                                                    replay)
         except (BadRecord, RecursionError) as error:
             exc = wire.as_bad_record(error)
-            if not replay:
+            if replay:
+                self._replayed(tp, offset)
+            else:
                 self._dead_letter(value, key, exc.reason, exc.detail, position)
             return
         if self.joiner.evicted != self._evicted_seen:
@@ -240,6 +251,7 @@ class Pipeline:
                 self._note_closed_before(decoded, position)
             if self._closed_before:
                 self._closed_before.difference_update(i.interaction_id for i in closed)
+            self._replayed(tp, offset)
             return
         stats = self.stats
         for record, shape in decoded:
@@ -266,6 +278,24 @@ class Pipeline:
                 interaction_id = pending_at(record.session_id, position)
                 if interaction_id is not None:
                     self._closed_before.add(interaction_id)
+
+    def _replayed(self, tp: tuple[str, int], offset: int) -> None:
+        """After a record read again: the partition is replaying until its last such record;
+        then the actions left pending that were closed before the checkpoint (as idle,
+        evicted or ended: a record read again would have closed them) are forgotten with
+        their sessions, as they were gone then."""
+        if offset + 1 < self.processed[tp]:
+            self._replaying.add(tp)
+            return
+        self._replaying.discard(tp)
+        closed_before, sessions = self._closed_before, self.joiner.sessions
+        for interaction_id in list(closed_before):
+            session_id = interaction_id.rpartition("#")[0]
+            session = sessions.get(session_id)
+            if session is not None and session.partition == tp and session.pending \
+                    is not None and session.pending.interaction_id == interaction_id:
+                closed_before.discard(interaction_id)
+                self.joiner.discard(session_id)
 
     def _retire_closed_before(self, decoded: list[tuple[wire.WireRecord, str]]) -> None:
         """A new record (past the re-read ones) for a session whose pending action was closed
@@ -479,7 +509,8 @@ class Pipeline:
     def close_idle(self) -> None:
         """Close the sessions gone idle by :meth:`idle_clock` and score what they held (a
         file run in event time calls it after every record; the tuples wait for a tick)."""
-        closed = self.joiner.close_idle(self.idle_clock())
+        closed = self.joiner.close_idle(
+            self.idle_clock(), self._replaying if self.use_event_time else ())
         if closed:
             self.emit(closed)
 
@@ -502,6 +533,7 @@ class Pipeline:
             self._closed_before = {i for i in self._closed_before
                                    if i.rpartition("#")[0] in held}
         for tp in partitions:
+            self._replaying.discard(tp)
             if tp in self.seen:
                 self.processed[tp] = max(self.processed.get(tp, 0), self.seen.pop(tp))
         log.info("partitions_dropped", partitions=[f"{t}/{p}" for t, p in partitions],
@@ -514,6 +546,7 @@ class Pipeline:
         self.seen.pop(tp, None)
         self.committed.pop(tp, None)
         self.closed_below.pop(tp, None)
+        self._replaying.discard(tp)
 
     def behind(self) -> str | None:
         """Why the source should stop fetching for now (``None``: it should not)."""
@@ -551,6 +584,9 @@ class Pipeline:
                  "stats": self.stats.state_dict(), "saved_at": self.clock()}
         if self.use_event_time:  # a resumed replay closes idle sessions as this run would
             state["event_time"] = [self.event_time, self.event_lateness]
+            # A leap waiting for the next record: forgotten, the clock moved a record later
+            # after a restart than in a run not cut (sessions closed at other records).
+            state["event_leap"] = self._leap
         write_atomically(self.state_dir / CHECKPOINT_FILE, json.dumps(state).encode())
         self.records_since_checkpoint = 0
         return marks
@@ -585,12 +621,13 @@ class Pipeline:
         self.stats.load_state_dict(msgspec.to_builtins(state.stats))
         if self.use_event_time and state.event_time is not None:
             self.event_time, lateness = state.event_time
+            self._leap = state.event_leap
             if self._adapt_lateness:
                 self.event_lateness = lateness
             if self.event_time > self.clock() + self.config.event_time_max_future_s:
                 # saved by a version that believed a time from the future: start the clock again
                 log.warning("event_time_reset", saved=self.event_time)
-                self.event_time = 0.0
+                self.event_time, self._leap = 0.0, None
                 if self._adapt_lateness:
                     self.event_lateness = 0.0
         log.info("checkpoint_loaded", path=str(self.state_dir / CHECKPOINT_FILE),
