@@ -209,6 +209,8 @@ class Pipeline:
         batch's bad spans each on their own, see :meth:`_feed_spans`)."""
         tp = (topic, partition)
         replay = offset < self.processed.get(tp, 0)
+        if self._replaying and not replay and tp in self._replaying:
+            self._end_replay(tp)  # its last record read again is gone (retention, compaction)
         quiet, self._quiet_s = self._quiet_s, 0.0
         seen = self.seen
         if offset >= seen.get(tp, 0):
@@ -286,7 +288,12 @@ class Pipeline:
         their sessions, as they were gone then."""
         if offset + 1 < self.processed[tp]:
             self._replaying.add(tp)
-            return
+        else:
+            self._end_replay(tp)
+
+    def _end_replay(self, tp: tuple[str, int]) -> None:
+        """See :meth:`_replayed` (also called at a partition's first new record: its last
+        record read again may be gone, deleted by retention or compaction)."""
         self._replaying.discard(tp)
         closed_before, sessions = self._closed_before, self.joiner.sessions
         for interaction_id in list(closed_before):

@@ -212,6 +212,36 @@ def test_a_tool_span_after_a_fast_re_read_meets_the_join_as_in_a_run_never_cut(t
     assert not again._closed_before
 
 
+def test_sessions_go_idle_after_a_restart_whose_last_record_read_again_is_gone(tmp_path):
+    """In event time a partition read again after a restart holds its sessions open until its
+    last record processed before the checkpoint comes again; deleted since (retention,
+    compaction), the first new record ends the hold, or no session went idle again."""
+    t0 = 1.7e9
+    config = config_for(tmp_path, source="kafka", event_time="event")
+
+    def exchange_at(sid: str, ts: float) -> bytes:
+        return line({**weather_session(sid, "Error: HTTP 500")[0], "ts": ts})
+
+    def wall() -> float:
+        return t0 + 1100  # the new record is live traffic: its time moves the clock at once
+
+    first = Pipeline(config, clock=wall)
+    for offset, value in enumerate([exchange_at("a", t0), exchange_at("b", t0 + 1),
+                                    exchange_at("b", t0 + 2)]):
+        first.process(value, None, "t", 0, offset)
+    assert first.checkpoint() == {("t", 0): 0}  # a's action pending
+    first.close(durable=False)
+
+    again = Pipeline(config, clock=wall)
+    again.process(exchange_at("a", t0), None, "t", 0, 0)  # offsets 1 and 2 are gone
+    again.close_idle()
+    assert "a" in again.joiner.sessions  # held: the partition is being read again
+    again.process(exchange_at("c", t0 + 1000), None, "t", 0, 3)
+    again.close_idle()
+    assert "a" not in again.joiner.sessions and again.stats.total("interactions") == 1
+    again.close()
+
+
 def _restart_events(kinds: list[str], idle_after: list[bool], feedback_after: list[bool]
                     ) -> list[bytes | float]:
     """Sessions one after another (call logs ending well or badly, or one transcript), each
