@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -518,21 +518,21 @@ class SessionJoiner:
         return [pending.close(session_id, pending.next_so_far(), "session_end", outcome=outcome)]
 
     # -- closing ----------------------------------------------------------------------------
-    def close_idle(self, now: float, hold: Collection[tuple[str, int]] = ()
+    def close_idle(self, now: float, hold: Callable[[_Session], bool] | None = None
                    ) -> list[Interaction]:
         """Close and forget sessions idle for longer than ``idle_timeout_s``.
 
         Sessions are checked in the order their latest records came, from the head, which is
         O(1) when none is idle. With event time out of order, a session idle behind one that
-        is not waits for it: a session may close late, never early. So does one of a
-        partition in ``hold`` (read again after a restart: its later records, which may
-        find it, are still to come), and every session behind it.
+        is not waits for it: a session may close late, never early. So does one that
+        ``hold`` holds (read again after a restart: its later records, which may find it,
+        are still to come), and every session behind it.
         """
         closed: list[Interaction] = []
         horizon = now - self.idle_timeout_s
         while self.sessions:
             session_id, session = next(iter(self.sessions.items()))
-            if session.last_seen > horizon or (hold and session.partition in hold):
+            if session.last_seen > horizon or (hold is not None and hold(session)):
                 break
             closed.extend(self._forget(session_id, "idle_timeout"))
         return closed

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -291,6 +291,14 @@ class Pipeline:
         else:
             self._end_replay(tp)
 
+    def _held(self, session: Any) -> bool:
+        """Whether a session may not go idle yet: its partition is being read again and its
+        action was pending at the checkpoint (one closed before it may close any time: its
+        interaction is not emitted again)."""
+        pending = session.pending
+        return session.partition in self._replaying and (
+            pending is None or pending.interaction_id not in self._closed_before)
+
     def _end_replay(self, tp: tuple[str, int]) -> None:
         """See :meth:`_replayed` (also called at a partition's first new record: its last
         record read again may be gone, deleted by retention or compaction)."""
@@ -517,7 +525,7 @@ class Pipeline:
         """Close the sessions gone idle by :meth:`idle_clock` and score what they held (a
         file run in event time calls it after every record; the tuples wait for a tick)."""
         closed = self.joiner.close_idle(
-            self.idle_clock(), self._replaying if self.use_event_time else ())
+            self.idle_clock(), self._held if self._replaying and self.use_event_time else None)
         if closed:
             self.emit(closed)
 

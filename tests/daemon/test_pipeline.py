@@ -423,6 +423,30 @@ def test_a_restart_in_event_time_from_any_earlier_offset_scores_each_action_once
             sorted((t.key, t.reward) for t in stored(Path(whole_dir) / "state"))
 
 
+def test_a_re_read_from_further_back_in_event_time_evicts_no_session(tmp_path):
+    """Read again from further back than the checkpoint (``file_offsets.json`` lost), in
+    event time: the actions closed before the checkpoint close as idle again while the
+    partition is read again (not emitted), and only those pending then wait; held too, they
+    piled up past ``join.max_sessions`` and were evicted and counted."""
+    events = _stamped(_restart_events(["ok"] * 6, [True], [False]), 1)
+    config = config_for(tmp_path, source="kafka", event_time="event",
+                        **{"join.max_sessions": 2})
+
+    def wall() -> float:
+        return 2e9
+
+    first = Pipeline(config, clock=wall)
+    _play_stamped(first, events, {})
+    assert first.checkpoint() == {("t", 0): 17}  # the last session's last action pending
+    first.close(durable=False)
+    again = Pipeline(config, clock=wall)
+    _play_stamped(again, events, {})  # from offset 0
+    assert again.stats.total("join_evictions") == 0
+    again.finish()
+    again.close()
+    assert again.stats.total("interactions") == 6 * 3
+
+
 def test_cli_run_stats_and_export(tmp_path, capsys):
     """The nextstate command runs a file, then prints stats and exports tuples and rewards."""
     source = tmp_path / "in.jsonl"
