@@ -302,14 +302,20 @@ class SessionJoiner:
             return self._session_end(session_id, wire.score_value(record.outcome))
         raise BadRecord("unknown_shape", shape)
 
-    def _session(self, session_id: str, now: float, position: Position | None) -> _Session:
+    def _session(self, session_id: str, now: float | None, position: Position | None
+                 ) -> _Session:
+        """The session, made if new; heard from at ``now`` (to the back of the idle order)
+        unless ``now`` is ``None``."""
         sessions = self.sessions
         session = sessions.get(session_id)
         if session is None:
             session = sessions[session_id] = _Session()
+        elif now is None:
+            return session
         else:
             sessions.move_to_end(session_id)
-        session.last_seen = now
+        if now is not None:
+            session.last_seen = now
         if position is not None:
             session.partition = position[:2]
         return session
@@ -344,11 +350,14 @@ class SessionJoiner:
             session = self._session(session_id, now, position)
         elif _repeats_history(messages := wire.normalize_messages(
                 messages if partial is None else wire.decode_messages(array)),  # type: ignore[arg-type]
-                              session := self._session(session_id, now, position)):
+                              session := self._session(session_id, None, None)):
             new = messages[session.history_len:]
             context = tuple(messages)
         elif _duplicate(messages, action, session):
-            # The same exchange again (an at-least-once producer): nothing new to join.
+            # The same exchange again (an at-least-once producer): nothing new to join, and
+            # no news of the session either: it keeps its place in the idle order (moved up,
+            # it let sessions behind it close first, out of the order of their records that
+            # a partition's low watermark assumes).
             self.duplicates += 1
             return closed
         elif session.pending is not None and _resends_history(messages, session.pending):
@@ -363,6 +372,8 @@ class SessionJoiner:
             pending = session.pending
             known = (*pending.context, pending.action) if pending is not None else ()
             context = (*known, *messages)
+        if known_prefix is None:
+            self._session(session_id, now, position)  # heard from (see _duplicate above)
         if session.pending is not None:
             if new is None:
                 interaction = session.pending.close(session_id, (), "superseded")

@@ -243,14 +243,20 @@ class Pipeline:
             else:
                 self._dead_letter(value, key, exc.reason, exc.detail, position)
             return
+        # (Read again, a record's evictions and duplicates were counted the first time: the
+        # checkpoint's stats hold them.)
         if self.joiner.evicted != self._evicted_seen:
-            self._count_evictions()
+            self._count_evictions(replay)
         if self.joiner.duplicates != self._duplicates_seen:
-            self.stats.inc("join_duplicates", (), self.joiner.duplicates - self._duplicates_seen)
+            if not replay:
+                self.stats.inc("join_duplicates", (),
+                               self.joiner.duplicates - self._duplicates_seen)
             self._duplicates_seen = self.joiner.duplicates
         if replay:
             if offset < self.closed_below.get(tp, -1):
                 self._note_closed_before(decoded, position)
+            elif self._closed_before:  # an action it moved up (a growing transcript's) was
+                self._note_pending_still(decoded, position)  # not closed before
             if self._closed_before:
                 self._closed_before.difference_update(i.interaction_id for i in closed)
             self._replayed(tp, offset)
@@ -292,12 +298,11 @@ class Pipeline:
             self._end_replay(tp)
 
     def _held(self, session: Any) -> bool:
-        """Whether a session may not go idle yet: its partition is being read again and its
-        action was pending at the checkpoint (one closed before it may close any time: its
-        interaction is not emitted again)."""
-        pending = session.pending
-        return session.partition in self._replaying and (
-            pending is None or pending.interaction_id not in self._closed_before)
+        """Whether a session may not go idle yet: its partition is being read again. (Also
+        one whose action was closed before the checkpoint: closed now, it was not there for
+        the records read again after it, such as the same record sent twice, which then
+        made it anew and scored it again.)"""
+        return session.partition in self._replaying
 
     def _end_replay(self, tp: tuple[str, int]) -> None:
         """See :meth:`_replayed` (also called at a partition's first new record: its last
@@ -326,6 +331,19 @@ class Pipeline:
             if pending is not None and pending.interaction_id in closed_before:
                 closed_before.discard(pending.interaction_id)
                 self.joiner.discard(record.session_id)  # type: ignore[arg-type]
+
+    def _note_pending_still(self, decoded: list[tuple[wire.WireRecord, str]],
+                            position: tuple[str, int, int]) -> None:
+        """A record read again from at or above ``closed_below`` that an action marked
+        closed before now needs (a growing transcript sent again moves its pending action
+        to its latest record): it may have been pending at the checkpoint, and is emitted
+        when it closes."""
+        pending_at = self.joiner.pending_at
+        for record, _ in decoded:
+            if record.session_id is not None:
+                interaction_id = pending_at(record.session_id, position)
+                if interaction_id is not None:
+                    self._closed_before.discard(interaction_id)
 
     def _feed_spans(self, batch: list[tuple[wire.WireRecord, str]], key: bytes | None,
                     now: float, position: tuple[str, int, int], size: int, replay: bool
@@ -462,10 +480,10 @@ class Pipeline:
             log.warning("event_time_clamped", reason=reason, ts=ts, count=count,
                         latest=self.event_time, wall_clock=round(self.clock(), 3))
 
-    def _count_evictions(self) -> None:
+    def _count_evictions(self, replay: bool = False) -> None:
         for reason, count in self.joiner.evictions.items():
             delta = count - self._evictions_seen.get(reason, 0)
-            if delta:
+            if delta and not replay:
                 self.stats.inc("join_evictions", (("reason", reason),), delta)
         self._evictions_seen = dict(self.joiner.evictions)
         self._evicted_seen = self.joiner.evicted
