@@ -177,7 +177,7 @@ class Pipeline:
         self.committed: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
         # Per partition, the highest low watermark a checkpoint returned: actions read again
-        # from below it were closed and scored before it (see _note_closed_before).
+        # from below it were closed and scored before it (see process).
         self.closed_below: dict[tuple[str, int], int] = {}
         # Ids of such actions, pending again in the join: their interactions are not scored,
         # counted or judged a second time when they close.
@@ -254,9 +254,14 @@ class Pipeline:
             self._duplicates_seen = self.joiner.duplicates
         if replay:
             if offset < self.closed_below.get(tp, -1):
-                self._note_closed_before(decoded, position)
-            elif self._closed_before:  # an action it moved up (a growing transcript's) was
-                self._note_pending_still(decoded, position)  # not closed before
+                # Read again from further back than a checkpoint (a commit that did not
+                # land, a group offset reset, a file's offsets lost): an action it left
+                # pending was closed before that checkpoint: not emitted again.
+                self._closed_before.update(self._pending_made_at(decoded, position))
+            elif self._closed_before:
+                # An action it moved up (a growing transcript sent again) may have been
+                # pending at the checkpoint after all: emitted when it closes.
+                self._closed_before.difference_update(self._pending_made_at(decoded, position))
             if self._closed_before:
                 self._closed_before.difference_update(i.interaction_id for i in closed)
             self._replayed(tp, offset)
@@ -274,18 +279,12 @@ class Pipeline:
                 self.event_time - self._last_series >= self.config.timeseries_interval_s:
             self.record_timeseries(self.event_time)
 
-    def _note_closed_before(self, decoded: list[tuple[wire.WireRecord, str]],
-                            position: tuple[str, int, int]) -> None:
-        """A record read again from below ``closed_below`` (the input re-read from further
-        back than a checkpoint: a commit that did not land, a group offset reset, a file's
-        offsets lost): an action it left pending in the join was closed before that
-        checkpoint, so its interaction is not emitted again."""
+    def _pending_made_at(self, decoded: list[tuple[wire.WireRecord, str]],
+                         position: tuple[str, int, int]) -> list[str]:
+        """Ids of the pending actions the record at ``position`` made (or moved up to it)."""
         pending_at = self.joiner.pending_at
-        for record, _ in decoded:
-            if record.session_id is not None:
-                interaction_id = pending_at(record.session_id, position)
-                if interaction_id is not None:
-                    self._closed_before.add(interaction_id)
+        return [interaction_id for record, _ in decoded if record.session_id is not None
+                and (interaction_id := pending_at(record.session_id, position)) is not None]
 
     def _replayed(self, tp: tuple[str, int], offset: int) -> None:
         """After a record read again: the partition is replaying until its last such record;
@@ -331,19 +330,6 @@ class Pipeline:
             if pending is not None and pending.interaction_id in closed_before:
                 closed_before.discard(pending.interaction_id)
                 self.joiner.discard(record.session_id)  # type: ignore[arg-type]
-
-    def _note_pending_still(self, decoded: list[tuple[wire.WireRecord, str]],
-                            position: tuple[str, int, int]) -> None:
-        """A record read again from at or above ``closed_below`` that an action marked
-        closed before now needs (a growing transcript sent again moves its pending action
-        to its latest record): it may have been pending at the checkpoint, and is emitted
-        when it closes."""
-        pending_at = self.joiner.pending_at
-        for record, _ in decoded:
-            if record.session_id is not None:
-                interaction_id = pending_at(record.session_id, position)
-                if interaction_id is not None:
-                    self._closed_before.discard(interaction_id)
 
     def _feed_spans(self, batch: list[tuple[wire.WireRecord, str]], key: bytes | None,
                     now: float, position: tuple[str, int, int], size: int, replay: bool
