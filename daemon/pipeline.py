@@ -297,10 +297,10 @@ class Pipeline:
             self._end_replay(tp)
 
     def _held(self, session: Any) -> bool:
-        """Whether a session may not go idle yet: its partition is being read again. (Also
-        one whose action was closed before the checkpoint: closed now, it was not there for
-        the records read again after it, such as the same record sent twice, which then
-        made it anew and scored it again.)"""
+        """Whether a session must wait to go idle: its partition is being read again. So
+        must one whose action was closed before the checkpoint: closed early, it would be
+        missing for the records read again after it (the same record sent twice made it
+        anew, scored again)."""
         return session.partition in self._replaying
 
     def _end_replay(self, tp: tuple[str, int]) -> None:
