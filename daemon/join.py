@@ -305,19 +305,17 @@ class SessionJoiner:
     def _session(self, session_id: str, now: float | None, position: Position | None
                  ) -> _Session:
         """The session, made if new; heard from at ``now`` (to the back of the idle order)
-        unless ``now`` is ``None``."""
+        unless ``now`` is ``None`` (only looked up, see :meth:`_exchange`)."""
         sessions = self.sessions
         session = sessions.get(session_id)
         if session is None:
             session = sessions[session_id] = _Session()
-        elif now is None:
-            return session
-        else:
+        elif now is not None:
             sessions.move_to_end(session_id)
         if now is not None:
             session.last_seen = now
-        if position is not None:
-            session.partition = position[:2]
+            if position is not None:
+                session.partition = position[:2]
         return session
 
     def _exchange(self, session_id: str, record: WireRecord, now: float,
