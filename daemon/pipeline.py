@@ -322,7 +322,10 @@ class Pipeline:
         closed as idle, evicted or ended, and the session forgotten, before this record came.
         The session is forgotten now, and the record meets the join as it did then: feedback
         or a tool result for that action was kept with it and lost when it closed unscored;
-        without a known action, feedback is a dead letter, as it was in the run not cut."""
+        without a known action, feedback is a dead letter, as it was in the run not cut.
+        (Most such sessions are gone by then, forgotten when their partition's re-read
+        ended, see :meth:`_end_replay`; this catches one last heard of in another partition,
+        or left by a re-read cut short, as by a rotated log's :meth:`forget_offsets`.)"""
         sessions, closed_before = self.joiner.sessions, self._closed_before
         for record, _ in decoded:
             session = sessions.get(record.session_id)  # type: ignore[arg-type]
