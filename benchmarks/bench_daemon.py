@@ -2,6 +2,7 @@
 
     python benchmarks/bench_daemon.py [--sessions 400] [--turns 10] [--repeat 3] [--profile]
     python benchmarks/bench_daemon.py --profile-pipeline {call_log,transcript}
+    python benchmarks/bench_daemon.py --stages [--repeat 5]
 
 Two input shapes from ``benchmarks/make_stream.py``'s realistic sessions:
 
@@ -13,6 +14,7 @@ For each it prints records/s, interactions/s and MB/s of (1) decode + join + the
 extractors (no redaction, no storage: the target is >= 100k interactions/s) and (2) the whole
 ``Pipeline.process`` (redaction and durable SQLite buffers included), with the mean record size.
 (1) is the fastest of ``--repeat`` runs, in CPU time of this process.
+``--stages`` splits (1) into decode, join and rules, in CPU us per interaction.
 ``--profile`` prints a pyinstrument profile of (1) on the call logs; ``--profile-pipeline
 SHAPE`` one of (2) on that shape.
 """
@@ -85,6 +87,52 @@ def best_core_loop(values: list[bytes], repeat: int) -> tuple[float, int]:
     return min(core_loop(values) for _ in range(max(1, repeat)))
 
 
+class _Replayed:
+    """What the join held of a session before each record (``KnownRequests``), replayed,
+    so that decoding alone cuts the same bytes out as it does beside the join."""
+
+    def __init__(self) -> None:
+        self.held: bytes | None = None
+
+    def known_request(self, session_id: str) -> bytes | None:
+        return self.held
+
+
+def stage_costs(values: list[bytes], repeat: int) -> tuple[float, float, float]:
+    """CPU us per interaction of decoding, joining and the rules, each the fastest of
+    ``repeat`` runs: decode alone (with the known bytes the join held, replayed), decode +
+    join, and the whole core loop; the join and the rules are the differences."""
+    joiner, held = SessionJoiner(), []
+    for offset, value in enumerate(values):  # what the join held before each record
+        records = ingest.decode_records(value, None, joiner)
+        sid = records[0][0].session_id if records else None
+        held.append(joiner.known_request(sid) if isinstance(sid, str) else None)
+        for record, shape in records:
+            joiner.feed(record, shape, 0.0, ("bench", 0, offset), len(value))
+
+    def decode_only() -> float:
+        known = _Replayed()
+        start = time.process_time()
+        for value, known.held in zip(values, held, strict=True):
+            ingest.decode_records(value, None, known)
+        return time.process_time() - start
+
+    def decode_join() -> tuple[float, int]:
+        joiner, interactions = SessionJoiner(), 0
+        start = time.process_time()
+        for offset, value in enumerate(values):
+            for record, shape in ingest.decode_records(value, None, joiner):
+                interactions += len(joiner.feed(record, shape, 0.0, ("bench", 0, offset),
+                                                len(value)))
+        return time.process_time() - start, interactions
+
+    runs = range(max(1, repeat))
+    decode = min(decode_only() for _ in runs)
+    joined, interactions = min(decode_join() for _ in runs)
+    whole = best_core_loop(values, repeat)[0]
+    return tuple(t / interactions * 1e6 for t in (decode, joined - decode, whole - joined))
+
+
 def feed(pipeline: Pipeline, values: list[bytes]) -> None:
     """Every record through ``Pipeline.process``, a ``tick`` every 500 records (as the Kafka
     source does after each poll: it writes the waiting tuples), the end of input and the
@@ -138,6 +186,8 @@ def main() -> None:
                         help="runs of decode+join+rules per shape; the fastest is reported")
     parser.add_argument("--profile-pipeline", choices=["call_log", "transcript"],
                         help="print a pyinstrument profile of the full pipeline on SHAPE")
+    parser.add_argument("--stages", action="store_true",
+                        help="print the CPU us per interaction of decode, join and rules")
     args = parser.parse_args()
     if args.profile_pipeline:
         profile_pipeline(args)
@@ -150,6 +200,13 @@ def main() -> None:
         with Profiler() as profiler:
             core_loop(shapes["call_log"])
         print(profiler.output_text(unicode=False, color=False, show_all=False))
+        return
+    if args.stages:
+        for shape, values in shapes.items():
+            core_loop(values[:200])
+            decode, join, rules = stage_costs(values, args.repeat)
+            print(f"{shape:<11} us per interaction: decode {decode:.2f}, join {join:.2f}, "
+                  f"rules {rules:.2f} (the join and the rules: differences of whole loops)")
         return
     print(f"{'shape':<11}{'stage':<22}{'records/s':>12}{'interactions/s':>16}{'MB/s':>9}"
           f"{'KB/record':>11}")
