@@ -116,6 +116,9 @@ class _Session:
     last_closed: Interaction | None = None
     last_seen: float = 0.0
     partition: tuple[str, int] | None = None
+    # With no action pending (a transcript's reward closed its last one), the record that left
+    # it so: the low watermark holds it, so that a restart rebuilds what late feedback joins.
+    ended_at: Position | None = None
     size: int = 0                   # bytes counted for it: its latest record, known_bytes
     # The latest request's message array as bytes, without its closing bracket, and how many
     # messages it holds, all type-checked by then: the next request's messages within the
@@ -449,6 +452,8 @@ class SessionJoiner:
                     session.pending = pending
         if closed:
             session.last_closed = closed[-1]
+        if session.pending is None:
+            session.ended_at = position
         session.history_len = len(messages)
         session.known_bytes = None
         return closed
@@ -595,21 +600,34 @@ class SessionJoiner:
         marks: dict[tuple[str, int], int] = {}
         for session in self.sessions.values():
             pending = session.pending
-            if pending is None or pending.position is None:
+            position = session.ended_at if pending is None else pending.position
+            if position is None:
                 continue
-            topic, partition, offset = pending.position
+            topic, partition, offset = position
             key = (topic, partition)
             if key not in marks or offset < marks[key]:
                 marks[key] = offset
         return marks
 
     def pending_at(self, session_id: str, position: Position) -> str | None:
-        """The id of the session's pending action if the record at ``position`` made it."""
+        """The id of the session's pending action if the record at ``position`` made it (or,
+        none pending, of the last action closed if that record ended the session so)."""
         session = self.sessions.get(session_id)
-        pending = None if session is None else session.pending
-        if pending is None or pending.position != position:
+        if session is None:
             return None
-        return pending.interaction_id
+        pending = session.pending
+        if pending is None:
+            return self.held_action(session_id) if session.ended_at == position else None
+        return pending.interaction_id if pending.position == position else None
+
+    def held_action(self, session_id: str) -> str | None:
+        """The id of the action the session's state was left with: its pending action, else
+        the last one closed (feedback joins it, see :meth:`_feedback`); ``None`` if not held."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        held = session.last_closed if session.pending is None else session.pending
+        return None if held is None else held.interaction_id
 
     @property
     def pending_count(self) -> int:

@@ -253,19 +253,30 @@ class Pipeline:
                                self.joiner.duplicates - self._duplicates_seen)
             self._duplicates_seen = self.joiner.duplicates
         if replay:
+            if self._closed_before:
+                # What it closed is no longer pending (feedback closes nothing of its action);
+                # first, as a transcript's reward closes the action that then stands below.
+                self._closed_before.difference_update(i.interaction_id for i in closed
+                                                      if i.closed_by != "feedback")
             if offset < self.closed_below.get(tp, -1):
                 # Read again from further back than a checkpoint (a commit that did not
                 # land, a group offset reset, a file's offsets lost): an action it left
-                # pending was closed before that checkpoint: not emitted again.
+                # pending was closed before that checkpoint: not emitted again. So was a
+                # session it left with none pending (a transcript's reward closed its last
+                # action), forgotten before the checkpoint: that action's id stands for it.
                 self._closed_before.update(self._pending_made_at(decoded, position))
             elif self._closed_before:
                 # An action it moved up (a growing transcript sent again) may have been
                 # pending at the checkpoint after all: emitted when it closes.
                 self._closed_before.difference_update(self._pending_made_at(decoded, position))
-            if self._closed_before:
-                self._closed_before.difference_update(i.interaction_id for i in closed)
             self._replayed(tp, offset)
             return
+        if self._closed_before:
+            # What a new record makes or closes is new, whatever its id: an action read again
+            # and forgotten unscored on the way (evicted) left its id here, and the same
+            # record sent again made it anew: it was not scored when it closed.
+            self._closed_before.difference_update(i.interaction_id for i in closed)
+            self._closed_before.difference_update(self._pending_made_at(decoded, position))
         stats = self.stats
         for record, shape in decoded:
             stats.observe_record(shape)
@@ -311,27 +322,27 @@ class Pipeline:
         for interaction_id in list(closed_before):
             session_id = interaction_id.rpartition("#")[0]
             session = sessions.get(session_id)
-            if session is not None and session.partition == tp and session.pending \
-                    is not None and session.pending.interaction_id == interaction_id:
+            if session is not None and session.partition == tp and \
+                    self.joiner.held_action(session_id) == interaction_id:
                 closed_before.discard(interaction_id)
                 self.joiner.discard(session_id)
 
     def _retire_closed_before(self, decoded: list[tuple[wire.WireRecord, str]]) -> None:
         """A new record (past the re-read ones) for a session whose pending action was closed
-        before the checkpoint: no record closed it (one read again would have), so it was
-        closed as idle, evicted or ended, and the session forgotten, before this record came.
+        before the checkpoint (or, none pending, that was itself forgotten before it): no
+        record closed it (one read again would have), so it was closed as idle, evicted or
+        ended, and the session forgotten, before this record came.
         The session is forgotten now, and the record meets the join as it did then: feedback
         or a tool result for that action was kept with it and lost when it closed unscored;
         without a known action, feedback is a dead letter, as it was in the run not cut.
         (Most such sessions are gone by then, forgotten when their partition's re-read
         ended, see :meth:`_end_replay`; this catches one last heard of in another partition,
         or left by a re-read cut short, as by a rotated log's :meth:`forget_offsets`.)"""
-        sessions, closed_before = self.joiner.sessions, self._closed_before
+        held, closed_before = self.joiner.held_action, self._closed_before
         for record, _ in decoded:
-            session = sessions.get(record.session_id)  # type: ignore[arg-type]
-            pending = None if session is None else session.pending
-            if pending is not None and pending.interaction_id in closed_before:
-                closed_before.discard(pending.interaction_id)
+            interaction_id = held(record.session_id)  # type: ignore[arg-type]
+            if interaction_id is not None and interaction_id in closed_before:
+                closed_before.discard(interaction_id)
                 self.joiner.discard(record.session_id)  # type: ignore[arg-type]
 
     def _feed_spans(self, batch: list[tuple[wire.WireRecord, str]], key: bytes | None,

@@ -244,20 +244,17 @@ def test_sessions_go_idle_after_a_restart_whose_last_record_read_again_is_gone(t
 
 def _restart_events(kinds: list[str], waits: list[float], feedback_after: list[bool],
                     duplicate_after: list[bool] = (False,)) -> list[bytes | float]:
-    """Sessions one after another (call logs ending well or badly, or one transcript), each
-    followed by a tick after a wait (``+400 s``: its last action closes as idle), then maybe
-    the user's late feedback on the session before it (on its pending action, or on one
-    closed as idle: a dead letter, as no action is known for it); before the wait, maybe that
-    session's last record again (an at-least-once producer)."""
+    """Sessions one after another (call logs ending well or badly, or one transcript, maybe
+    with a reward), each followed by a tick after a wait (``+400 s``: its last action closes
+    as idle), then maybe the user's late feedback on the session before it (on its pending
+    action, or on one closed as idle: a dead letter, as no action is known for it); before
+    the wait, maybe that session's last record again (an at-least-once producer)."""
     events: list[bytes | float] = []
     last: list[bytes] = []
     for n, kind in enumerate(kinds):
         sid = f"s{n}"
-        if kind == "transcript":
-            call = assistant(calls=[(f"{sid}-c", "get_weather", {"city": "Oslo"})])
-            events.append(line({"session_id": sid, "messages": [
-                user("weather in Oslo?"), call, tool(f"{sid}-c", "Error: HTTP 503"),
-                assistant("It failed."), user("try again"), assistant("Trying again.")]}))
+        if kind in ("transcript", "rewarded"):  # (a reward closes its last action)
+            events.append(_transcript(sid, 1.0 if kind == "rewarded" else None))
         else:
             result = '{"temp_c": 18}' if kind == "ok" else "Error: HTTP 500"
             events += [line(r) for r in weather_session(sid, result)]
@@ -298,7 +295,15 @@ def _play(pipeline: Pipeline, events: list[bytes | float], clock: list[float],
 # action pending again): it was kept with that action and lost, not a dead letter.
 @example(kinds=["ok", "ok", "ok"], waits=[1.0, 400.0], feedback_after=[True], cut=7,
          back=0, fast=True, duplicate_after=[False])
-@given(kinds=st.lists(st.sampled_from(["ok", "error", "transcript"]), min_size=1, max_size=5),
+# A session whose last action a transcript's reward closed did not hold the low watermark:
+# restarted from the commit, feedback for it was unmatched; forgotten as idle before the
+# checkpoint and read again fast, it was found again.
+@example(kinds=["rewarded", "ok"], waits=[1.0], feedback_after=[True], cut=1, back=1,
+         fast=False, duplicate_after=[False])
+@example(kinds=["rewarded", "ok"], waits=[400.0, 1.0], feedback_after=[True], cut=4, back=0,
+         fast=True, duplicate_after=[False])
+@given(kinds=st.lists(st.sampled_from(["ok", "error", "transcript", "rewarded"]), min_size=1,
+                     max_size=5),
        # (no 200 s wait: after a fast re-read the wall clock times idle sessions anew)
        waits=st.lists(st.sampled_from([1.0, 400.0]), min_size=1, max_size=5),
        feedback_after=st.lists(st.booleans(), min_size=1, max_size=5),
@@ -425,7 +430,11 @@ def _play_stamped(pipeline: Pipeline, events: list[tuple[bytes, int, int] | floa
 # again from below that, the action was taken for one closed before the checkpoint.
 @example(kinds=["transcript", "ok", "ok"], waits=[1.0], feedback_after=[True], cut=28,
          back=[0, 0], partitions=1, lateness=None, duplicate_after=[False, True])
-@given(kinds=st.lists(st.sampled_from(["ok", "error", "transcript"]), min_size=1, max_size=6),
+# A session whose last action a transcript's reward closed did not hold the low watermark.
+@example(kinds=["rewarded", "ok"], waits=[1.0], feedback_after=[True], cut=1, back=[1, 0],
+         partitions=1, lateness=None, duplicate_after=[False])
+@given(kinds=st.lists(st.sampled_from(["ok", "error", "transcript", "rewarded"]), min_size=1,
+                     max_size=6),
        waits=st.lists(st.sampled_from([1.0, 200.0, 400.0]), min_size=1, max_size=5),
        feedback_after=st.lists(st.booleans(), min_size=1, max_size=5),
        duplicate_after=st.lists(st.booleans(), min_size=1, max_size=5),
@@ -492,6 +501,97 @@ def test_a_re_read_from_further_back_in_event_time_counts_no_eviction_again(tmp_
     again.finish()
     again.close()
     assert again.stats.total("interactions") == 6 * 3
+
+
+def _transcript(sid: str, reward: float | None = None) -> bytes:
+    """A whole conversation: two actions closed at once, the last one pending (or closed by
+    the ``reward``, which ends the session's join)."""
+    call = assistant(calls=[(f"{sid}-c", "get_weather", {"city": "Oslo"})])
+    record = {"session_id": sid, "messages": [
+        user("weather in Oslo?"), call, tool(f"{sid}-c", "Error: HTTP 503"),
+        assistant("It failed."), user("try again"), assistant("Trying again.")]}
+    return line(record if reward is None else {**record, "reward": reward})
+
+
+def test_an_action_read_again_evicted_and_sent_again_is_scored_when_it_closes(tmp_path):
+    """Read again from before the checkpoint, an action closed before it is pending again
+    and evicted again (``join.max_sessions``); the same transcript sent again after the
+    checkpoint makes it anew, as in the run not cut (its session was evicted there too). Its
+    id stayed among those closed before, so it was not scored or counted when it closed."""
+    clock = [1000.0]
+    config = config_for(tmp_path, source="kafka", event_time="wall",
+                        **{"join.max_sessions": 2})
+    values = [_transcript(sid) for sid in ("a", "b", "c", "a")]  # a's sent again
+    first = Pipeline(config, clock=lambda: clock[0])
+    for offset in range(3):  # c evicts a
+        first.process(values[offset], None, "t", 0, offset)
+    assert first.checkpoint() == {("t", 0): 1}  # b's last action (a commit that never lands)
+    first.close(durable=False)
+
+    again = Pipeline(config, clock=lambda: clock[0])
+    for offset in range(4):  # from 0: a's last action pending again, evicted again by c
+        again.process(values[offset], None, "t", 0, offset)
+    again.finish()
+    again.close()
+    # 2 closed at once per transcript, then c's and a's last actions at the end of input
+    assert again.stats.total("interactions") == 4 * 2 + 2
+    assert not again._closed_before
+
+
+def test_late_feedback_after_a_restart_finds_the_action_a_reward_closed(tmp_path):
+    """A transcript's reward closes its last action, and feedback that comes later closes a
+    second interaction for it (scored by the feedback extractor). With no action pending,
+    the session did not hold the low watermark: restarted from the commit, its transcript
+    was not read again and the feedback was an ``unmatched_feedback`` dead letter."""
+    clock = [1000.0]
+    config = config_for(tmp_path, source="kafka", event_time="wall")
+    values = [_transcript("a", reward=1.0),
+              line({"type": "feedback", "session_id": "a", "value": 1})]
+    first = Pipeline(config, clock=lambda: clock[0])
+    first.process(values[0], None, "t", 0, 0)
+    commit = first.checkpoint()[("t", 0)]
+    first.close(durable=False)
+    assert commit == 0  # the session is held: its transcript is read again
+
+    again = Pipeline(config, clock=lambda: clock[0])
+    for offset in range(commit, 2):
+        again.process(values[offset], None, "t", 0, offset)
+    again.finish()
+    again.close()
+    assert again.stats.total("dead_letters") == 0
+    assert again.stats.total("interactions") == 3 + 1  # the feedback's, as in a run not cut
+
+
+def test_late_feedback_for_a_session_a_reward_ended_before_the_checkpoint_is_unmatched(
+        tmp_path):
+    """A session whose last action a reward closed, then forgotten as idle before the
+    checkpoint, read again fast (no time to go idle again): late feedback for it found the
+    action and closed an interaction, where the run not cut dead-lettered it (no session).
+    Feedback read again that had joined that action before did the same."""
+    clock = [1000.0]
+    config = config_for(tmp_path, source="kafka", event_time="wall")
+    values = [_transcript("a", reward=1.0),
+              line({"type": "feedback", "session_id": "a", "value": 1}),
+              _transcript("b"),
+              line({"type": "feedback", "session_id": "a", "value": -1})]
+    first = Pipeline(config, clock=lambda: clock[0])
+    first.process(values[0], None, "t", 0, 0)
+    first.process(values[1], None, "t", 0, 1)  # joins a's last action: one more interaction
+    clock[0] += 400.0
+    first.tick()  # a is forgotten
+    first.process(values[2], None, "t", 0, 2)  # b's last action pending
+    assert first.checkpoint() == {("t", 0): 2}  # (a commit that never lands)
+    first.close(durable=False)
+    assert first.stats.total("interactions") == 3 + 1 + 2
+
+    again = Pipeline(config, clock=lambda: clock[0])
+    for offset in range(4):  # from 0, fast: a is held again until its partition is read
+        again.process(values[offset], None, "t", 0, offset)
+    again.finish()
+    again.close()
+    assert again.stats.total("dead_letters") == 1  # the feedback at 3, as in a run not cut
+    assert again.stats.total("interactions") == 3 + 1 + 2 + 1  # b's last at the end
+    assert not again._closed_before
 
 
 def test_cli_run_stats_and_export(tmp_path, capsys):
