@@ -62,6 +62,22 @@ class FileDeadLetters:
         self._file.flush()
         os.fsync(self._file.fileno())
 
+    def mark(self) -> tuple[int, int]:
+        """The file's ``(inode, size)`` (after a :meth:`flush`): what a checkpoint covers."""
+        stat = os.fstat(self._file.fileno())
+        return stat.st_ino, stat.st_size
+
+    def rewind(self, mark: tuple[int, int]) -> None:
+        """Cut off what was written past a checkpoint's :meth:`mark`: the letters of records
+        the checkpoint did not cover (written by a crash's flushed buffer, or by a close that
+        skipped the checkpoint), which are processed again after the restart and rejected
+        again. Kept, each was in the file twice. (Another file at the path is left alone.)"""
+        inode, size = mark
+        stat = os.fstat(self._file.fileno())
+        if stat.st_ino == inode and stat.st_size > size:
+            self._file.flush()
+            os.ftruncate(self._file.fileno(), size)
+
     def close(self) -> None:
         if not self._file.closed:
             self.flush()

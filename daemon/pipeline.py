@@ -80,6 +80,8 @@ class CheckpointState(msgspec.Struct):
     closed_below: list[tuple[str, Offset, Offset]] = []
     """``[topic, partition, offset]``: the highest low watermark a checkpoint returned. An
     action read below it was no longer pending then: its interaction was scored before."""
+    dead_letter_file: tuple[int, Offset] | None = None
+    """``[inode, size]`` of the dead-letter file (a file sink) as the checkpoint covers it."""
 
 
 def read_checkpoint(state_dir: Path) -> CheckpointState | None:
@@ -615,6 +617,8 @@ class Pipeline:
                  "committed": [[t, p, o] for (t, p), o in self.committed.items()],
                  "closed_below": [[t, p, o] for (t, p), o in self.closed_below.items()],
                  "stats": self.stats.state_dict(), "saved_at": self.clock()}
+        if isinstance(self.dead_letters, FileDeadLetters):  # see _restore
+            state["dead_letter_file"] = list(self.dead_letters.mark())
         if self.use_event_time:  # a resumed replay closes idle sessions as this run would
             state["event_time"] = [self.event_time, self.event_lateness]
             # A leap waiting for the next record: forgotten, the clock moved a record later
@@ -652,6 +656,9 @@ class Pipeline:
         self.committed = {(t, p): o for t, p, o in state.committed}
         self.closed_below = {(t, p): o for t, p, o in state.closed_below}
         self.stats.load_state_dict(msgspec.to_builtins(state.stats))
+        if state.dead_letter_file is not None and isinstance(self.dead_letters, FileDeadLetters):
+            # Letters past the checkpoint are of records processed again now: written once.
+            self.dead_letters.rewind(state.dead_letter_file)
         if self.use_event_time and state.event_time is not None:
             self.event_time, lateness = state.event_time
             self._leap = state.event_leap

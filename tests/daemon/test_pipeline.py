@@ -652,6 +652,25 @@ def test_a_record_with_no_value_is_a_dead_letter(tmp_path, value):
     assert pipeline.stats.total("dead_letters", reason="empty") == 1
 
 
+def test_a_dead_letter_past_the_checkpoint_is_in_the_file_once_after_a_restart(tmp_path):
+    """A letter written after the last checkpoint (a close that skips the checkpoint, as
+    when the store fails; or a kill once the file's buffer was written) is of a record the
+    restart processes again: it was in ``dlq.jsonl`` twice, one more than the counter said.
+    The checkpoint keeps the file's size; a restart cuts off what lies past it."""
+    config = config_for(tmp_path, source="file:in.jsonl")
+    first = Pipeline(config)
+    first.process(b"{not json 0", None, "t", 0, 0)
+    assert first.checkpoint() == {("t", 0): 1}
+    first.process(b"{not json 1", None, "t", 0, 1)
+    first.close(durable=False)  # its letter is written, the checkpoint not
+    again = Pipeline(config)
+    again.process(b"{not json 1", None, "t", 0, 1)  # from the commit: processed again
+    again.close()
+    lines = (tmp_path / "state" / "dlq.jsonl").read_text().splitlines()
+    assert [json.loads(x)["offset"] for x in lines] == [0, 1]
+    assert again.stats.total("dead_letters") == 2
+
+
 def test_lines_longer_than_a_record_may_be_are_cut_not_held():
     """A file without newlines (a binary file given by mistake) was read whole into memory
     as one line; now a line comes cut to max_bytes + 1 bytes and its rest is read past."""
