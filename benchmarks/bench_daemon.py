@@ -35,7 +35,7 @@ from make_stream import stream
 from nextstate.daemon import ingest
 from nextstate.daemon.config import load_config
 from nextstate.daemon.join import SessionJoiner
-from nextstate.daemon.pipeline import Pipeline
+from nextstate.daemon.pipeline import SCORE_BATCH, Pipeline
 from nextstate.extractors.registry import Dispatch, build_extractors
 
 EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
@@ -61,24 +61,28 @@ def transcripts(sessions: int, turns: int) -> list[bytes]:
 def core_loop(values: list[bytes]) -> tuple[float, int]:
     """decode + join + rule extractors; returns (CPU seconds of this process, interactions).
 
-    CPU time, not wall time: "on one core" must not depend on what else the machine runs.
+    The rules run over the closed interactions in runs of ``SCORE_BATCH``, as
+    ``Pipeline.score_pending`` runs them. CPU time, not wall time: "on one core" must not
+    depend on what else the machine runs.
     """
     joiner = SessionJoiner()
-    dispatch = Dispatch(build_extractors(EXTRACTORS))  # as Pipeline.emit runs them
-    interactions = 0
-    start = time.process_time()
-    for offset, value in enumerate(values):
-        closed = []
-        for record, shape in ingest.decode_records(value, None, joiner):
-            closed += joiner.feed(record, shape, 0.0, ("bench", 0, offset), len(value))
+    dispatch = Dispatch(build_extractors(EXTRACTORS))  # as Pipeline.score_pending runs them
+
+    def score(closed: list) -> int:
         for interaction in closed:
             for _, extractor in dispatch(interaction):
                 extractor(interaction)
-        interactions += len(closed)
-    for interaction in joiner.close_all():
-        for _, extractor in dispatch(interaction):
-            extractor(interaction)
-        interactions += 1
+        return len(closed)
+
+    interactions, closed = 0, []
+    start = time.process_time()
+    for offset, value in enumerate(values):
+        for record, shape in ingest.decode_records(value, None, joiner):
+            closed += joiner.feed(record, shape, 0.0, ("bench", 0, offset), len(value))
+        if len(closed) >= SCORE_BATCH:
+            interactions += score(closed)
+            closed = []
+    interactions += score(closed + joiner.close_all())
     return time.process_time() - start, interactions
 
 

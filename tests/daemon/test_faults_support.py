@@ -142,7 +142,7 @@ def reference_run(records: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, s
         pipeline = Pipeline(config)
         for offset, (key, value) in enumerate(records):
             pipeline.process(value, key, "reference", 0, offset)
+        pipeline.close()  # (scores what waits: the counters as a checkpoint holds them)
         interactions = pipeline.stats.total("interactions")
-        pipeline.close()
         keys = [t.key for t in stored(Path(state))]
     return keys, interactions

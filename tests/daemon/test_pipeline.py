@@ -237,7 +237,7 @@ def test_sessions_go_idle_after_a_restart_whose_last_record_read_again_is_gone(t
     again.close_idle()
     assert "a" in again.joiner.sessions  # held: the partition is being read again
     again.process(exchange_at("c", t0 + 1000), None, "t", 0, 3)
-    again.close_idle()
+    again.tick()  # closes the idle sessions and scores them
     assert "a" not in again.joiner.sessions and again.stats.total("interactions") == 1
     again.close()
 
@@ -639,6 +639,40 @@ def test_extractor_errors_do_not_stop_the_pipeline(tmp_path):
     pipeline.close()
     assert seen == ["explodes_for_tests"] * 3
     assert pipeline.stats.total("tuples", source="tool") == 1  # the tool error
+
+
+def test_an_extractor_error_re_raised_mid_run_leaves_the_rest_of_the_run_to_score(tmp_path):
+    """Closed interactions are scored in runs; an error the policy re-raises stops the run
+    at its interaction, and the ones after it are scored next time, each once."""
+    from nextstate.extractors.registry import register
+
+    @register("explodes_once_for_tests")
+    def explodes_once(**_):
+        exploded = []
+
+        def extractor(interaction):
+            if interaction.session_id == "b" and not exploded:
+                exploded.append(interaction.interaction_id)
+                raise RuntimeError("boom")
+            return []
+        return extractor
+
+    pipeline = Pipeline(config_for(tmp_path, source="kafka",
+                                   extractors=["explodes_once_for_tests", "tool"]),
+                        on_extractor_error=lambda e, i, n: False)
+    records = [r for sid in "abc" for r in weather_session(sid, "Error: HTTP 500")]
+    for offset, record in enumerate(records):
+        pipeline.process(line(record), None, "t", 0, offset)
+    waiting = len(pipeline._unscored)
+    assert waiting >= 4 and pipeline.stats.total("interactions") == 0  # a run waits
+    with pytest.raises(RuntimeError, match="boom"):
+        pipeline.write_pending()
+    scored = pipeline.stats.total("interactions")
+    assert 0 < scored < waiting - 1  # a's were scored; b's first raised
+    pipeline.write_pending()
+    assert pipeline.stats.total("interactions") == waiting - 1  # the rest, once each
+    assert not pipeline._unscored
+    pipeline.close()
 
 
 @pytest.mark.parametrize("value", [None, b""])
@@ -1065,17 +1099,17 @@ def test_a_value_out_of_bounds_is_a_config_error_naming_the_key(key, value):
 
 
 def test_tuples_reach_the_buffers_by_the_next_tick(tmp_path):
-    """Emitted tuples wait for a batch, but every tick writes them: a trainer sampling the
-    buffers in the daemon sees them without waiting for a checkpoint."""
+    """Closed interactions wait for a batch to be scored, and their tuples to be written, but
+    every tick scores and writes them: a trainer sampling the buffers in the daemon sees them
+    without waiting for a checkpoint."""
     pipeline = Pipeline(config_for(tmp_path, source="kafka"))
     try:
         for offset, record in enumerate(weather_session("s", '{"temp_c": 18}')):
             pipeline.process(line(record), None, "t", 0, offset)
-        assert pipeline.stats.total("tuples") >= 1
         assert sum(len(b) for b in pipeline.buffers.buffers.values()) == 0  # a batch waits
         pipeline.tick()
         stored_now = sum(len(b) for b in pipeline.buffers.buffers.values())
-        assert stored_now == pipeline.stats.total("tuples")
+        assert stored_now >= 1 and stored_now == pipeline.stats.total("tuples")
     finally:
         pipeline.close()
 
