@@ -413,6 +413,7 @@ def rss(args: argparse.Namespace) -> None:
                 pipeline.checkpoint()
             if offset % every == every - 1:
                 samples.append(process.memory_info().rss / 2**20)
+        pipeline.write_pending()  # (scores what waits: every tuple counted)
         tuples = pipeline.stats.total("tuples")
         stored = sum(len(b) for b in pipeline.buffers.buffers.values())
         pipeline.close()

@@ -161,6 +161,7 @@ def measure(shapes: list[str], places: list[str], size: int) -> list[dict[str, A
                 start = time.perf_counter()
                 for offset, value in enumerate(lines):
                     pipeline.process(value, None, "bench", 0, offset)
+                pipeline.score_pending()  # (closed interactions are scored in runs)
                 processed = time.perf_counter()
                 pipeline.close()
                 closed = time.perf_counter()

@@ -51,7 +51,7 @@ WRITE_BATCH = 512
 # yield counters, run back to back over a run, keep their code and data in the CPU's caches,
 # where one record's decoding and joining between two interactions pushed them out: 19-21%
 # more call-log records/s through the whole pipeline (2026-11-27, bench_daemon.py).
-SCORE_BATCH = 256
+SCORE_BATCH = 512
 """Tuples emitted before they are added to the buffers in one write. Whatever is waiting is
 also written by every ``tick()`` (the sources tick after each Kafka poll, every 256 file lines
 or every record in event time) and every checkpoint, so a trainer sampling the buffers in the
