@@ -47,15 +47,16 @@ CHECKPOINT_REMEDY = ("move it aside to start over: the counters restart at zero 
                      "after the last commit are processed again (tuples already stored are "
                      "not stored twice)")
 WRITE_BATCH = 512
-# Closed interactions are scored in runs of this many. The extractors, the redactor and the
-# yield counters, run back to back over a run, keep their code and data in the CPU's caches,
-# where one record's decoding and joining between two interactions pushed them out: 19-21%
-# more call-log records/s through the whole pipeline (2026-11-27, bench_daemon.py).
-SCORE_BATCH = 512
 """Tuples emitted before they are added to the buffers in one write. Whatever is waiting is
 also written by every ``tick()`` (the sources tick after each Kafka poll, every 256 file lines
 or every record in event time) and every checkpoint, so a trainer sampling the buffers in the
 daemon sees tuples no later than the next tick."""
+SCORE_BATCH = 512
+"""Closed interactions scored in one run (and whatever waits, by every ``write_pending()``:
+every tick and checkpoint). The extractors, the redactor and the yield counters, run back to
+back over a run, keep their code and data in the CPU's caches, where one record's decoding
+and joining between two interactions pushed them out: 16-21% more call-log records/s through
+the whole pipeline (2026-11-27, ``bench_daemon.py``)."""
 
 
 Offset = Annotated[int, msgspec.Meta(ge=0)]
