@@ -58,10 +58,10 @@ def transcripts(sessions: int, turns: int) -> list[bytes]:
     return out
 
 
-def core_loop(values: list[bytes]) -> tuple[float, int]:
+def core_loop(values: list[bytes], score_batch: int = SCORE_BATCH) -> tuple[float, int]:
     """decode + join + rule extractors; returns (CPU seconds of this process, interactions).
 
-    The rules run over the closed interactions in runs of ``SCORE_BATCH``, as
+    The rules run over the closed interactions in runs of ``score_batch``, as
     ``Pipeline.score_pending`` runs them. CPU time, not wall time: "on one core" must not
     depend on what else the machine runs.
     """
@@ -79,16 +79,17 @@ def core_loop(values: list[bytes]) -> tuple[float, int]:
     for offset, value in enumerate(values):
         for record, shape in ingest.decode_records(value, None, joiner):
             closed += joiner.feed(record, shape, 0.0, ("bench", 0, offset), len(value))
-        if len(closed) >= SCORE_BATCH:
+        if len(closed) >= score_batch:
             interactions += score(closed)
             closed = []
     interactions += score(closed + joiner.close_all())
     return time.process_time() - start, interactions
 
 
-def best_core_loop(values: list[bytes], repeat: int) -> tuple[float, int]:
+def best_core_loop(values: list[bytes], repeat: int, score_batch: int = SCORE_BATCH
+                   ) -> tuple[float, int]:
     """The fastest of ``repeat`` runs of :func:`core_loop` (a shared machine only adds time)."""
-    return min(core_loop(values) for _ in range(max(1, repeat)))
+    return min(core_loop(values, score_batch) for _ in range(max(1, repeat)))
 
 
 class _Replayed:
@@ -190,6 +191,9 @@ def main() -> None:
                         help="runs of decode+join+rules per shape; the fastest is reported")
     parser.add_argument("--profile-pipeline", choices=["call_log", "transcript"],
                         help="print a pyinstrument profile of the full pipeline on SHAPE")
+    parser.add_argument("--score-batch", type=int, default=SCORE_BATCH,
+                        help="run length of the rules in decode+join+rules (the pipeline's "
+                             "SCORE_BATCH by default)")
     parser.add_argument("--stages", action="store_true",
                         help="print the CPU us per interaction of decode, join and rules")
     args = parser.parse_args()
@@ -216,7 +220,8 @@ def main() -> None:
           f"{'KB/record':>11}")
     for shape, values in shapes.items():
         core_loop(values[:200])  # warm caches and lazy imports
-        report(shape, "decode+join+rules", values, *best_core_loop(values, args.repeat))
+        report(shape, "decode+join+rules", values,
+               *best_core_loop(values, args.repeat, max(1, args.score_batch)))
         report(shape, "full pipeline", values, *full_pipeline(values))
     print("target: >= 100,000 interactions/s for decode+join+rules on one core")
 
