@@ -617,8 +617,10 @@ class SessionJoiner:
             return None
         pending = session.pending
         if pending is None:
-            return self.held_action(session_id) if session.ended_at == position else None
-        return pending.interaction_id if pending.position == position else None
+            held = session.last_closed if session.ended_at == position else None
+        else:
+            held = pending if pending.position == position else None
+        return None if held is None else held.interaction_id
 
     def held_action(self, session_id: str) -> str | None:
         """The id of the action the session's state was left with: its pending action, else

@@ -702,14 +702,14 @@ def test_a_delta_clients_pending_action_keeps_its_id_and_context_after_a_restart
                             assistant("Bye.")))]
 
     def closed_by(pipeline: Pipeline) -> list[tuple[str, int]]:
+        """The (id, context length) of each interaction the pipeline scores, in order."""
         seen: list[tuple[str, int]] = []
-        emit = pipeline.emit
+        score = pipeline._score
 
-        def spy(interactions):
-            interactions = list(interactions)
-            seen.extend((i.interaction_id, len(i.context)) for i in interactions)
-            emit(interactions)
-        pipeline.emit = spy  # type: ignore[method-assign]
+        def spy(interaction):
+            seen.append((interaction.interaction_id, len(interaction.context)))
+            return score(interaction)
+        pipeline._score = spy  # type: ignore[method-assign]
         return seen
 
     uncut = Pipeline(config_for(tmp_path / "uncut", source="kafka"))
