@@ -58,18 +58,19 @@ def transcripts(sessions: int, turns: int) -> list[bytes]:
     return out
 
 
-def core_loop(values: list[bytes], score_batch: int = SCORE_BATCH) -> tuple[float, int]:
+def core_loop(values: list[bytes], score_batch: int = SCORE_BATCH, rules: bool = True
+              ) -> tuple[float, int]:
     """decode + join + rule extractors; returns (CPU seconds of this process, interactions).
 
     The rules run over the closed interactions in runs of ``score_batch``, as
-    ``Pipeline.score_pending`` runs them. CPU time, not wall time: "on one core" must not
-    depend on what else the machine runs.
+    ``Pipeline.score_pending`` runs them (``rules=False``: decode + join alone). CPU time,
+    not wall time: "on one core" must not depend on what else the machine runs.
     """
     joiner = SessionJoiner()
     dispatch = Dispatch(build_extractors(EXTRACTORS))  # as Pipeline.score_pending runs them
 
     def score(closed: list) -> int:
-        for interaction in closed:
+        for interaction in closed if rules else ():
             for _, extractor in dispatch(interaction):
                 extractor(interaction)
         return len(closed)
@@ -122,18 +123,9 @@ def stage_costs(values: list[bytes], repeat: int) -> tuple[float, float, float]:
             ingest.decode_records(value, None, known)
         return time.process_time() - start
 
-    def decode_join() -> tuple[float, int]:
-        joiner, interactions = SessionJoiner(), 0
-        start = time.process_time()
-        for offset, value in enumerate(values):
-            for record, shape in ingest.decode_records(value, None, joiner):
-                interactions += len(joiner.feed(record, shape, 0.0, ("bench", 0, offset),
-                                                len(value)))
-        return time.process_time() - start, interactions
-
     runs = range(max(1, repeat))
     decode = min(decode_only() for _ in runs)
-    joined, interactions = min(decode_join() for _ in runs)
+    joined, interactions = min(core_loop(values, rules=False) for _ in runs)
     whole = best_core_loop(values, repeat)[0]
     return tuple(t / interactions * 1e6 for t in (decode, joined - decode, whole - joined))
 
