@@ -31,7 +31,8 @@ stays a delta; a full-history client whose first message was edited is taken for
 
 The joiner also answers the question the offset committer asks: which is the oldest record
 whose action is still pending? (:meth:`SessionJoiner.low_watermarks`). Committing only up to
-there means a crash or a rebalance re-reads every record a pending join still needs.
+there means a crash or a rebalance re-reads every record a pending join still needs: for a
+delta client, every record of the session (its requests hold only the new messages).
 
 The usual call-log record (its request the previous one's bytes, the pending action's echo,
 then new messages) takes a short path (:meth:`SessionJoiner._continued`) that does what the
@@ -93,6 +94,11 @@ class _Pending(msgspec.Struct, gc=False):
     # one action quadratic (20k spans: 4.1 s) and held every one of them.
     reported: dict[str | None, Message] | None = None
     call_ids: frozenset[str] | None = None
+    # The oldest record its state was built from, when older than ``position``: a delta
+    # client's request holds only the new messages, so its context is rebuilt after a
+    # restart only by reading again from the session's first record (the low watermark
+    # holds there). ``None``: the record at ``position`` holds the whole history.
+    since: Position | None = None
 
     def next_so_far(self) -> tuple[Message, ...]:
         """The next state seen so far: a growing transcript's, then the reported results."""
@@ -330,7 +336,7 @@ class SessionJoiner:
         # made a session each, past max_sessions; found by atheris).
         ts = wire.parse_ts(record.ts)
         held = self.sessions.get(session_id)
-        array = partial = None
+        array = partial = since = None
         if type(messages) in wire.LAZY_ARRAYS:
             # A lazily decoded request (ingest): the messages after the bytes it shares with
             # the session's previous request are decoded, the others are placeholders (a
@@ -373,6 +379,8 @@ class SessionJoiner:
             pending = session.pending
             known = (*pending.context, pending.action) if pending is not None else ()
             context = (*known, *messages)
+            if pending is not None:  # built on what earlier records held
+                since = pending.since or pending.position
         if known_prefix is None:
             self._session(session_id, now, position)  # heard from (see _duplicate above)
         if session.pending is not None:
@@ -390,7 +398,7 @@ class SessionJoiner:
             record.model or record.request.model
             or (record.response.model if record.response else None),
             _version(record.policy_version), logprobs, wire.usage_of(record), ts,
-            "openai_exchange", (), (), wire_action)
+            "openai_exchange", (), (), wire_action, None, None, since)
         session.history_len = index + 1
         session.last_action = action
         # What the next request may repeat byte for byte: this one's array up to its last
@@ -449,6 +457,7 @@ class SessionJoiner:
                     # Its next state may still grow (a later, longer transcript): wait for it.
                     pending.partial_next = next_state
                     pending.position = position
+                    pending.since = None  # the transcript holds the whole history
                     session.pending = pending
         if closed:
             session.last_closed = closed[-1]
@@ -595,12 +604,20 @@ class SessionJoiner:
         self.evictions[reason] = self.evictions.get(reason, 0) + 1
 
     # -- offsets ----------------------------------------------------------------------------
-    def low_watermarks(self) -> dict[tuple[str, int], int]:
-        """Per (topic, partition): the offset of the oldest record a pending action needs."""
+    def low_watermarks(self, rebuild: bool = True) -> dict[tuple[str, int], int]:
+        """Per (topic, partition): the offset of the oldest record a pending action needs
+        (for a delta client's, the record its session's state was first built from).
+
+        ``rebuild=False``: of the oldest record that made a pending action (a delta client's
+        its latest). Sessions go idle in the order of those records, so every action made
+        below it was closed (what :attr:`Pipeline.closed_below` relies on); not so below the
+        record a delta client's session was first built from, seen again since.
+        """
         marks: dict[tuple[str, int], int] = {}
         for session in self.sessions.values():
             pending = session.pending
-            position = session.ended_at if pending is None else pending.position
+            position = session.ended_at if pending is None else \
+                pending.since or pending.position if rebuild else pending.position
             if position is None:
                 continue
             topic, partition, offset = position

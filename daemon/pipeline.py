@@ -184,8 +184,10 @@ class Pipeline:
         # later tells a broker that came back empty from a commit that never happened.
         self.committed: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}       # next offset to process, in memory
-        # Per partition, the highest low watermark a checkpoint returned: actions read again
-        # from below it were closed and scored before it (see process).
+        # Per partition, the highest mark of the oldest record that made a pending action a
+        # checkpoint saw (low_watermarks(rebuild=False); a delta client's session is read
+        # again from further back): actions read again from below it were closed and
+        # scored before it (see process).
         self.closed_below: dict[tuple[str, int], int] = {}
         # Ids of such actions, pending again in the join: their interactions are not scored,
         # counted or judged a second time when they close.
@@ -642,7 +644,7 @@ class Pipeline:
                 self.processed[tp] = offset
         marks = self.low_watermarks()
         closed_below = self.closed_below
-        for tp, mark in marks.items():
+        for tp, mark in self.low_watermarks(rebuild=False).items():
             # Only up: below an earlier mark everything was closed before, whatever was
             # read again since (re-read actions are pending again, lowering the marks).
             if mark > closed_below.get(tp, -1):
@@ -662,10 +664,11 @@ class Pipeline:
         self.records_since_checkpoint = 0
         return marks
 
-    def low_watermarks(self) -> dict[tuple[str, int], int]:
+    def low_watermarks(self, rebuild: bool = True) -> dict[tuple[str, int], int]:
         """Per partition read, the oldest offset a pending join still needs, else the next
-        one: how far a commit may go, and where to read again to rebuild what is pending."""
-        marks = self.joiner.low_watermarks()
+        one: how far a commit may go, and where to read again to rebuild what is pending
+        (``rebuild=False``: see :meth:`SessionJoiner.low_watermarks`)."""
+        marks = self.joiner.low_watermarks(rebuild)
         return {tp: min(marks.get(tp, offset), offset) for tp, offset in self.seen.items()}
 
     def record_timeseries(self, now: float | None = None) -> None:

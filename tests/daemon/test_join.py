@@ -164,6 +164,24 @@ def test_low_watermark_is_oldest_pending_record_per_partition():
     assert joiner.low_watermarks() == {("t", 1): 3}
 
 
+def test_a_delta_clients_low_watermark_holds_at_the_record_its_state_was_built_from():
+    """A delta client's request holds only the new messages: its pending action's context
+    is rebuilt only from the session's first record on, so the watermark holds there (not
+    at the pending action's own record) until a request holds the whole history again."""
+    joiner = SessionJoiner()
+    feed(joiner, exchange("d", [user("q")], assistant("x")), position=("t", 0, 5))
+    feed(joiner, exchange("d", [user("r")], assistant("y")), position=("t", 0, 6))
+    feed(joiner, exchange("d", [user("s")], assistant("z")), position=("t", 0, 8))
+    pending = joiner.sessions["d"].pending
+    assert (pending.interaction_id, len(pending.context)) == ("d#5", 5)  # a delta each time
+    assert joiner.low_watermarks() == {("t", 0): 5}
+    assert joiner.pending_at("d", ("t", 0, 8)) == "d#5"  # still made by its own record
+    whole = [user("q"), assistant("x"), user("r"), assistant("y"), user("s"), assistant("z"),
+             user("t")]
+    feed(joiner, exchange("d", whole, assistant("w")), position=("t", 0, 9))
+    assert joiner.low_watermarks() == {("t", 0): 9}  # this record holds it all
+
+
 def test_session_count_is_bounded():
     """Past max_sessions the least recently seen session is evicted and counted."""
     joiner = SessionJoiner(max_sessions=2)
