@@ -6,6 +6,7 @@ the user thanks, corrects ("no, I asked for Tuesday"), rephrases or moves on. Re
 the whole history, as real clients send them. Some sessions end with feedback or session_end.
 
     python benchmarks/make_stream.py --sessions 200 --turns 10 --out stream.jsonl [--seed 0]
+        [--delta 0.25]
 
 Used for the shipped sample stream (``daemon/sample_interactions.jsonl``), the load
 benchmarks and the Kafka tests.
@@ -114,12 +115,29 @@ def _exchange(sid: str, history: list[dict[str, Any]], response: dict[str, Any],
                       "prompt_tokens_details": {"cached_tokens": int(prompt * 0.6)}}}
 
 
-def stream(sessions: int, turns: int, seed: int = 0, concurrent: int = 16
+def as_delta_client(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A session's records as a client that sends only the new messages would: each request
+    after the first holds what followed the previous exchange's response."""
+    out, seen = [], 0
+    for record in records:
+        if "request" in record:
+            messages = record["request"]["messages"]
+            record = {**record, "request": {**record["request"], "messages": messages[seen:]}}
+            seen = len(messages) + 1  # its history, then the response
+        out.append(record)
+    return out
+
+
+def stream(sessions: int, turns: int, seed: int = 0, concurrent: int = 16, delta: float = 0.0
            ) -> list[dict[str, Any]]:
-    """Records of ``sessions`` sessions, interleaved ``concurrent`` at a time (as live)."""
+    """Records of ``sessions`` sessions, interleaved ``concurrent`` at a time (as live);
+    a ``delta`` share of them from clients that send only the new messages."""
     rng = random.Random(seed)
     per_session = [session(rng, f"s{n:05d}", turns, 1_760_000_000.0 + n * 60)
                    for n in range(sessions)]
+    if delta:  # (its own draws: the stream is the same as without it otherwise)
+        pick = random.Random(f"{seed}-delta")
+        per_session = [as_delta_client(s) if pick.random() < delta else s for s in per_session]
     out: list[dict[str, Any]] = []
     active: list[list[dict[str, Any]]] = []
     pending = iter(per_session)
@@ -142,9 +160,11 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--delta", type=float, default=0.0,
+                        help="share of sessions whose client sends only the new messages")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    records = stream(args.sessions, args.turns, args.seed)
+    records = stream(args.sessions, args.turns, args.seed, delta=args.delta)
     with open(args.out, "w") as fh:
         for record in records:
             fh.write(json.dumps(record) + "\n")

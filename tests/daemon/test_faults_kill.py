@@ -36,7 +36,8 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def kill_loop(broker, tmp_path, sessions: int, turns: int, kills: int, seed: int) -> dict:
+def kill_loop(broker, tmp_path, sessions: int, turns: int, kills: int, seed: int,
+              delta: float = 0.0) -> dict:
     """Produce the stream in ``kills + 1`` chunks; start the daemon, let it consume a random
     share of what is left, SIGKILL it, produce the next chunk, repeat; finally let one run
     drain the topic."""
@@ -44,7 +45,7 @@ def kill_loop(broker, tmp_path, sessions: int, turns: int, kills: int, seed: int
     topic, group = f"kill-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:6]}"
     broker.create_topic(topic, PARTITIONS)
     broker.create_topic(f"{topic}.dlq", 1)
-    records = stream_records(sessions, turns, seed)
+    records = stream_records(sessions, turns, seed, delta)
     state = tmp_path / "state"
     config = write_config(tmp_path / "nextstate.toml", state, broker.bootstrap, topic, group)
     daemon = DaemonProcess(config, state, tmp_path / "daemon.log")
@@ -110,6 +111,12 @@ def check(result: dict) -> None:
 def test_kill_9_loop_fast(broker, tmp_path):
     """~2k interactions, 5 SIGKILLs mid-stream: lost = 0, duplicated = 0, each record once."""
     check(kill_loop(broker, tmp_path, sessions=100, turns=10, kills=5, seed=1))
+
+
+def test_kill_9_loop_with_delta_clients(broker, tmp_path):
+    """Half the sessions from clients that send only the new messages (their pending actions
+    rebuilt after each kill from the session's first record): lost = 0, duplicated = 0."""
+    check(kill_loop(broker, tmp_path, sessions=100, turns=10, kills=5, seed=3, delta=0.5))
 
 
 @pytest.mark.slow

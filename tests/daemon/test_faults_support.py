@@ -29,10 +29,12 @@ def make_stream():
     return module
 
 
-def stream_records(sessions: int, turns: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs of a realistic call-log stream, key = session id."""
+def stream_records(sessions: int, turns: int, seed: int = 0, delta: float = 0.0
+                   ) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs of a realistic call-log stream, key = session id (``delta``: the
+    share of sessions from clients that send only the new messages)."""
     return [(r["session_id"].encode(), json.dumps(r).encode())
-            for r in make_stream().stream(sessions, turns, seed)]
+            for r in make_stream().stream(sessions, turns, seed, delta=delta)]
 
 
 EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
