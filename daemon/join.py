@@ -125,7 +125,8 @@ class _Session:
     # With no action pending (a transcript's reward closed its last one), the record that left
     # it so: the low watermark holds it, so that a restart rebuilds what late feedback joins.
     ended_at: Position | None = None
-    size: int = 0                   # bytes counted for it: its latest record, known_bytes
+    size: int = 0                   # bytes counted for it: its latest record, known_bytes,
+    built: int = 0                  # and the earlier records a delta client's context holds
     # The latest request's message array as bytes, without its closing bracket, and how many
     # messages it holds, all type-checked by then: the next request's messages within the
     # same leading bytes need no new decode.
@@ -206,6 +207,7 @@ class SessionJoiner:
         session = self.sessions[session_id]
         if session.known_bytes is not None:  # held beside the pending state (lazy decode)
             size += len(session.known_bytes)
+        size += session.built
         self.pending_bytes += size - session.size
         session.size = size
         self._bound()
@@ -337,6 +339,7 @@ class SessionJoiner:
         ts = wire.parse_ts(record.ts)
         held = self.sessions.get(session_id)
         array = partial = since = None
+        built = 0  # bytes of earlier records the context holds (see _Session.built)
         if type(messages) in wire.LAZY_ARRAYS:
             # A lazily decoded request (ingest): the messages after the bytes it shares with
             # the session's previous request are decoded, the others are placeholders (a
@@ -381,6 +384,10 @@ class SessionJoiner:
             context = (*known, *messages)
             if pending is not None:  # built on what earlier records held
                 since = pending.since or pending.position
+                # Counted with it: everything counted for the session so far but the bytes
+                # kept to decode its next request (a delta client's context grew past
+                # max_pending_bytes uncounted: 40k messages, 30 MB, counted as 2.3 KB).
+                built = session.size - len(session.known_bytes or b"")
         if known_prefix is None:
             self._session(session_id, now, position)  # heard from (see _duplicate above)
         if session.pending is not None:
@@ -405,6 +412,7 @@ class SessionJoiner:
         # message (every message in it type-checked by now).
         session.known_bytes = None if array is None else array[:-1].rstrip()
         session.known_count = len(messages)
+        session.built = built
         return closed
 
     def _transcript(self, session_id: str, record: WireRecord, now: float,
@@ -465,6 +473,7 @@ class SessionJoiner:
             session.ended_at = position
         session.history_len = len(messages)
         session.known_bytes = None
+        session.built = 0  # the transcript holds the whole history
         return closed
 
     def _feedback(self, session_id: str, feedback: Feedback, now: float) -> list[Interaction]:

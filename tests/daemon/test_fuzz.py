@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nextstate.daemon import wire
+from nextstate.daemon import ingest, wire
 from nextstate.daemon.config import load_config
 from nextstate.daemon.join import SessionJoiner
 from nextstate.daemon.pipeline import Pipeline
@@ -184,6 +184,29 @@ def test_pending_bytes_bound_evicts_the_oldest_sessions():
     assert list(joiner.sessions) == [f"s{n}" for n in range(10, 20)]
     assert joiner.evictions == {"max_pending_bytes": 10}
     assert joiner.low_watermarks() == {("t", 0): 10}  # evicted joins no longer hold offsets
+
+
+def test_a_delta_clients_held_context_counts_toward_max_pending_bytes():
+    """A client that sends only the new messages: its session's context holds every earlier
+    record's messages, which its latest record does not. They were not counted: one endless
+    session grew its context without bound (40k messages, 30 MB, counted as 2.3 KB)."""
+    joiner = SessionJoiner(max_pending_bytes=64_000)
+    values, longest = [], 0
+    for n in range(2_000):
+        said = [user(f"step {n} " + "x" * 100)] if n == 0 else [tool(f"c{n - 1}", "y" * 100)]
+        values.append(line(exchange("flood", said, assistant(calls=[(f"c{n}", "f", {})]))))
+    for n, value in enumerate(values):
+        for record, shape in ingest.decode_records(value, None, joiner):
+            joiner.feed(record, shape, 0.0, ("t", 0, n), len(value))
+        assert joiner.pending_bytes <= joiner.max_pending_bytes
+        session = joiner.sessions.get("flood")
+        if session is not None:
+            longest = max(longest, len(session.pending.context))
+            # at least the bytes of the records its context was read from
+            assert session.size >= sum(map(len, values[n + 1 - len(session.pending.context)
+                                                  // 2:n + 1]))
+    assert joiner.evictions["max_pending_bytes"] >= 2_000 * 150 // 64_000
+    assert longest < 2 * 64_000 // 150  # messages held: within what the bound counts
 
 
 def test_feedback_flood_on_one_action_is_bounded():
