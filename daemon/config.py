@@ -169,8 +169,10 @@ class JoinConfig:
     max_sessions: AtLeastOne = 100_000
     """Sessions held at most; the least recently seen is closed and counted beyond it."""
     max_pending_bytes: AtLeastOne = 1 << 30
-    """Bytes of pending join state held at most (each session's latest record); the least
-    recently seen sessions are forgotten and counted (``join_evictions``) beyond it."""
+    """Bytes of pending join state held at most (each session's latest record, the request
+    bytes kept to decode its next one, and for a client that sends only the new messages the
+    earlier records its context holds); the least recently seen sessions are forgotten and
+    counted (``join_evictions``) beyond it."""
     max_record_bytes: AtLeastOne = 16 << 20
     """Larger records go to the dead-letter queue (reason ``too_large``) undecoded."""
     max_feedback_per_action: AtLeastOne = 64

@@ -144,8 +144,9 @@ class SessionJoiner:
             closed and forgotten (counted in :attr:`evicted`).
         max_pending_bytes: bound on the bytes held for pending joins (the size of each
             session's latest record, which its pending context repeats, plus the request
-            bytes kept to decode the next request lazily); beyond it the least recently seen
-            sessions are forgotten, counted like ``max_sessions``.
+            bytes kept to decode the next request lazily; for a delta client, whose records
+            hold only the new messages, also the earlier records its context holds); beyond
+            it the least recently seen sessions are forgotten, counted like ``max_sessions``.
         max_feedback_per_action: feedback records kept on one pending action; beyond it the
             oldest is dropped (counted in ``evictions["feedback"]``).
         max_record_context: context messages the interactions one record closes may hold
