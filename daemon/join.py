@@ -626,8 +626,10 @@ class SessionJoiner:
         marks: dict[tuple[str, int], int] = {}
         for session in self.sessions.values():
             pending = session.pending
-            position = session.ended_at if pending is None else \
-                pending.since or pending.position if rebuild else pending.position
+            if pending is None:
+                position = session.ended_at
+            else:
+                position = (pending.since or pending.position) if rebuild else pending.position
             if position is None:
                 continue
             topic, partition, offset = position
