@@ -132,6 +132,12 @@ class _Session:
     # same leading bytes need no new decode.
     known_bytes: bytes | None = None
     known_count: int = 0
+    # Its latest request held only the new messages (a delta client's), and when it came
+    # back after its session was forgotten: the messages of its history not held (its
+    # actions are numbered after them) and the hash of its first message.
+    delta: bool = False
+    base: int = 0
+    first: int | None = None
 
 
 class SessionJoiner:
@@ -175,6 +181,14 @@ class SessionJoiner:
         self.evicted = 0
         self.duplicates = 0  # exchanges received again, ignored (see _duplicate)
         self.evictions: dict[str, int] = {}  # why: max_sessions | max_pending_bytes | feedback
+        # Delta clients' sessions forgotten (idle, evicted, ended), least recently first: the
+        # length of each one's history, the hash of its first message and its partition. One
+        # back later sends only its new messages, which do not say how long the history was:
+        # without this its actions were numbered from 0 again, taking earlier actions' ids
+        # (their tuples dropped as duplicates). At most max_sessions; in memory only (after a
+        # restart, one forgotten before it and not read again is numbered from 0).
+        self.forgotten: OrderedDict[str, tuple[int, int, tuple[str, int] | None]] = \
+            OrderedDict()
 
     # -- records ----------------------------------------------------------------------------
     def known_request(self, session_id: str) -> bytes | None:
@@ -359,11 +373,19 @@ class SessionJoiner:
             new = wire.normalize_messages(messages[len(known_prefix):])
             context = known_prefix + tuple(new)
             session = self._session(session_id, now, position)
+            session.delta = False  # (its client sends the whole history)
         elif _repeats_history(messages := wire.normalize_messages(
                 messages if partial is None else wire.decode_messages(array)),  # type: ignore[arg-type]
                               session := self._session(session_id, None, None)):
             new = messages[session.history_len:]
             context = tuple(messages)
+            back = self.forgotten.pop(session_id, None) if held is None and messages else None
+            if back is not None and hash(messages[0]) != back[1]:
+                # Not its first message again (a full history): a delta client back.
+                session.base, session.first, _ = back
+                session.delta = True
+            else:
+                session.base, session.first, session.delta = 0, None, False
         elif _duplicate(messages, action, session):
             # The same exchange again (an at-least-once producer): nothing new to join, and
             # no news of the session either: it keeps its place in the idle order (moved up,
@@ -376,6 +398,7 @@ class SessionJoiner:
             # response, an edited earlier turn): a branch. The pending action was discarded.
             new = None
             context = tuple(messages)
+            session.base, session.first, session.delta = 0, None, False
         else:
             # A client that sends only the new messages (or the first record seen of a
             # session): the request is the delta after what we know.
@@ -384,6 +407,7 @@ class SessionJoiner:
             known = (*pending.context, pending.action) if pending is not None else ()
             context = (*known, *messages)
             if pending is not None:  # built on what earlier records held
+                session.delta = True
                 since = pending.since or pending.position
                 # Counted with it: everything counted for the session so far but the bytes
                 # kept to decode its next request (a delta client's context grew past
@@ -399,7 +423,7 @@ class SessionJoiner:
                 interaction = session.pending.close(session_id, next_state, "next_state")
             closed.append(interaction)
             session.last_closed = interaction
-        index = len(context)
+        index = session.base + len(context)  # its place in the session's whole history
         # Positional, in _Pending's field order.
         session.pending = _Pending(
             f"{session_id}#{index}", context, action, index, position,
@@ -475,6 +499,7 @@ class SessionJoiner:
         session.history_len = len(messages)
         session.known_bytes = None
         session.built = 0  # the transcript holds the whole history
+        session.base, session.first, session.delta = 0, None, False
         return closed
 
     def _feedback(self, session_id: str, feedback: Feedback, now: float) -> list[Interaction]:
@@ -545,6 +570,7 @@ class SessionJoiner:
         session = self.sessions.pop(session_id, None)
         if session is not None:
             self.pending_bytes -= session.size
+            self._remember(session_id, session)
         if session is None or session.pending is None:
             return []
         pending = session.pending
@@ -583,17 +609,24 @@ class SessionJoiner:
         gone = [s for s, state in self.sessions.items() if state.partition in dropped]
         for session_id in gone:
             self.pending_bytes -= self.sessions.pop(session_id).size
+        # and what was kept of their forgotten ones: their next owner carries them on
+        forgotten = self.forgotten
+        for session_id in [s for s, (_, _, tp) in forgotten.items() if tp in dropped]:
+            del forgotten[session_id]
         return len(gone)
 
     def discard(self, session_id: str) -> None:
-        """Forget a session without closing its pending action (closed before, elsewhere)."""
+        """Forget a session without closing its pending action (closed before, elsewhere:
+        a delta client's is remembered, as it was when it was forgotten then)."""
         session = self.sessions.pop(session_id, None)
         if session is not None:
             self.pending_bytes -= session.size
+            self._remember(session_id, session)
 
     def _forget(self, session_id: str, closed_by: ClosedBy) -> list[Interaction]:
         session = self.sessions.pop(session_id)
         self.pending_bytes -= session.size
+        self._remember(session_id, session)
         pending = session.pending
         if pending is None:
             return []
@@ -607,7 +640,22 @@ class SessionJoiner:
                         else "max_pending_bytes")
             # Bounded memory beats completeness: the evicted pending action is dropped and
             # counted, and no longer holds back the committed offset.
-            self.pending_bytes -= self.sessions.pop(oldest).size
+            session = self.sessions.pop(oldest)
+            self.pending_bytes -= session.size
+            self._remember(oldest, session)
+
+    def _remember(self, session_id: str, session: _Session) -> None:
+        """Keep a forgotten delta client's history length (see :attr:`forgotten`)."""
+        pending = session.pending
+        if pending is None or not session.delta:
+            return  # not a delta client's (its records hold the whole history)
+        first = session.first if session.base else \
+            hash(pending.context[0] if pending.context else pending.action)
+        forgotten = self.forgotten
+        forgotten[session_id] = (session.history_len, first, session.partition)  # type: ignore[assignment]
+        forgotten.move_to_end(session_id)
+        if len(forgotten) > self.max_sessions:
+            forgotten.popitem(last=False)
 
     def _count(self, reason: str) -> None:
         self.evicted += 1
@@ -717,7 +765,8 @@ def _known_prefix(messages: list[Any], session: _Session | None
     Only the echo of the pending action is normalized to check it: the messages before it
     were checked when the earlier records of the session arrived.
     """
-    if session is None or session.pending is None or session.pending.shape not in EXCHANGE_SHAPES:
+    if session is None or session.pending is None or session.pending.shape not in EXCHANGE_SHAPES \
+            or session.base:  # (the held context is not the whole history)
         return None
     pending = session.pending
     n = pending.index + 1

@@ -182,24 +182,50 @@ def test_a_delta_clients_low_watermark_holds_at_the_record_its_state_was_built_f
     assert joiner.low_watermarks() == {("t", 0): 9}  # this record holds it all
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README): a delta client's session "
-                   "forgotten (idle, evicted) starts anew from the messages of its next record")
-def test_a_delta_client_back_after_its_session_went_idle_gets_a_new_action_id():
+def test_a_delta_client_back_after_its_session_went_idle_numbers_its_actions_on():
     """A client that sends only the new messages, back after ``idle_timeout_s``: its session
-    was forgotten, so its next record is taken for a first one, and its action gets the id of
-    the session's first action (``s#1``): the buffers drop its tuples as duplicates. A
-    full-history client's request says how long the history is; a delta's does not. Strict:
-    this test fails once the limit is lifted."""
+    was forgotten, and its next record does not say how long the history was. Its action
+    took the id of the session's first action (``s#1``), so the buffers dropped its tuples
+    as duplicates; the joiner now keeps the history length of a forgotten delta session."""
     joiner = SessionJoiner(idle_timeout_s=300)
     closed = feed(joiner, exchange("s", [user("hi")], assistant("hello")), now=0)
     closed += feed(joiner, exchange("s", [user("and the weather?")], assistant("sunny")), now=10)
     closed += joiner.close_idle(now=400)
     closed += feed(joiner, exchange("s", [user("back again")], assistant("welcome back")),
                    now=1000)
+    closed += feed(joiner, exchange("s", [user("thanks")], assistant("bye")), now=1010)
     closed += joiner.close_all()
-    ids = [i.interaction_id for i in closed]
-    assert ids[:2] == ["s#1", "s#3"]  # (what it gets today: then s#1 again)
-    assert len(set(ids)) == 3
+    assert [(i.interaction_id, len(i.context)) for i in closed] == [
+        ("s#1", 1), ("s#3", 3), ("s#5", 1), ("s#7", 3)]  # (the history before s#5: not held)
+    assert [m.content for m in closed[2].next_state] == ["thanks"]
+
+
+def test_a_full_history_client_back_after_its_session_went_idle_is_numbered_by_its_record():
+    """Its request holds the whole history (the same first message): numbered by it, as
+    before; and a full-history session leaves nothing behind when forgotten."""
+    joiner = SessionJoiner(idle_timeout_s=300)
+    feed(joiner, exchange("f", [user("hi")], assistant("hello")), now=0)
+    joiner.close_idle(now=400)
+    assert joiner.forgotten == {}
+    joiner2 = SessionJoiner(idle_timeout_s=300)  # a delta client, then the whole history
+    feed(joiner2, exchange("d", [user("hi")], assistant("hello")), now=0)
+    feed(joiner2, exchange("d", [user("more")], assistant("ok")), now=10)
+    joiner2.close_idle(now=400)
+    whole = [user("hi"), assistant("hello"), user("more"), assistant("ok"), user("again")]
+    feed(joiner2, exchange("d", whole, assistant("sure")), now=1000)
+    (last,) = joiner2.close_all()
+    assert (last.interaction_id, len(last.context)) == ("d#5", 5)
+
+
+def test_forgotten_delta_sessions_are_bounded_by_max_sessions():
+    """Evicted delta sessions are remembered too, at most ``max_sessions`` of them."""
+    joiner = SessionJoiner(max_sessions=3)
+    for n in range(10):
+        feed(joiner, exchange(f"d{n}", [user("hi")], assistant("hello")), now=n)
+        feed(joiner, exchange(f"d{n}", [user("more")], assistant("ok")), now=n)
+    assert len(joiner.sessions) == 3 and joiner.evictions == {"max_sessions": 7}
+    assert list(joiner.forgotten) == ["d4", "d5", "d6"]  # the 7 evicted, the latest 3 kept
+    assert joiner.forgotten["d6"][0] == 4  # its history: hi, hello, more, ok
 
 
 def test_session_count_is_bounded():

@@ -757,6 +757,59 @@ def test_a_delta_clients_pending_action_keeps_its_id_and_context_after_a_restart
     assert before + after == whole
 
 
+def test_a_delta_client_back_after_a_restart_that_read_its_session_again(tmp_path):
+    """A delta client's session forgotten as idle before the checkpoint, its records read
+    again after a restart (another delta session held the commit below them), then back:
+    its action is numbered after its history (``d#5``), as in the run never cut, not from 0
+    (``d#1``, the id of its first action)."""
+    from tests.records import exchange
+
+    def ex(sid, said, reply):
+        return line(exchange(sid, [user(said)], assistant(reply)))
+
+    # (time, record): e holds the commit at offset 0; d goes idle at t=410
+    timed = [(0.0, ex("e", "hi", "hello")), (1.0, ex("d", "hi", "hello")),
+             (2.0, ex("d", "more", "ok")), (350.0, ex("e", "more", "ok")),
+             (410.0, None), (1000.0, ex("d", "back again", "welcome back"))]
+
+    def run(pipeline, clock, records, first=0):
+        offset = 0
+        for at, value in records:
+            clock[0] = at
+            if value is None:
+                pipeline.tick()
+                continue
+            if offset >= first:
+                pipeline.process(value, None, "t", 0, offset)
+            offset += 1
+
+    def scored(pipeline):
+        ids: list[str] = []
+        score = pipeline._score
+        pipeline._score = lambda i: (ids.append(i.interaction_id), score(i))[1]
+        return ids
+
+    clock = [0.0]
+    uncut = Pipeline(config_for(tmp_path / "uncut", source="kafka"), clock=lambda: clock[0])
+    whole = scored(uncut)
+    run(uncut, clock, timed)
+    uncut.finish()
+    uncut.close()
+    config = config_for(tmp_path / "cut", source="kafka")
+    first = Pipeline(config, clock=lambda: clock[0])
+    before = scored(first)
+    run(first, clock, timed[:5])
+    assert first.checkpoint() == {("t", 0): 0}  # e's first record: d's are read again
+    first.close(durable=False)
+    again = Pipeline(config, clock=lambda: clock[0])
+    after = scored(again)
+    run(again, clock, timed)
+    again.finish()
+    again.close()
+    assert "d#5" in whole and "d#1" not in whole[whole.index("d#3") + 1:]
+    assert sorted(before + after) == sorted(whole)
+
+
 def test_a_dead_letter_past_the_checkpoint_is_in_the_file_once_after_a_restart(tmp_path):
     """A letter written after the last checkpoint (a close that skips the checkpoint, as
     when the store fails; or a kill once the file's buffer was written) is of a record the
