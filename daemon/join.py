@@ -47,6 +47,7 @@ Pure: no I/O, no clock of its own (callers pass ``now``), so it is tested withou
 from __future__ import annotations
 
 import operator
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -62,6 +63,10 @@ EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_S
 """Shapes joined as request/response exchanges (the adapters rewrite theirs to OpenAI form)."""
 
 Position = tuple[str, int, int]  # (topic, partition, offset) of a record
+Forgotten = tuple[str, int, int, str | None, int | None]
+"""A forgotten delta session (see ``SessionJoiner.forgotten``) as the checkpoint keeps it:
+``[session id, history length, first message's hash, topic, partition]``."""
+_encode = msgspec.json.Encoder().encode
 _NO_USAGE = Usage()  # immutable: one for every transcript action
 _role = operator.attrgetter("role")
 
@@ -185,8 +190,8 @@ class SessionJoiner:
         # length of each one's history, the hash of its first message and its partition. One
         # back later sends only its new messages, which do not say how long the history was:
         # without this its actions were numbered from 0 again, taking earlier actions' ids
-        # (their tuples dropped as duplicates). At most max_sessions; in memory only (after a
-        # restart, one forgotten before it and not read again is numbered from 0).
+        # (their tuples dropped as duplicates). At most max_sessions; in the checkpoint
+        # (state_dict), so a restart does not forget them.
         self.forgotten: OrderedDict[str, tuple[int, int, tuple[str, int] | None]] = \
             OrderedDict()
 
@@ -380,7 +385,7 @@ class SessionJoiner:
             new = messages[session.history_len:]
             context = tuple(messages)
             back = self.forgotten.pop(session_id, None) if held is None and messages else None
-            if back is not None and hash(messages[0]) != back[1]:
+            if back is not None and _message_hash(messages[0]) != back[1]:
                 # Not its first message again (a full history): a delta client back.
                 session.base, session.first, _ = back
                 session.delta = True
@@ -650,7 +655,7 @@ class SessionJoiner:
         if pending is None or not session.delta:
             return  # not a delta client's (its records hold the whole history)
         first = session.first if session.base else \
-            hash(pending.context[0] if pending.context else pending.action)
+            _message_hash(pending.context[0] if pending.context else pending.action)
         forgotten = self.forgotten
         forgotten[session_id] = (session.history_len, first, session.partition)  # type: ignore[assignment]
         forgotten.move_to_end(session_id)
@@ -660,6 +665,18 @@ class SessionJoiner:
     def _count(self, reason: str) -> None:
         self.evicted += 1
         self.evictions[reason] = self.evictions.get(reason, 0) + 1
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, list[Forgotten]]:
+        """What a restart needs besides the records it reads again: the forgotten delta
+        sessions (their pending state is rebuilt from the records)."""
+        return {"forgotten": [(session_id, length, first, *(tp or (None, None)))
+                              for session_id, (length, first, tp) in self.forgotten.items()]}
+
+    def load_state_dict(self, state: dict[str, list[Forgotten]]) -> None:
+        self.forgotten = OrderedDict(
+            (session_id, (length, first, None if topic is None else (topic, partition)))
+            for session_id, length, first, topic, partition in state.get("forgotten", ()))
 
     # -- offsets ----------------------------------------------------------------------------
     def low_watermarks(self, rebuild: bool = True) -> dict[tuple[str, int], int]:
@@ -712,6 +729,12 @@ class SessionJoiner:
     def pending_count(self) -> int:
         """Actions waiting for their next state."""
         return sum(1 for s in self.sessions.values() if s.pending is not None)
+
+
+def _message_hash(message: Message) -> int:
+    """A message's hash, the same in every process (a checkpoint keeps it; ``hash()`` of a
+    string is not)."""
+    return zlib.crc32(_encode(message))
 
 
 def _version(value: str | int | None) -> str | None:

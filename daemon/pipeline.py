@@ -84,8 +84,11 @@ class CheckpointState(msgspec.Struct):
     """A record time more than an idle timeout ahead of the clock, waiting for the next
     record to bear it out (see ``Pipeline._far_ahead``; event time only)."""
     closed_below: list[tuple[str, Offset, Offset]] = []
-    """``[topic, partition, offset]``: the highest low watermark a checkpoint returned. An
-    action read below it was no longer pending then: its interaction was scored before."""
+    """``[topic, partition, offset]``: the highest mark of the oldest record that made a
+    pending action a checkpoint saw. An action read below it was no longer pending then: its
+    interaction was scored before."""
+    forgotten: list[tuple[str, Offset, Offset, str | None, Offset | None]] = []
+    """Delta clients' sessions the join forgot (``SessionJoiner.state_dict``)."""
     dead_letter_file: tuple[int, Offset] | None = None
     """``[inode, size]`` of the dead-letter file (a file sink) as the checkpoint covers it."""
 
@@ -652,6 +655,7 @@ class Pipeline:
         state = {"processed": [[t, p, o] for (t, p), o in self.processed.items()],
                  "committed": [[t, p, o] for (t, p), o in self.committed.items()],
                  "closed_below": [[t, p, o] for (t, p), o in self.closed_below.items()],
+                 **self.joiner.state_dict(),
                  "stats": self.stats.state_dict(), "saved_at": self.clock()}
         if isinstance(self.dead_letters, FileDeadLetters):  # see _restore
             state["dead_letter_file"] = list(self.dead_letters.mark())
@@ -693,6 +697,7 @@ class Pipeline:
         self.processed = {(t, p): o for t, p, o in state.processed}
         self.committed = {(t, p): o for t, p, o in state.committed}
         self.closed_below = {(t, p): o for t, p, o in state.closed_below}
+        self.joiner.load_state_dict({"forgotten": state.forgotten})
         self.stats.load_state_dict(msgspec.to_builtins(state.stats))
         if state.dead_letter_file is not None and isinstance(self.dead_letters, FileDeadLetters):
             # Letters past the checkpoint are of records processed again now: written once.

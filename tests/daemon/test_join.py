@@ -228,6 +228,29 @@ def test_forgotten_delta_sessions_are_bounded_by_max_sessions():
     assert joiner.forgotten["d6"][0] == 4  # its history: hi, hello, more, ok
 
 
+def test_forgotten_delta_sessions_round_trip_through_state_dict():
+    """What the checkpoint keeps of them (JSON), read back the same, also in another process
+    (the first message's hash is not Python's per-process string hash)."""
+    joiner = SessionJoiner(idle_timeout_s=1)
+    feed(joiner, exchange("d", [user("hi")], assistant("hello")), position=("t", 2, 7))
+    feed(joiner, exchange("d", [user("more")], assistant("ok")), position=("t", 2, 8))
+    joiner.close_idle(now=10)
+    state = json.loads(json.dumps(joiner.state_dict()))
+    again = SessionJoiner()
+    again.load_state_dict(state)
+    assert again.forgotten == joiner.forgotten and again.forgotten["d"][2] == ("t", 2)
+    code = ("from nextstate.daemon.join import _message_hash; "
+            "from nextstate.extractors.types import Message; "
+            "print(_message_hash(Message('user', 'hi')))")
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONHASHSEED": "random"})
+    assert int(out.stdout) == joiner.forgotten["d"][1]
+    assert again.drop_partitions([("t", 2)]) == 0 and not again.forgotten
+
+
 def test_session_count_is_bounded():
     """Past max_sessions the least recently seen session is evicted and counted."""
     joiner = SessionJoiner(max_sessions=2)

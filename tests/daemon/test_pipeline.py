@@ -810,6 +810,35 @@ def test_a_delta_client_back_after_a_restart_that_read_its_session_again(tmp_pat
     assert sorted(before + after) == sorted(whole)
 
 
+def test_a_delta_client_back_after_a_restart_numbers_its_actions_on(tmp_path):
+    """Forgotten as idle before the checkpoint, its records not read again after the
+    restart (nothing held the commit below them): the checkpoint remembers how long its
+    history was, so back after the restart its action is ``d#5``, as in a run never cut
+    (it was ``d#1``, the id of its first action, its tuples dropped as duplicates)."""
+    from tests.records import exchange
+
+    records = [line(exchange("d", [user("hi")], assistant("hello"))),
+               line(exchange("d", [user("more")], assistant("ok"))),
+               line(exchange("d", [user("back again")], assistant("welcome back")))]
+    clock = [0.0]
+    config = config_for(tmp_path, source="kafka")
+    first = Pipeline(config, clock=lambda: clock[0])
+    for offset, value in enumerate(records[:2]):
+        first.process(value, None, "t", 0, offset)
+    clock[0] = 400.0
+    first.tick()  # d goes idle, is forgotten
+    assert first.checkpoint() == {("t", 0): 2}  # nothing to read again
+    first.close(durable=False)
+    again = Pipeline(config, clock=lambda: clock[0])
+    ids: list[str] = []
+    score = again._score
+    again._score = lambda i: (ids.append(i.interaction_id), score(i))[1]
+    again.process(records[2], None, "t", 0, 2)
+    again.finish()
+    again.close()
+    assert ids == ["d#5"]
+
+
 def test_a_dead_letter_past_the_checkpoint_is_in_the_file_once_after_a_restart(tmp_path):
     """A letter written after the last checkpoint (a close that skips the checkpoint, as
     when the store fails; or a kill once the file's buffer was written) is of a record the
