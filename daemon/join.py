@@ -63,9 +63,10 @@ EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_S
 """Shapes joined as request/response exchanges (the adapters rewrite theirs to OpenAI form)."""
 
 Position = tuple[str, int, int]  # (topic, partition, offset) of a record
-Forgotten = tuple[str, int, int, str | None, int | None]
+Forgotten = tuple[str, int, int, Position | None]
 """A forgotten delta session (see ``SessionJoiner.forgotten``) as the checkpoint keeps it:
-``[session id, history length, first message's hash, topic, partition]``."""
+``[session id, history length, first message's hash, [topic, partition, offset] of the
+record that made its pending action then]``."""
 _encode = msgspec.json.Encoder().encode
 _NO_USAGE = Usage()  # immutable: one for every transcript action
 _role = operator.attrgetter("role")
@@ -192,8 +193,9 @@ class SessionJoiner:
         # without this its actions were numbered from 0 again, taking earlier actions' ids
         # (their tuples dropped as duplicates). At most max_sessions; in the checkpoint
         # (state_dict), so a restart does not forget them.
-        self.forgotten: OrderedDict[str, tuple[int, int, tuple[str, int] | None]] = \
-            OrderedDict()
+        # The record that made its pending action then is kept too: read again after a
+        # restart, the session is held past that record (see _gone_since).
+        self.forgotten: OrderedDict[str, tuple[int, int, Position | None]] = OrderedDict()
 
     # -- records ----------------------------------------------------------------------------
     def known_request(self, session_id: str) -> bytes | None:
@@ -333,12 +335,17 @@ class SessionJoiner:
             return self._session_end(session_id, wire.score_value(record.outcome))
         raise BadRecord("unknown_shape", shape)
 
-    def _session(self, session_id: str, now: float | None, position: Position | None
-                 ) -> _Session:
-        """The session, made if new; heard from at ``now`` (to the back of the idle order)
-        unless ``now`` is ``None`` (only looked up, see :meth:`_exchange`)."""
+    def _session(self, session_id: str, now: float | None, position: Position | None,
+                 anew: bool = False) -> _Session:
+        """The session, made if new (or ``anew``: the one held forgotten first, without
+        closing its action); heard from at ``now`` (to the back of the idle order) unless
+        ``now`` is ``None`` (only looked up, see :meth:`_exchange`)."""
         sessions = self.sessions
         session = sessions.get(session_id)
+        if anew and session is not None:
+            self.pending_bytes -= session.size
+            del sessions[session_id]
+            session = None
         if session is None:
             session = sessions[session_id] = _Session()
         elif now is not None:
@@ -358,6 +365,10 @@ class SessionJoiner:
         # made a session each, past max_sessions; found by atheris).
         ts = wire.parse_ts(record.ts)
         held = self.sessions.get(session_id)
+        gone = held is not None and bool(self.forgotten) and \
+            self._gone_after(session_id, held, position)
+        if gone:
+            held = None  # (forgotten below, once nothing can reject the record)
         array = partial = since = None
         built = 0  # bytes of earlier records the context holds (see _Session.built)
         if type(messages) in wire.LAZY_ARRAYS:
@@ -381,10 +392,10 @@ class SessionJoiner:
             session.delta = False  # (its client sends the whole history)
         elif _repeats_history(messages := wire.normalize_messages(
                 messages if partial is None else wire.decode_messages(array)),  # type: ignore[arg-type]
-                              session := self._session(session_id, None, None)):
+                              session := self._session(session_id, None, None, gone)):
             new = messages[session.history_len:]
             context = tuple(messages)
-            back = self.forgotten.pop(session_id, None) if held is None and messages else None
+            back = self.forgotten.get(session_id) if held is None and messages else None
             if back is not None and _message_hash(messages[0]) != back[1]:
                 # Not its first message again (a full history): a delta client back.
                 session.base, session.first, _ = back
@@ -616,7 +627,8 @@ class SessionJoiner:
             self.pending_bytes -= self.sessions.pop(session_id).size
         # and what was kept of their forgotten ones: their next owner carries them on
         forgotten = self.forgotten
-        for session_id in [s for s, (_, _, tp) in forgotten.items() if tp in dropped]:
+        for session_id in [s for s, (_, _, made_at) in forgotten.items()
+                           if made_at is not None and made_at[:2] in dropped]:
             del forgotten[session_id]
         return len(gone)
 
@@ -649,6 +661,18 @@ class SessionJoiner:
             self.pending_bytes -= session.size
             self._remember(oldest, session)
 
+    def _gone_after(self, session_id: str, held: _Session, position: Position | None
+                    ) -> bool:
+        """Whether a delta client's session was forgotten after the record that made its
+        pending action, and this is a later one: read again fast after a restart, the
+        session did not go idle as it did in the run read again (its next record joined
+        the held context, not the history length remembered: a copy of that record sent
+        again was then taken for a new message). It is forgotten again, as it was then."""
+        gone = self.forgotten.get(session_id)
+        pending = held.pending
+        return gone is not None and pending is not None and pending.position is not None \
+            and gone[2] == pending.position and position != pending.position
+
     def _remember(self, session_id: str, session: _Session) -> None:
         """Keep a forgotten delta client's history length (see :attr:`forgotten`)."""
         pending = session.pending
@@ -657,7 +681,7 @@ class SessionJoiner:
         first = session.first if session.base else \
             _message_hash(pending.context[0] if pending.context else pending.action)
         forgotten = self.forgotten
-        forgotten[session_id] = (session.history_len, first, session.partition)  # type: ignore[assignment]
+        forgotten[session_id] = (session.history_len, first, pending.position)  # type: ignore[assignment]
         forgotten.move_to_end(session_id)
         if len(forgotten) > self.max_sessions:
             forgotten.popitem(last=False)
@@ -670,13 +694,12 @@ class SessionJoiner:
     def state_dict(self) -> dict[str, list[Forgotten]]:
         """What a restart needs besides the records it reads again: the forgotten delta
         sessions (their pending state is rebuilt from the records)."""
-        return {"forgotten": [(session_id, length, first, *(tp or (None, None)))
-                              for session_id, (length, first, tp) in self.forgotten.items()]}
+        return {"forgotten": [(session_id, *gone) for session_id, gone in self.forgotten.items()]}
 
     def load_state_dict(self, state: dict[str, list[Forgotten]]) -> None:
         self.forgotten = OrderedDict(
-            (session_id, (length, first, None if topic is None else (topic, partition)))
-            for session_id, length, first, topic, partition in state.get("forgotten", ()))
+            (session_id, (length, first, None if made_at is None else tuple(made_at)))
+            for session_id, length, first, made_at in state.get("forgotten", ()))
 
     # -- offsets ----------------------------------------------------------------------------
     def low_watermarks(self, rebuild: bool = True) -> dict[tuple[str, int], int]:

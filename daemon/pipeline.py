@@ -87,7 +87,7 @@ class CheckpointState(msgspec.Struct):
     """``[topic, partition, offset]``: the highest mark of the oldest record that made a
     pending action a checkpoint saw. An action read below it was no longer pending then: its
     interaction was scored before."""
-    forgotten: list[tuple[str, Offset, Offset, str | None, Offset | None]] = []
+    forgotten: list[tuple[str, Offset, Offset, tuple[str, Offset, Offset] | None]] = []
     """Delta clients' sessions the join forgot (``SessionJoiner.state_dict``)."""
     dead_letter_file: tuple[int, Offset] | None = None
     """``[inode, size]`` of the dead-letter file (a file sink) as the checkpoint covers it."""

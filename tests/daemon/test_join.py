@@ -228,6 +228,30 @@ def test_forgotten_delta_sessions_are_bounded_by_max_sessions():
     assert joiner.forgotten["d6"][0] == 4  # its history: hi, hello, more, ok
 
 
+def test_a_delta_session_read_again_past_where_it_was_forgotten_is_forgotten_again():
+    """Read again fast after a restart, a delta client's session does not go idle where it
+    did: its next record, past the one it was forgotten after, forgets it again (numbered
+    on, not joined to the held context); a record rejected there changes nothing."""
+    joiner = SessionJoiner(idle_timeout_s=300)
+    first = [exchange("d", [user("hi")], assistant("hello")),
+             exchange("d", [user("more")], assistant("ok"))]
+    for offset, record in enumerate(first):
+        feed(joiner, record, now=offset, position=("t", 0, offset))
+    joiner.close_idle(now=400)
+    for offset, record in enumerate(first):  # read again, fast: not idle this time
+        feed(joiner, record, now=400, position=("t", 0, offset))
+    before = joiner.sessions["d"].pending.interaction_id
+    bad = exchange("d", [{"role": "wizard", "content": "?"}], assistant("hm"))
+    with pytest.raises(BadRecord):
+        feed(joiner, bad, now=401, position=("t", 0, 2))
+    assert joiner.sessions["d"].pending.interaction_id == before == "d#3"
+    closed = feed(joiner, exchange("d", [user("back again")], assistant("welcome back")),
+                  now=401, position=("t", 0, 2))
+    assert closed == []  # d#3 was closed as idle before, in the run read again
+    (last,) = joiner.close_all()
+    assert (last.interaction_id, len(last.context)) == ("d#5", 1)
+
+
 def test_forgotten_delta_sessions_round_trip_through_state_dict():
     """What the checkpoint keeps of them (JSON), read back the same, also in another process
     (the first message's hash is not Python's per-process string hash)."""
@@ -238,7 +262,7 @@ def test_forgotten_delta_sessions_round_trip_through_state_dict():
     state = json.loads(json.dumps(joiner.state_dict()))
     again = SessionJoiner()
     again.load_state_dict(state)
-    assert again.forgotten == joiner.forgotten and again.forgotten["d"][2] == ("t", 2)
+    assert again.forgotten == joiner.forgotten and again.forgotten["d"][2] == ("t", 2, 8)
     code = ("from nextstate.daemon.join import _message_hash; "
             "from nextstate.extractors.types import Message; "
             "print(_message_hash(Message('user', 'hi')))")

@@ -23,7 +23,7 @@ from nextstate.daemon.config import DaemonConfig, load_config
 from nextstate.daemon.pipeline import Pipeline
 from nextstate.daemon.service import Health, Progress
 from nextstate.daemon.sources import run_file
-from tests.records import assistant, conversation_exchanges, line, tool, user
+from tests.records import assistant, conversation_exchanges, exchange, line, tool, user
 
 
 def weather_session(sid: str, result: str) -> list[dict]:
@@ -255,7 +255,8 @@ def test_sessions_go_idle_after_a_restart_whose_last_record_read_again_is_gone(t
 def _restart_events(kinds: list[str], waits: list[float], feedback_after: list[bool],
                     duplicate_after: list[bool] = (False,)) -> list[bytes | float]:
     """Sessions one after another (call logs ending well or badly, maybe from a client that
-    sends only the new messages ("delta"), or one transcript, maybe
+    sends only the new messages ("delta"; "delta_back": back after it went idle), or one
+    transcript, maybe
     with a reward), each followed by a tick after a wait (``+400 s``: its last action closes
     as idle), then maybe the user's late feedback on the session before it (on its pending
     action, or on one closed as idle: a dead letter, as no action is known for it); before
@@ -268,12 +269,17 @@ def _restart_events(kinds: list[str], waits: list[float], feedback_after: list[b
             events.append(_transcript(sid, 1.0 if kind == "rewarded" else None))
         else:
             result = '{"temp_c": 18}' if kind == "ok" else "Error: HTTP 500"
-            session = delta_session if kind == "delta" else weather_session
+            session = weather_session if kind in ("ok", "error") else delta_session
             events += [line(r) for r in session(sid, result)]
+            if kind == "delta_back":  # idle, forgotten, then back with only the new message
+                events += [400.0, line(exchange(sid, [user("back again")],
+                                                assistant("welcome back")))]
         last.append(events[-1])  # type: ignore[arg-type]
         # The session before this one, still open, sent its last record again (a join that
-        # closed it already cannot know an old record from a new one)
-        if n and duplicate_after[n % len(duplicate_after)] and waits[(n - 1) % len(waits)] < 300:
+        # closed it already cannot know an old record from a new one; nor can one that read
+        # both copies again fast: the README's known limit, so no idle wait between them)
+        if n and duplicate_after[n % len(duplicate_after)] and waits[(n - 1) % len(waits)] < 300 \
+                and kind != "delta_back":
             events.append(last[n - 1])
         events.append(float(waits[n % len(waits)]))
         if n and feedback_after[n % len(feedback_after)]:  # on the session before this one
@@ -319,7 +325,12 @@ def _play(pipeline: Pipeline, events: list[bytes | float], clock: list[float],
 # duplicates).
 @example(kinds=["delta", "ok"], waits=[1.0], feedback_after=[False], cut=3, back=8,
          fast=False, duplicate_after=[True])
-@given(kinds=st.lists(st.sampled_from(["ok", "error", "delta", "transcript", "rewarded"]),
+# A delta client back after it went idle, its record sent twice: read again fast after a
+# restart, the session had not gone idle, and the second copy was taken for a new message.
+@example(kinds=["delta_back", "ok"], waits=[1.0], feedback_after=[False], cut=4, back=0,
+         fast=True, duplicate_after=[True])
+@given(kinds=st.lists(st.sampled_from(["ok", "error", "delta", "delta_back", "transcript",
+                                      "rewarded"]),
                      min_size=1, max_size=5),
        # (no 200 s wait: after a fast re-read the wall clock times idle sessions anew)
        waits=st.lists(st.sampled_from([1.0, 400.0]), min_size=1, max_size=5),
@@ -455,7 +466,8 @@ def _play_stamped(pipeline: Pipeline, events: list[tuple[bytes, int, int] | floa
 @example(kinds=["ok", "transcript", "transcript", "delta", "transcript", "transcript"],
          waits=[400.0, 1.0], feedback_after=[False, False, False, True, True],
          duplicate_after=[True], cut=14, back=[0, 0], partitions=1, lateness=None)
-@given(kinds=st.lists(st.sampled_from(["ok", "error", "delta", "transcript", "rewarded"]),
+@given(kinds=st.lists(st.sampled_from(["ok", "error", "delta", "delta_back", "transcript",
+                                      "rewarded"]),
                      min_size=1, max_size=6),
        waits=st.lists(st.sampled_from([1.0, 200.0, 400.0]), min_size=1, max_size=5),
        feedback_after=st.lists(st.booleans(), min_size=1, max_size=5),
