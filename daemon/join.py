@@ -10,8 +10,9 @@ A request that does not continue the known history (its message at the pending a
 position is not that action) is one of three things:
 
 - a **duplicate**: the same request history and the same response as the pending exchange,
-  or as the one closed last (a record delivered twice, or again after the next one). It is
-  ignored: nothing closes, nothing changes, it is counted in ``SessionJoiner.duplicates``.
+  or as the one closed last (a record delivered twice, or again after the next one); from a
+  delta client, the same new messages, response and time. It is ignored: nothing closes,
+  nothing changes, it is counted in ``SessionJoiner.duplicates``.
 - a **branch**: a full history of the session that does not echo the pending action: the
   same request resent (a retry after a discarded response, a regenerated response) or an
   earlier turn edited or trimmed. The pending action closes as ``superseded`` with no next
@@ -22,12 +23,13 @@ position is not that action) is one of three things:
   new context is the held context, the action and these messages.
 
 Branch or delta (:func:`_resends_history`): a full history starts with the context's first
-message, a delta with what followed the action (tool results, or a user message). So the
-request is a branch when its first message equals the context's first message and that message
-could not start a delta: it is not a user message (a system prompt), or the action called
-tools, or the request also repeats the context's second message, or the context is that one
-message. A delta client whose user repeats their first message, more having been said since,
-stays a delta; a full-history client whose first message was edited is taken for a delta.
+message, a delta with what followed the action (tool results, or a user message), never with a
+system prompt. So the request is a branch when it starts with a system prompt, or when its
+first message equals the context's first message and that message could not start a delta:
+the action called tools, or the request also repeats the context's second message, or the
+context is that one message. A delta client whose user repeats their first message, more having
+been said since, stays a delta; a full-history client whose first user message was edited is
+taken for a delta.
 
 The joiner also answers the question the offset committer asks: which is the oldest record
 whose action is still pending? (:meth:`SessionJoiner.low_watermarks`). Committing only up to
@@ -144,6 +146,9 @@ class _Session:
     delta: bool = False
     base: int = 0
     first: int | None = None
+    # The latest exchange record heard for it, a duplicate too (which leaves the pending
+    # action as it was): remembered when it is forgotten (see SessionJoiner._gone_after).
+    heard: Position | None = None
 
 
 class SessionJoiner:
@@ -318,6 +323,7 @@ class SessionJoiner:
         session.last_action = action
         session.known_bytes = head
         session.known_count = k + len(tail)
+        session.heard = position
         size += len(head)
         self.pending_bytes += size - session.size
         session.size = size
@@ -402,12 +408,13 @@ class SessionJoiner:
                 session.delta = True
             else:
                 session.base, session.first, session.delta = 0, None, False
-        elif _duplicate(messages, action, session):
+        elif _duplicate(messages, action, ts, session):
             # The same exchange again (an at-least-once producer): nothing new to join, and
             # no news of the session either: it keeps its place in the idle order (moved up,
             # it let sessions behind it close first, out of the order of their records that
             # a partition's low watermark assumes).
             self.duplicates += 1
+            session.heard = position  # (still held then: forgotten after it, if at all)
             return closed
         elif session.pending is not None and _resends_history(messages, session.pending):
             # A full history that does not echo the pending action (a retry, a regenerated
@@ -454,6 +461,7 @@ class SessionJoiner:
         session.known_bytes = None if array is None else array[:-1].rstrip()
         session.known_count = len(messages)
         session.built = built
+        session.heard = position
         return closed
 
     def _transcript(self, session_id: str, record: WireRecord, now: float,
@@ -670,8 +678,9 @@ class SessionJoiner:
         again was then taken for a new message). It is forgotten again, as it was then."""
         gone = self.forgotten.get(session_id)
         pending = held.pending
-        return gone is not None and pending is not None and pending.position is not None \
-            and gone[2] == pending.position and position != pending.position
+        heard = held.heard or (pending.position if pending is not None else None)
+        return gone is not None and pending is not None and heard is not None \
+            and gone[2] == heard and position != heard
 
     def _remember(self, session_id: str, session: _Session) -> None:
         """Keep a forgotten delta client's history length (see :attr:`forgotten`)."""
@@ -681,7 +690,8 @@ class SessionJoiner:
         first = session.first if session.base else \
             _message_hash(pending.context[0] if pending.context else pending.action)
         forgotten = self.forgotten
-        forgotten[session_id] = (session.history_len, first, pending.position)  # type: ignore[assignment]
+        forgotten[session_id] = (session.history_len, first,  # type: ignore[assignment]
+                                 session.heard or pending.position)
         forgotten.move_to_end(session_id)
         if len(forgotten) > self.max_sessions:
             forgotten.popitem(last=False)
@@ -844,13 +854,25 @@ def _repeats_history(messages: list[Message], session: _Session) -> bool:
         and (echoed.content == last.content or bool(last.tool_calls)))
 
 
-def _duplicate(messages: list[Message], action: Message, session: _Session) -> bool:
+def _duplicate(messages: list[Message], action: Message, ts: float, session: _Session
+               ) -> bool:
     """Is this exchange one the session already joined: the pending one, or the one it closed
-    last (a record delivered twice, or again after the next one)? Same request, same action.
+    last (a record delivered twice, or again after the next one)? Same request, same action
+    (for a delta client, same time too: its user saying the same thing again, answered the
+    same way, sends the same request).
     """
+    delta = session.delta
+    n = len(messages)
     for held in (session.pending, session.last_closed):
-        if held is not None and held.action == action and len(held.context) == len(messages) \
-                and held.context == tuple(messages):
+        if held is None or held.action != action:
+            continue
+        context = held.context
+        if len(context) == n and context == tuple(messages):
+            return True
+        # A delta client's request holds only what followed the previous action: the same
+        # delta again is the tail of the context it built, right after that action.
+        if delta and held.ts == ts and 0 < n < len(context) \
+                and context[-n - 1].role == "assistant" and context[-n:] == tuple(messages):
             return True
     return False
 
@@ -860,15 +882,21 @@ def _resends_history(messages: list[Message], pending: _Pending) -> bool:
     than the messages after the action (a delta client)?
 
     A full history starts with the context's first message; a delta starts with what
-    followed the action: the results of its tool calls, or a user message. So the request is
-    a branch when its first message equals the context's first message and that message
-    could not start a delta: it is not a user message (a system or developer prompt), or the
-    action called tools (a delta would start with their results), or the request also
-    repeats the context's second message, or it is the whole one-message context resent.
+    followed the action: the results of its tool calls, or a user message, never a system
+    prompt. So the request is a branch when it starts with a system (or developer) prompt,
+    or when its first message equals the context's first message and that message could not
+    start a delta: the action called tools (a delta would start with their results), or the
+    request also repeats the context's second message, or it is the whole one-message
+    context resent.
     Left for a delta: a request that only repeats a lone first user message while more was
     said since (a user saying the same thing again).
     """
     context = pending.context
+    if messages and messages[0].role == "system":
+        # A delta starts with what followed the action, never with a system prompt: a full
+        # history, whatever context is held (one rebuilt from a delta record alone, read
+        # again after a restart from the middle of a delta run, does not start with it).
+        return True
     if not messages or not context or messages[0] != context[0]:
         return False
     if messages[0].role != "user" or pending.action.tool_calls:

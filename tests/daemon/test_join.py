@@ -252,6 +252,23 @@ def test_a_delta_session_read_again_past_where_it_was_forgotten_is_forgotten_aga
     assert (last.interaction_id, len(last.context)) == ("d#5", 1)
 
 
+def test_a_delta_clients_record_sent_twice_is_a_duplicate():
+    """A delta request holds only the new messages, never the whole context: compared with
+    the context, a copy of one was joined as a new delta (a bogus next state, every later id
+    shifted). The same delta, response and time again is a duplicate; the user saying the
+    same thing again later, answered the same, is not."""
+    records = [exchange("d", [user("hi")], assistant("hello"), ts=1.0),
+               exchange("d", [user("more")], assistant("ok"), ts=2.0)]
+    joiner = SessionJoiner()
+    for record in [*records, records[1]]:
+        feed(joiner, record)
+    assert joiner.duplicates == 1 and joiner.sessions["d"].pending.interaction_id == "d#3"
+    later = exchange("d", [user("more")], assistant("ok"), ts=9.0)
+    (closed,) = feed(joiner, later)
+    assert joiner.duplicates == 1 and joiner.sessions["d"].pending.interaction_id == "d#5"
+    assert [m.content for m in closed.next_state] == ["more"]
+
+
 def test_forgotten_delta_sessions_round_trip_through_state_dict():
     """What the checkpoint keeps of them (JSON), read back the same, also in another process
     (the first message's hash is not Python's per-process string hash)."""

@@ -255,8 +255,8 @@ def test_sessions_go_idle_after_a_restart_whose_last_record_read_again_is_gone(t
 def _restart_events(kinds: list[str], waits: list[float], feedback_after: list[bool],
                     duplicate_after: list[bool] = (False,)) -> list[bytes | float]:
     """Sessions one after another (call logs ending well or badly, maybe from a client that
-    sends only the new messages ("delta"; "delta_back": back after it went idle), or one
-    transcript, maybe
+    sends only the new messages ("delta"; "delta_back": back after it went idle;
+    "delta_full": its last request the whole history), or one transcript, maybe
     with a reward), each followed by a tick after a wait (``+400 s``: its last action closes
     as idle), then maybe the user's late feedback on the session before it (on its pending
     action, or on one closed as idle: a dead letter, as no action is known for it); before
@@ -270,7 +270,10 @@ def _restart_events(kinds: list[str], waits: list[float], feedback_after: list[b
         else:
             result = '{"temp_c": 18}' if kind == "ok" else "Error: HTTP 500"
             session = weather_session if kind in ("ok", "error") else delta_session
-            events += [line(r) for r in session(sid, result)]
+            records = session(sid, result)
+            if kind == "delta_full":  # then the whole history again
+                records[-1] = weather_session(sid, result)[-1]
+            events += [line(r) for r in records]
             if kind == "delta_back":  # idle, forgotten, then back with only the new message
                 events += [400.0, line(exchange(sid, [user("back again")],
                                                 assistant("welcome back")))]
@@ -329,8 +332,8 @@ def _play(pipeline: Pipeline, events: list[bytes | float], clock: list[float],
 # restart, the session had not gone idle, and the second copy was taken for a new message.
 @example(kinds=["delta_back", "ok"], waits=[1.0], feedback_after=[False], cut=4, back=0,
          fast=True, duplicate_after=[True])
-@given(kinds=st.lists(st.sampled_from(["ok", "error", "delta", "delta_back", "transcript",
-                                      "rewarded"]),
+@given(kinds=st.lists(st.sampled_from(["ok", "error", "delta", "delta_back", "delta_full",
+                                      "transcript", "rewarded"]),
                      min_size=1, max_size=5),
        # (no 200 s wait: after a fast re-read the wall clock times idle sessions anew)
        waits=st.lists(st.sampled_from([1.0, 400.0]), min_size=1, max_size=5),
@@ -466,8 +469,8 @@ def _play_stamped(pipeline: Pipeline, events: list[tuple[bytes, int, int] | floa
 @example(kinds=["ok", "transcript", "transcript", "delta", "transcript", "transcript"],
          waits=[400.0, 1.0], feedback_after=[False, False, False, True, True],
          duplicate_after=[True], cut=14, back=[0, 0], partitions=1, lateness=None)
-@given(kinds=st.lists(st.sampled_from(["ok", "error", "delta", "delta_back", "transcript",
-                                      "rewarded"]),
+@given(kinds=st.lists(st.sampled_from(["ok", "error", "delta", "delta_back", "delta_full",
+                                      "transcript", "rewarded"]),
                      min_size=1, max_size=6),
        waits=st.lists(st.sampled_from([1.0, 200.0, 400.0]), min_size=1, max_size=5),
        feedback_after=st.lists(st.booleans(), min_size=1, max_size=5),
@@ -849,6 +852,78 @@ def test_a_delta_client_back_after_a_restart_numbers_its_actions_on(tmp_path):
     again.finish()
     again.close()
     assert ids == ["d#5"]
+
+
+def _scored_ids(pipeline: Pipeline) -> list[str]:
+    """The ids of the interactions the pipeline scores from now on, in order."""
+    ids: list[str] = []
+    score = pipeline._score
+    pipeline._score = lambda i: (ids.append(i.interaction_id), score(i))[1]  # type: ignore
+    return ids
+
+
+def _whole_and_cut(tmp_path: Path, values: list[bytes], cut: int, start: int | None = None,
+                   **overrides) -> tuple[list[str], list[str], Pipeline, Pipeline]:
+    """The ids scored by a run never cut, and by one checkpointed and crashed after ``cut``
+    records, then read again from ``start`` (default: its commit); and both pipelines."""
+    clock = [1000.0]
+
+    def play(pipeline: Pipeline, first: int, stop: int) -> None:
+        for offset in range(first, stop):
+            clock[0] += 0.5
+            pipeline.process(values[offset], None, "t", 0, offset)
+
+    whole = Pipeline(config_for(tmp_path / "whole", source="kafka", **overrides),
+                     clock=lambda: clock[0])
+    whole_ids = _scored_ids(whole)
+    play(whole, 0, len(values))
+    whole.finish()
+    whole.close()
+    clock = [1000.0]
+    config = config_for(tmp_path / "cut", source="kafka", **overrides)
+    first = Pipeline(config, clock=lambda: clock[0])
+    cut_ids = _scored_ids(first)
+    play(first, 0, cut)
+    commit = first.checkpoint()[("t", 0)]
+    first.close(durable=False)
+    again = Pipeline(config, clock=lambda: clock[0])
+    after_ids = _scored_ids(again)
+    play(again, commit if start is None else start, len(values))
+    again.finish()
+    again.close()
+    return whole_ids, cut_ids + after_ids, whole, again
+
+
+def test_a_delta_client_that_then_sends_whole_histories_read_again_from_between(tmp_path):
+    """Read again from a commit between a delta client's records (another session held
+    it), its delta record builds the session from its own messages; its next request, a
+    whole history, was then taken for a delta (its system prompt is not that context's
+    first message): bogus contexts and ids. A delta never starts with a system prompt."""
+    s0 = delta_session("s0", "Error: HTTP 500")
+    s0[2] = weather_session("s0", "Error: HTTP 500")[2]  # the whole history again
+    s1 = weather_session("s1", '{"temp_c": 18}')
+    values = [line(r) for r in (s0[0], s1[0], s0[1], s0[2], s1[1], s1[2])]
+    whole, cut, *_ = _whole_and_cut(tmp_path, values, cut=4)
+    assert sorted(cut) == sorted(whole)
+    assert "s0#4" in whole  # (the whole history's action, numbered by it)
+
+
+def test_a_delta_clients_copy_read_again_before_it_was_evicted_is_still_a_duplicate(
+        tmp_path):
+    """A delta client's first record sent twice (a duplicate: it keeps its place in the
+    idle order), then the session evicted. Read again from 0, the copy was taken for a
+    record after the eviction: the session was forgotten early, the copy joined as new, and
+    another session evicted in its place, whose pending action was then lost."""
+    a = [line(r) for r in delta_session("A", "Error: HTTP 500")]
+    b = [line(r) for r in weather_session("B", '{"temp_c": 18}')]
+    c = [line(r) for r in weather_session("C", '{"temp_c": 18}')]
+    values = [a[0], a[1], b[0], a[0], c[0], b[1]]
+    whole, cut, uncut, again = _whole_and_cut(tmp_path, values, cut=5, start=0,
+                                              event_time="wall",
+                                              **{"join.max_sessions": 2})
+    assert sorted(cut) == sorted(whole) and "B#2" in whole
+    for counter in ("interactions", "join_evictions", "join_duplicates"):
+        assert again.stats.total(counter) == uncut.stats.total(counter), counter
 
 
 def test_a_dead_letter_past_the_checkpoint_is_in_the_file_once_after_a_restart(tmp_path):
