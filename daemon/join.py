@@ -148,6 +148,8 @@ class _Session:
     first: int | None = None
     # The latest exchange record heard for it, a duplicate too (which leaves the pending
     # action as it was): remembered when it is forgotten (see SessionJoiner._gone_after).
+    # Only a delta client's is remembered, and every record of one takes the general path:
+    # the short path for whole histories (_continued) leaves it as it was.
     heard: Position | None = None
 
 
@@ -323,7 +325,6 @@ class SessionJoiner:
         session.last_action = action
         session.known_bytes = head
         session.known_count = k + len(tail)
-        session.heard = position
         size += len(head)
         self.pending_bytes += size - session.size
         session.size = size
