@@ -201,8 +201,15 @@ class SessionJoiner:
         # (their tuples dropped as duplicates). At most max_sessions; in the checkpoint
         # (state_dict), so a restart does not forget them.
         # The record that made its pending action then is kept too: read again after a
-        # restart, the session is held past that record (see _gone_since).
+        # restart, the session is held past that record (see _gone_after).
         self.forgotten: OrderedDict[str, tuple[int, int, Position | None]] = OrderedDict()
+        # Ids of pending actions that records read again after a restart made, but that were
+        # closed before its checkpoint (the pipeline's): their sessions were forgotten then,
+        # and ``forgotten`` (from the checkpoint) holds what was kept of them. Forgotten
+        # again, they change nothing there (remembered anew, they came back in the wrong
+        # order, pushing out sessions the run not cut kept, or read again from the middle
+        # of a delta session, with a history length of records taken for a client back).
+        self.settled: set[str] = set()
 
     # -- records ----------------------------------------------------------------------------
     def known_request(self, session_id: str) -> bytes | None:
@@ -688,6 +695,8 @@ class SessionJoiner:
         pending = session.pending
         if pending is None or not session.delta:
             return  # not a delta client's (its records hold the whole history)
+        if pending.interaction_id in self.settled:
+            return  # forgotten before the checkpoint (see settled)
         first = session.first if session.base else \
             _message_hash(pending.context[0] if pending.context else pending.action)
         forgotten = self.forgotten

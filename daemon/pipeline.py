@@ -194,7 +194,7 @@ class Pipeline:
         self.closed_below: dict[tuple[str, int], int] = {}
         # Ids of such actions, pending again in the join: their interactions are not scored,
         # counted or judged a second time when they close.
-        self._closed_before: set[str] = set()
+        self._closed_before: set[str] = self.joiner.settled  # (the same set)
         # Partitions read again below ``processed`` after a restart (until their last such
         # record). In event time their sessions wait to go idle until then: the restored
         # clock runs ahead of the records read again, and a session open at the checkpoint
@@ -342,8 +342,8 @@ class Pipeline:
             session = sessions.get(session_id)
             if session is not None and session.partition == tp and \
                     self.joiner.held_action(session_id) == interaction_id:
+                self.joiner.discard(session_id)  # (forgotten as then: see joiner.settled)
                 closed_before.discard(interaction_id)
-                self.joiner.discard(session_id)
 
     def _retire_closed_before(self, decoded: list[tuple[wire.WireRecord, str]]) -> None:
         """A new record (past the re-read ones) for a session whose pending action was closed
@@ -360,8 +360,8 @@ class Pipeline:
         for record, _ in decoded:
             interaction_id = held(record.session_id)  # type: ignore[arg-type]
             if interaction_id is not None and interaction_id in closed_before:
-                closed_before.discard(interaction_id)
                 self.joiner.discard(record.session_id)  # type: ignore[arg-type]
+                closed_before.discard(interaction_id)
 
     def _feed_spans(self, batch: list[tuple[wire.WireRecord, str]], key: bytes | None,
                     now: float, position: tuple[str, int, int], size: int, replay: bool
@@ -604,8 +604,8 @@ class Pipeline:
         dropped = self.joiner.drop_partitions(partitions)
         if self._closed_before:  # the ids of actions dropped with them
             held = self.joiner.sessions
-            self._closed_before = {i for i in self._closed_before
-                                   if i.rpartition("#")[0] in held}
+            self._closed_before.difference_update(
+                [i for i in self._closed_before if i.rpartition("#")[0] not in held])
         for tp in partitions:
             self._replaying.discard(tp)
             if tp in self.seen:

@@ -269,6 +269,20 @@ def test_a_delta_clients_record_sent_twice_is_a_duplicate():
     assert [m.content for m in closed.next_state] == ["more"]
 
 
+def test_a_session_forgotten_before_the_checkpoint_and_again_after_it_changes_nothing():
+    """Read again after a restart, a delta session whose action was closed before the
+    checkpoint (``settled``) is forgotten again: what the checkpoint kept stays as it was
+    (remembered anew, it went to the newest end and pushed out a session the run not cut
+    kept: that one's next record was numbered from 0 again)."""
+    joiner = SessionJoiner(max_sessions=1)
+    joiner.load_state_dict({"forgotten": [("s1", 8, 123, ("t", 1, 5))]})
+    feed(joiner, exchange("d0", [user("hi")], assistant("hello")), position=("t", 0, 0))
+    feed(joiner, exchange("d0", [user("more")], assistant("ok")), position=("t", 0, 1))
+    joiner.settled.add("d0#3")
+    joiner.discard("d0")
+    assert dict(joiner.forgotten) == {"s1": (8, 123, ("t", 1, 5))}
+
+
 def test_forgotten_delta_sessions_round_trip_through_state_dict():
     """What the checkpoint keeps of them (JSON), read back the same, also in another process
     (the first message's hash is not Python's per-process string hash)."""

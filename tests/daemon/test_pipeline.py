@@ -926,6 +926,52 @@ def test_a_delta_clients_copy_read_again_before_it_was_evicted_is_still_a_duplic
         assert again.stats.total(counter) == uncut.stats.total(counter), counter
 
 
+@pytest.mark.parametrize("start", [1, 2])
+def test_a_delta_session_read_again_from_its_middle_keeps_its_remembered_length(
+        tmp_path, start):
+    """A delta session forgotten as idle before the checkpoint (history length 7), then back
+    after it; read again from the middle of the session (an offset no checkpoint commits:
+    offsets lost, a group reset), its records were taken for a client back, numbered on from
+    7, and forgotten again with the length 9 or 11: the action back became ``s0#10`` or
+    ``s0#12``, not ``s0#8``. What the checkpoint kept of a session forgotten before it is
+    left as it was (``SessionJoiner.settled``)."""
+    from tests.records import exchange
+
+    values = [line(r) for r in delta_session("s0", "Error: HTTP 500")] + [
+        line(exchange("s0", [user("back again")],
+                      assistant(calls=[("c9", "get_weather", {"city": "Rome"})]))),
+        line(exchange("s0", [tool("c9", "Error: HTTP 500")], assistant("sorry")))]
+
+    def play(pipeline, clock, first, stop):
+        for offset in range(first, stop):
+            clock[0] += 0.5
+            pipeline.process(values[offset], None, "t", 0, offset)
+            if offset == 2:  # then it goes idle
+                clock[0] += 400.0
+                pipeline.tick()
+
+    clock = [1000.0]
+    whole = Pipeline(config_for(tmp_path / "whole", source="kafka"), clock=lambda: clock[0])
+    whole_ids = _scored_ids(whole)
+    play(whole, clock, 0, len(values))
+    whole.finish()
+    whole.close()
+    clock = [1000.0]
+    config = config_for(tmp_path / "cut", source="kafka")
+    first = Pipeline(config, clock=lambda: clock[0])
+    cut_ids = _scored_ids(first)
+    play(first, clock, 0, 3)
+    first.checkpoint()
+    first.close(durable=False)
+    again = Pipeline(config, clock=lambda: clock[0])
+    after_ids = _scored_ids(again)
+    play(again, clock, start, len(values))
+    again.finish()
+    again.close()
+    assert "s0#8" in whole_ids
+    assert sorted(cut_ids + after_ids) == sorted(whole_ids)
+
+
 def test_a_dead_letter_past_the_checkpoint_is_in_the_file_once_after_a_restart(tmp_path):
     """A letter written after the last checkpoint (a close that skips the checkpoint, as
     when the store fails; or a kill once the file's buffer was written) is of a record the
