@@ -68,7 +68,7 @@ Position = tuple[str, int, int]  # (topic, partition, offset) of a record
 Forgotten = tuple[str, int, int, Position | None]
 """A forgotten delta session (see ``SessionJoiner.forgotten``) as the checkpoint keeps it:
 ``[session id, history length, first message's hash, [topic, partition, offset] of the
-record that made its pending action then]``."""
+latest record heard for it]``."""
 _encode = msgspec.json.Encoder().encode
 _NO_USAGE = Usage()  # immutable: one for every transcript action
 _role = operator.attrgetter("role")
@@ -195,13 +195,12 @@ class SessionJoiner:
         self.duplicates = 0  # exchanges received again, ignored (see _duplicate)
         self.evictions: dict[str, int] = {}  # why: max_sessions | max_pending_bytes | feedback
         # Delta clients' sessions forgotten (idle, evicted, ended), least recently first: the
-        # length of each one's history, the hash of its first message and its partition. One
-        # back later sends only its new messages, which do not say how long the history was:
-        # without this its actions were numbered from 0 again, taking earlier actions' ids
-        # (their tuples dropped as duplicates). At most max_sessions; in the checkpoint
-        # (state_dict), so a restart does not forget them.
-        # The record that made its pending action then is kept too: read again after a
-        # restart, the session is held past that record (see _gone_after).
+        # length of each one's history, the hash of its first message, and the latest record
+        # heard for it (read again fast after a restart, the session is held past that
+        # record: see _gone_after). One back later sends only its new messages, which do not
+        # say how long the history was: without this its actions were numbered from 0 again,
+        # taking earlier actions' ids (their tuples dropped as duplicates). At most
+        # max_sessions; in the checkpoint (state_dict), so a restart does not forget them.
         self.forgotten: OrderedDict[str, tuple[int, int, Position | None]] = OrderedDict()
         # Ids of pending actions that records read again after a restart made, but that were
         # closed before its checkpoint (the pipeline's): their sessions were forgotten then,
@@ -679,8 +678,8 @@ class SessionJoiner:
 
     def _gone_after(self, session_id: str, held: _Session, position: Position | None
                     ) -> bool:
-        """Whether a delta client's session was forgotten after the record that made its
-        pending action, and this is a later one: read again fast after a restart, the
+        """Whether a delta client's session was forgotten after the latest record heard for
+        it (``_Session.heard``), and this is a later one: read again fast after a restart, the
         session did not go idle as it did in the run read again (its next record joined
         the held context, not the history length remembered: a copy of that record sent
         again was then taken for a new message). It is forgotten again, as it was then."""

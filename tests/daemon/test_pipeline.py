@@ -798,26 +798,20 @@ def test_a_delta_client_back_after_a_restart_that_read_its_session_again(tmp_pat
                 pipeline.process(value, None, "t", 0, offset)
             offset += 1
 
-    def scored(pipeline):
-        ids: list[str] = []
-        score = pipeline._score
-        pipeline._score = lambda i: (ids.append(i.interaction_id), score(i))[1]
-        return ids
-
     clock = [0.0]
     uncut = Pipeline(config_for(tmp_path / "uncut", source="kafka"), clock=lambda: clock[0])
-    whole = scored(uncut)
+    whole = _scored_ids(uncut)
     run(uncut, clock, timed)
     uncut.finish()
     uncut.close()
     config = config_for(tmp_path / "cut", source="kafka")
     first = Pipeline(config, clock=lambda: clock[0])
-    before = scored(first)
+    before = _scored_ids(first)
     run(first, clock, timed[:5])
     assert first.checkpoint() == {("t", 0): 0}  # e's first record: d's are read again
     first.close(durable=False)
     again = Pipeline(config, clock=lambda: clock[0])
-    after = scored(again)
+    after = _scored_ids(again)
     run(again, clock, timed)
     again.finish()
     again.close()
@@ -845,9 +839,7 @@ def test_a_delta_client_back_after_a_restart_numbers_its_actions_on(tmp_path):
     assert first.checkpoint() == {("t", 0): 2}  # nothing to read again
     first.close(durable=False)
     again = Pipeline(config, clock=lambda: clock[0])
-    ids: list[str] = []
-    score = again._score
-    again._score = lambda i: (ids.append(i.interaction_id), score(i))[1]
+    ids = _scored_ids(again)
     again.process(records[2], None, "t", 0, 2)
     again.finish()
     again.close()
@@ -863,15 +855,20 @@ def _scored_ids(pipeline: Pipeline) -> list[str]:
 
 
 def _whole_and_cut(tmp_path: Path, values: list[bytes], cut: int, start: int | None = None,
-                   **overrides) -> tuple[list[str], list[str], Pipeline, Pipeline]:
+                   idle_after: int | None = None, **overrides
+                   ) -> tuple[list[str], list[str], Pipeline, Pipeline]:
     """The ids scored by a run never cut, and by one checkpointed and crashed after ``cut``
-    records, then read again from ``start`` (default: its commit); and both pipelines."""
+    records, then read again from ``start`` (default: its commit); and both pipelines.
+    ``idle_after``: 400 s pass after that record (a tick then closes idle sessions)."""
     clock = [1000.0]
 
     def play(pipeline: Pipeline, first: int, stop: int) -> None:
         for offset in range(first, stop):
             clock[0] += 0.5
             pipeline.process(values[offset], None, "t", 0, offset)
+            if offset == idle_after:
+                clock[0] += 400.0
+                pipeline.tick()
 
     whole = Pipeline(config_for(tmp_path / "whole", source="kafka", **overrides),
                      clock=lambda: clock[0])
@@ -942,34 +939,9 @@ def test_a_delta_session_read_again_from_its_middle_keeps_its_remembered_length(
                       assistant(calls=[("c9", "get_weather", {"city": "Rome"})]))),
         line(exchange("s0", [tool("c9", "Error: HTTP 500")], assistant("sorry")))]
 
-    def play(pipeline, clock, first, stop):
-        for offset in range(first, stop):
-            clock[0] += 0.5
-            pipeline.process(values[offset], None, "t", 0, offset)
-            if offset == 2:  # then it goes idle
-                clock[0] += 400.0
-                pipeline.tick()
-
-    clock = [1000.0]
-    whole = Pipeline(config_for(tmp_path / "whole", source="kafka"), clock=lambda: clock[0])
-    whole_ids = _scored_ids(whole)
-    play(whole, clock, 0, len(values))
-    whole.finish()
-    whole.close()
-    clock = [1000.0]
-    config = config_for(tmp_path / "cut", source="kafka")
-    first = Pipeline(config, clock=lambda: clock[0])
-    cut_ids = _scored_ids(first)
-    play(first, clock, 0, 3)
-    first.checkpoint()
-    first.close(durable=False)
-    again = Pipeline(config, clock=lambda: clock[0])
-    after_ids = _scored_ids(again)
-    play(again, clock, start, len(values))
-    again.finish()
-    again.close()
-    assert "s0#8" in whole_ids
-    assert sorted(cut_ids + after_ids) == sorted(whole_ids)
+    whole, cut, *_ = _whole_and_cut(tmp_path, values, cut=3, start=start, idle_after=2)
+    assert "s0#8" in whole
+    assert sorted(cut) == sorted(whole)
 
 
 def test_a_dead_letter_past_the_checkpoint_is_in_the_file_once_after_a_restart(tmp_path):
