@@ -8,14 +8,21 @@ BIN := $(VENV)/bin
 
 # The virtualenv, torch's CPU build first (a bare `torch` requirement would pull a multi-GB
 # CUDA build), then the project with its test extras. Re-run when pyproject.toml changes.
-$(BIN)/nextstate: pyproject.toml
+# The install compiles the hot path with Cython (setup.py).
+$(BIN)/nextstate: pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.compiled
+
+# The hot path compiled again after its sources change (only what changed is rebuilt): an
+# edited module not compiled again still runs, as its source (extractors/_compiled.py).
+$(VENV)/.compiled: $(BIN)/nextstate $(wildcard daemon/*.py extractors/*.py)
+	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $@
 
-install: $(BIN)/nextstate
+install: $(BIN)/nextstate $(VENV)/.compiled
 
 # The main job on its embedded default: the closed-loop demo (no broker needed).
 demo: install

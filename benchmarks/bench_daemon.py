@@ -3,6 +3,7 @@
     python benchmarks/bench_daemon.py [--sessions 400] [--turns 10] [--repeat 3] [--profile]
     python benchmarks/bench_daemon.py --profile-pipeline {call_log,transcript}
     python benchmarks/bench_daemon.py --stages [--repeat 5]
+    python benchmarks/bench_daemon.py --vs-python   # compiled hot path vs the same as Python
 
 Two input shapes from ``benchmarks/make_stream.py``'s realistic sessions:
 
@@ -16,7 +17,12 @@ extractors (no redaction, no storage: the target is >= 100k interactions/s) and 
 (1) is the fastest of ``--repeat`` runs, in CPU time of this process.
 ``--stages`` splits (1) into decode, join and rules, in CPU us per interaction.
 ``--profile`` prints a pyinstrument profile of (1) on the call logs; ``--profile-pipeline
-SHAPE`` one of (2) on that shape.
+SHAPE`` one of (2) on that shape. The modules ``setup.py`` compiles are one frame each to a
+profiler: run it with ``NEXTSTATE_PURE_PYTHON=1`` to see their functions.
+
+The first line says how the hot path ran (``hot path: compiled (N modules)``, or as Python).
+``--vs-python`` runs (1) again in a subprocess with ``NEXTSTATE_PURE_PYTHON=1`` (the same
+source as Python) and prints the ratio.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from nextstate.daemon import ingest
 from nextstate.daemon.config import load_config
 from nextstate.daemon.join import SessionJoiner
 from nextstate.daemon.pipeline import SCORE_BATCH, Pipeline
+from nextstate.extractors._compiled import hot_path
 from nextstate.extractors.registry import Dispatch, build_extractors
 
 EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
@@ -188,7 +195,21 @@ def main() -> None:
                              "SCORE_BATCH by default)")
     parser.add_argument("--stages", action="store_true",
                         help="print the CPU us per interaction of decode, join and rules")
+    parser.add_argument("--vs-python", action="store_true",
+                        help="also run decode+join+rules as Python (NEXTSTATE_PURE_PYTHON=1) "
+                             "in a subprocess and print compiled/Python")
+    parser.add_argument("--core-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.core_json:  # (--vs-python's subprocess) interactions/s of the core loop per shape
+        rates = {}
+        for shape, make in (("call_log", call_logs), ("transcript", transcripts)):
+            values = make(args.sessions, args.turns)
+            core_loop(values[:200])
+            seconds, interactions = best_core_loop(values, args.repeat, args.score_batch)
+            rates[shape] = interactions / seconds
+        print(json.dumps({"hot_path": hot_path(), "rates": rates}))
+        return
+    print(f"hot path: {hot_path()}")
     if args.profile_pipeline:
         profile_pipeline(args)
         return
@@ -216,6 +237,31 @@ def main() -> None:
                *best_core_loop(values, args.repeat, max(1, args.score_batch)))
         report(shape, "full pipeline", values, *full_pipeline(values))
     print("target: >= 100,000 interactions/s for decode+join+rules on one core")
+    if args.vs_python:
+        vs_python(args, shapes)
+
+
+def vs_python(args: argparse.Namespace, shapes: dict[str, list[bytes]]) -> None:
+    """decode+join+rules here, then as Python in a subprocess, then here again (the best of
+    the two runs here: this machine's speed drifts), and compiled/Python per shape."""
+    import os
+    import subprocess
+
+    here = {shape: best_core_loop(values, args.repeat, args.score_batch)
+            for shape, values in shapes.items()}
+    command = [sys.executable, __file__, "--core-json", "--sessions", str(args.sessions),
+               "--turns", str(args.turns), "--repeat", str(args.repeat),
+               "--score-batch", str(args.score_batch)]
+    result = json.loads(subprocess.run(
+        command, env={**os.environ, "NEXTSTATE_PURE_PYTHON": "1"}, check=True,
+        capture_output=True, text=True).stdout)
+    print(f"as Python: {result['hot_path']}")
+    for shape, values in shapes.items():
+        again = best_core_loop(values, args.repeat, args.score_batch)
+        seconds, interactions = min(here[shape], again)
+        compiled, python = interactions / seconds, result["rates"][shape]
+        print(f"{shape:<11}decode+join+rules  compiled {compiled:>10,.0f}  Python "
+              f"{python:>10,.0f} interactions/s  compiled/Python {compiled / python:.2f}x")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from nextstate.daemon.config import load_config  # noqa: E402
 from nextstate.daemon.pipeline import Pipeline  # noqa: E402
 from nextstate.daemon.service import Health, Progress  # noqa: E402
 from nextstate.daemon.sources import KafkaRunner  # noqa: E402
+from nextstate.extractors._compiled import hot_path  # noqa: E402
 from tests.kafka_broker import tansu_broker  # noqa: E402
 
 PARTITIONS = 3
@@ -444,6 +445,7 @@ def main() -> None:
     p.add_argument("--capacity", type=int, default=2000)
     p.add_argument("--factor", type=float, default=10)
     args = parser.parse_args()
+    print(f"hot path: {hot_path()}")
     {"throughput": throughput, "latency": latency, "rss": rss}[args.command](args)
 
 

@@ -46,6 +46,7 @@ from nextstate.daemon.statelock import (
     StateLockError,
 )
 from nextstate.daemon.yieldstats import YieldCollector, YieldStats
+from nextstate.extractors._compiled import hot_path
 
 log = structlog.get_logger("nextstate")
 
@@ -201,7 +202,7 @@ def _run_locked(config: DaemonConfig, stop: threading.Event, is_kafka: bool) -> 
     if worker is not None:
         worker.start()
     log.info("starting", source=config.source, state_dir=str(config.state_path),
-             extractors=config.extractors,
+             extractors=config.extractors, hot_path=hot_path(),
              metrics=f"{server.server_address[0]}:{server.server_address[1]}" if server
              else None, kafka=config.redacted()["kafka"] if is_kafka else None)
     store_failed = kafka_failed = False

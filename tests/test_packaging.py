@@ -34,6 +34,10 @@ def test_wheel_holds_every_module_under_the_nextstate_name(wheel):
     tops = {name.split("/", 1)[0] for name in names}
     assert tops == {"nextstate", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
     assert "nextstate/daemon/sample_interactions.jsonl" in names
+    # setup.py's hot path, compiled, each module with the hash of the source it came from
+    for module in ("daemon/join", "daemon/ingest", "extractors/user"):
+        assert any(n.startswith(f"nextstate/{module}.") and n.endswith(".so") for n in names)
+        assert f"nextstate/{module}.compiled.sha256" in names
 
 
 def test_installed_wheel_imports_and_runs_from_the_repository_root(wheel, tmp_path):
@@ -45,9 +49,11 @@ def test_installed_wheel_imports_and_runs_from_the_repository_root(wheel, tmp_pa
     # -S: skip site (and the editable install's finder); the deps come from the venv.
     code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "
             "import nextstate.daemon.cli as cli, nextstate.extractors as ex; "
-            "print(cli.__file__); print(','.join(ex.available()))")
+            "from nextstate.extractors._compiled import hot_path; "
+            "print(cli.__file__); print(','.join(ex.available())); print(hot_path())")
     result = subprocess.run([sys.executable, "-S", "-c", code, str(target), deps],
                             cwd=ROOT, check=True, capture_output=True, text=True)
-    module_file, extractors = result.stdout.splitlines()
+    module_file, extractors, hot_path = result.stdout.splitlines()
     assert module_file.startswith(str(target))
     assert "tool" in extractors.split(",")
+    assert hot_path.startswith("compiled (") and "edited" not in hot_path

@@ -24,12 +24,16 @@ inputs in a subprocess (atheris takes over the process).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the tests' record builders (tests.records)
+# atheris instruments Python bytecode, so the modules setup.py compiles are fuzzed as their
+# source (the same code: tests/test_compiled.py compares the two).
+os.environ.setdefault("NEXTSTATE_PURE_PYTHON", "1")
 
 import atheris  # noqa: E402  (installed with the test extras)
 import structlog  # noqa: E402
