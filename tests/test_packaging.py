@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_compiled import HAS_CC
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("daemon", "extractors", "buffers", "trainers")
 
@@ -35,7 +37,8 @@ def test_wheel_holds_every_module_under_the_nextstate_name(wheel):
     assert tops == {"nextstate", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
     assert "nextstate/daemon/sample_interactions.jsonl" in names
     # setup.py's hot path, compiled, each module with the hash of the source it came from
-    for module in ("daemon/join", "daemon/ingest", "extractors/user"):
+    # (with a C compiler: compiling is optional)
+    for module in ("daemon/join", "daemon/ingest", "extractors/user") if HAS_CC else ():
         assert any(n.startswith(f"nextstate/{module}.") and n.endswith(".so") for n in names)
         assert f"nextstate/{module}.compiled.sha256" in names
 
@@ -56,4 +59,4 @@ def test_installed_wheel_imports_and_runs_from_the_repository_root(wheel, tmp_pa
     module_file, extractors, hot_path = result.stdout.splitlines()
     assert module_file.startswith(str(target))
     assert "tool" in extractors.split(",")
-    assert hot_path.startswith("compiled (") and "edited" not in hot_path
+    assert (hot_path.startswith("compiled (") and "edited" not in hot_path) or not HAS_CC
