@@ -20,6 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # Compiling is optional (setup.py): with no C compiler the package installs as Python.
 HAS_CC = shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]) is not None
 pytestmark = pytest.mark.skipif(not HAS_CC, reason="no C compiler: the hot path runs as Python")
+PURE = "NEXTSTATE_PURE_PYTHON"
+
+
+def environ(**extra: str) -> dict[str, str]:
+    """This process's environment for a subprocess, compiled unless ``extra`` says."""
+    return {**{k: v for k, v in os.environ.items() if k != PURE}, **extra}
 
 
 def listed() -> list[str]:
@@ -33,19 +39,21 @@ def listed() -> list[str]:
 def hot_path(env: dict[str, str]) -> str:
     code = ("import nextstate.daemon, nextstate.extractors._compiled as c; "
             "print(c.hot_path())")
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
 
 
 def test_every_listed_module_runs_compiled():
     """What `make install` built is what runs (a module that failed to compile, or was edited
     and not compiled again, runs as Python: slower, and not what this suite should test)."""
+    if os.environ.get(PURE):
+        pytest.skip(f"the suite runs as Python ({PURE})")
     import nextstate.daemon.ingest  # noqa: F401  (the daemon package's modules registered)
 
     status = compiled_modules()
     assert {name: status.get(name) for name in listed()} == dict.fromkeys(listed(), "compiled"), \
         "run `make install` to compile the hot path again"
-    assert hot_path({}) == f"compiled ({len(listed())} modules)"
+    assert hot_path(environ()) == f"compiled ({len(listed())} modules)"
 
 
 def test_compiled_and_python_give_the_same_output(tmp_path):
@@ -54,12 +62,13 @@ def test_compiled_and_python_give_the_same_output(tmp_path):
     timeouts and every rule extractor: each interaction, tuple and rejected record's reason
     byte for byte the same compiled and as Python."""
     outputs = {}
-    for label, env in (("compiled", {}), ("python", {"NEXTSTATE_PURE_PYTHON": "1"})):
+    for label, env, says in (("compiled", environ(), "compiled ("),
+                             ("python", environ(**{PURE: "1"}), f"Python ({PURE})")):
+        assert hot_path(env).startswith(says)
         out = tmp_path / f"{label}.msgpack"
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "same_output.py"), "--dump",
-                        str(out), "--sessions", "60"], env={**os.environ, **env}, check=True)
+                        str(out), "--sessions", "60"], env=env, check=True)
         outputs[label] = out.read_bytes()
-    assert hot_path({"NEXTSTATE_PURE_PYTHON": "1"}) == "Python (NEXTSTATE_PURE_PYTHON)"
     assert len(outputs["python"]) > 100_000
     assert outputs["compiled"] == outputs["python"]
 
@@ -88,8 +97,7 @@ def where(root: Path, env: dict[str, str] | None = None) -> list[str]:
     code = ("import pkg.mod, nextstate.extractors._compiled as c; print(pkg.mod.WHERE); "
             "print(pkg.mod.__file__.rsplit('.', 1)[1]); print(c.STATUS['pkg.mod'])")
     return subprocess.run([sys.executable, "-c", code], cwd=root, check=True, text=True,
-                          capture_output=True, env={**os.environ, **(env or {})}
-                          ).stdout.split()
+                          capture_output=True, env=environ(**(env or {}))).stdout.split()
 
 
 def test_a_module_compiled_from_its_source_runs_compiled(compiled_package):

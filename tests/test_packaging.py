@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_compiled import HAS_CC
+from tests.test_compiled import HAS_CC, environ
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("daemon", "extractors", "buffers", "trainers")
@@ -55,7 +55,7 @@ def test_installed_wheel_imports_and_runs_from_the_repository_root(wheel, tmp_pa
             "from nextstate.extractors._compiled import hot_path; "
             "print(cli.__file__); print(','.join(ex.available())); print(hot_path())")
     result = subprocess.run([sys.executable, "-S", "-c", code, str(target), deps],
-                            cwd=ROOT, check=True, capture_output=True, text=True)
+                            cwd=ROOT, check=True, capture_output=True, text=True, env=environ())
     module_file, extractors, hot_path = result.stdout.splitlines()
     assert module_file.startswith(str(target))
     assert "tool" in extractors.split(",")
