@@ -20,7 +20,8 @@ FOLDERS = ("daemon", "extractors", "buffers", "trainers")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(out), str(ROOT)], check=True, capture_output=True)
+                    "-q", "-w", str(out), str(ROOT)], check=True, capture_output=True,
+                   env=environ())  # compiled, whatever this run's NEXTSTATE_PURE_PYTHON
     (built,) = out.glob("nextstate-*.whl")
     return built
 
