@@ -58,6 +58,10 @@ _find_session_id = re.compile(rb'"session_id"\s*:\s*(?:"([^"]{0,1024})"|(-?[0-9]
 _LAZY_DECODE = wire.LAZY_DECODER.decode
 _MESSAGES_DECODE = wire.MESSAGES_DECODER.decode
 _force_setattr = msgspec.structs.force_setattr
+# Globals, not attributes: compiled, ``m.x`` (or ``_MARK.join``) is a lookup on every record.
+_RAW = msgspec.Raw
+_is_anthropic = anthropic.is_anthropic
+_splice = _MARK.join
 
 
 def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None = None
@@ -101,12 +105,15 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
             record = wire.decode_lazy(value)
         except BadRecord as error:
             record = wire.decode_lazy(_repaired(value, error))
-    if record.session_id is None and key:
-        record = msgspec.structs.replace(record, session_id=key.decode("utf-8", "replace"))
-    elif type(record.session_id) is int:  # a numeric id: the same session as its string
-        record = msgspec.structs.replace(record, session_id=str(record.session_id))
+    session_id = record.session_id  # (read once: compiled, each read is a generic lookup)
+    if session_id is None and key:
+        session_id = key.decode("utf-8", "replace")
+        record = msgspec.structs.replace(record, session_id=session_id)
+    elif type(session_id) is int:  # a numeric id: the same session as its string
+        session_id = str(session_id)
+        record = msgspec.structs.replace(record, session_id=session_id)
     if record.type is None and record.request is not None and record.response is not None \
-            and record.session_id:
+            and session_id:
         shape = "openai_exchange"  # what wire.classify says of it, without the call
     else:
         try:
@@ -116,7 +123,7 @@ def decode_records(value: bytes, key: bytes | None, known: KnownRequests | None 
             raise
     if shape != "openai_exchange":
         return [(wire.typed(record), shape)]
-    if anthropic.is_anthropic(record):
+    if _is_anthropic(record):
         return [(anthropic.to_openai(wire.typed(record)), anthropic.SHAPE)]
     return [(record, shape)]
 
@@ -169,7 +176,7 @@ def _decode_spliced(value: bytes, key: bytes | None, known: KnownRequests
         comma = len(value) - len(value[comma:].lstrip())
         if value[comma:comma + 1] != b",":
             return None
-    spliced = _MARK.join((value[:start], value[comma + 1:]))
+    spliced = _splice((value[:start], value[comma + 1:]))
     if spliced.count(_NONCE) != 1:
         return None
     try:
@@ -177,7 +184,7 @@ def _decode_spliced(value: bytes, key: bytes | None, known: KnownRequests
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None  # decoded again whole: its own error is the one reported
     request = record.request
-    if request is None or type(request.messages) is not msgspec.Raw:
+    if request is None or type(request.messages) is not _RAW:
         return None
     tail = bytes(request.messages)
     if not tail.startswith(_MARK):

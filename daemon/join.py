@@ -58,7 +58,21 @@ from typing import Any
 import msgspec
 
 from nextstate.daemon import anthropic, otel, wire
-from nextstate.daemon.wire import BadRecord, SplicedArray, WireRecord
+
+# wire's functions as globals: compiled, ``wire.f(...)`` is a module attribute lookup per call.
+from nextstate.daemon.wire import (
+    BadRecord,
+    SplicedArray,
+    WireRecord,
+    decode_messages,
+    feedback_of,
+    normalize_message,
+    normalize_messages,
+    parse_ts,
+    response_action,
+    score_value,
+    usage_of,
+)
 from nextstate.extractors.types import ClosedBy, Feedback, Interaction, Message, ToolCall, Usage
 
 EXCHANGE_SHAPES = frozenset({"openai_exchange", anthropic.SHAPE, otel.EXCHANGE_SHAPE})
@@ -260,17 +274,21 @@ class SessionJoiner:
         rejected here is rejected for the same reason there; without the placeholder list of
         the held messages, the second pass over the new ones and the general path's calls.
         """
-        session = self.sessions.get(session_id)
+        # Each attribute is read once (into a local): compiled, every read of a Struct's or
+        # a slotted class's attribute is a generic lookup.
+        sessions = self.sessions
+        session = sessions.get(session_id)
         if session is None:
             return None
         pending, known = session.pending, session.known_bytes
         if pending is None or known is None:
             return None
-        messages: Any = record.request.messages  # type: ignore[union-attr]
-        k = pending.index
+        request = record.request
+        messages: Any = request.messages  # type: ignore[union-attr]
+        k, shape = pending.index, pending.shape
         # _decode_after_known_bytes's test, then _known_prefix's: the same records take it.
         if k == 0 or session.known_count != k or session.history_len != k + 1 \
-                or pending.shape not in EXCHANGE_SHAPES:
+                or shape not in EXCHANGE_SHAPES:
             return None
         kind = type(messages)
         if kind is SplicedArray and messages.known is known:
@@ -292,60 +310,60 @@ class SessionJoiner:
                 comma = len(array) - len(array[comma:].lstrip())  # writer's
                 if array[comma:comma + 1] != b",":
                     return None
-            tail = wire.decode_messages(b"[" + array[comma + 1:])  # the echo, the new
+            tail = decode_messages(b"[" + array[comma + 1:])  # the echo, the new
             head = array[:-1].rstrip()
-        action, logprobs, wire_action = wire.response_action(record)
+        action, logprobs, wire_action = response_action(record)
         if not tail:
             return None
-        echoed = tail[0]
+        echoed, held_action = tail[0], pending.action
         if echoed != pending.wire_action and \
-                not _same_action(wire.normalize_message(echoed), pending.action):
+                not _same_action(normalize_message(echoed), held_action):
             return None
-        new = list(map(wire.normalize_message, tail[1:]))  # (a comprehension is a frame more)
+        new = list(map(normalize_message, tail[1:]))  # (a comprehension is a frame more)
         # Checked before anything changes: a bad timestamp rejects the record, state intact.
-        ts = wire.parse_ts(record.ts)
+        ts = parse_ts(record.ts)
 
-        sessions = self.sessions
         sessions.move_to_end(session_id)
         session.last_seen = now
         if position is not None:
-            session.partition = position[:2]
+            session.partition = (position[0], position[1])  # (no slice object to make)
         if pending.partial_next or pending.reported or "assistant" in map(_role, new):
             next_state = _with_reported(_until_assistant(new), pending.next_so_far())
         else:  # the usual next state: every new message (tool results, the user's reply)
             next_state = tuple(new)
+        held_context = pending.context
         closed = Interaction(
-            pending.interaction_id, session_id, pending.context, pending.action, next_state,
+            pending.interaction_id, session_id, held_context, held_action, next_state,
             "next_state", pending.feedback, None, pending.model, pending.policy_version,
-            pending.behaviour_logprobs, pending.usage, pending.ts, pending.shape)
+            pending.behaviour_logprobs, pending.usage, pending.ts, shape)
         session.last_closed = closed
-        context = (*pending.context, pending.action, *new)
+        context = (*held_context, held_action, *new)
         index = len(context)
-        request, response, version = record.request, record.response, record.policy_version
+        response, version = record.response, record.policy_version
         session.pending = _Pending(
             f"{session_id}#{index}", context, action, index, position,
             record.model or request.model or (response.model if response else None),  # type: ignore[union-attr]
-            None if version is None else str(version), logprobs, wire.usage_of(record), ts,
+            None if version is None else str(version), logprobs, usage_of(record), ts,
             "openai_exchange", (), (), wire_action)
         session.history_len = index + 1
         session.last_action = action
         session.known_bytes = head
         session.known_count = k + len(tail)
         size += len(head)
-        self.pending_bytes += size - session.size
+        self.pending_bytes = pending_bytes = self.pending_bytes + size - session.size
         session.size = size
-        if self.pending_bytes > self.max_pending_bytes or len(sessions) > self.max_sessions:
+        if pending_bytes > self.max_pending_bytes or len(sessions) > self.max_sessions:
             self._bound()
         return [closed]
 
     def _other(self, session_id: str, record: WireRecord, shape: str,
                now: float) -> list[Interaction]:
         if shape == "feedback":
-            return self._feedback(session_id, wire.feedback_of(record), now)
+            return self._feedback(session_id, feedback_of(record), now)
         if shape == otel.TOOL_SHAPE:
             return self._tool_result(session_id, record, now)
         if shape == "session_end":
-            return self._session_end(session_id, wire.score_value(record.outcome))
+            return self._session_end(session_id, score_value(record.outcome))
         raise BadRecord("unknown_shape", shape)
 
     def _session(self, session_id: str, now: float | None, position: Position | None,
@@ -376,7 +394,7 @@ class SessionJoiner:
         # Every check that rejects the record comes before the session is made or touched:
         # a rejected record leaves the join as it was (a stream of records with a bad time
         # made a session each, past max_sessions; found by atheris).
-        ts = wire.parse_ts(record.ts)
+        ts = parse_ts(record.ts)
         held = self.sessions.get(session_id)
         gone = held is not None and bool(self.forgotten) and \
             self._gone_after(session_id, held, position)
@@ -391,20 +409,20 @@ class SessionJoiner:
             array = bytes(messages)
             messages = partial = _decode_after_known_bytes(array, held)
             if messages is None:
-                messages = wire.decode_messages(array)
-        action, logprobs, wire_action = wire.response_action(record)
+                messages = decode_messages(array)
+        action, logprobs, wire_action = response_action(record)
         closed: list[Interaction] = []
         known_prefix = _known_prefix(messages, held)
         if known_prefix is not None:
             # The usual call log: the request repeats the history we already hold, so only
             # the messages after it are normalized; the context reuses the Message objects
             # already built.
-            new = wire.normalize_messages(messages[len(known_prefix):])
+            new = normalize_messages(messages[len(known_prefix):])
             context = known_prefix + tuple(new)
             session = self._session(session_id, now, position)
             session.delta = False  # (its client sends the whole history)
-        elif _repeats_history(messages := wire.normalize_messages(
-                messages if partial is None else wire.decode_messages(array)),  # type: ignore[arg-type]
+        elif _repeats_history(messages := normalize_messages(
+                messages if partial is None else decode_messages(array)),  # type: ignore[arg-type]
                               session := self._session(session_id, None, None, gone)):
             new = messages[session.history_len:]
             context = tuple(messages)
@@ -459,7 +477,7 @@ class SessionJoiner:
             f"{session_id}#{index}", context, action, index, position,
             record.model or record.request.model
             or (record.response.model if record.response else None),
-            _version(record.policy_version), logprobs, wire.usage_of(record), ts,
+            _version(record.policy_version), logprobs, usage_of(record), ts,
             "openai_exchange", (), (), wire_action, None, None, since)
         session.history_len = index + 1
         session.last_action = action
@@ -474,7 +492,7 @@ class SessionJoiner:
     def _transcript(self, session_id: str, record: WireRecord, now: float,
                     position: Position | None) -> list[Interaction]:
         assert record.messages is not None
-        messages = tuple(wire.normalize_messages(record.messages))
+        messages = tuple(normalize_messages(record.messages))
         # A growing transcript re-sent by its logger: only the actions not closed yet.
         held = self.sessions.get(session_id)
         start = 0 if held is None else \
@@ -487,7 +505,7 @@ class SessionJoiner:
             raise BadRecord("too_large", f"a transcript of {len(messages)} messages: its "
                             f"{len(actions)} actions' contexts hold {context} messages "
                             f"together > join.max_record_context={self.max_record_context}")
-        ts = wire.parse_ts(record.ts)  # (before the session is touched, as in _exchange)
+        ts = parse_ts(record.ts)  # (before the session is touched, as in _exchange)
         session = self._session(session_id, now, position)
         closed: list[Interaction] = []
         if actions:
@@ -570,8 +588,8 @@ class SessionJoiner:
         as the action, the result as its next state.
         """
         assert record.messages
-        result = wire.normalize_message(record.messages[0])
-        ts = wire.parse_ts(record.ts)  # (before the session is touched, as in _exchange)
+        result = normalize_message(record.messages[0])
+        ts = parse_ts(record.ts)  # (before the session is touched, as in _exchange)
         # No session is made for a result nobody waits for: a flood of such spans (content
         # capture off) must not grow the sessions past max_sessions (found by atheris).
         session = self.sessions.get(session_id)
@@ -820,7 +838,7 @@ def _decode_after_known_bytes(array: bytes, session: _Session | None) -> list[An
     rest = array[len(known):].lstrip()
     if rest[:1] != b",":
         return None
-    return [None] * k + wire.decode_messages(b"[" + rest[1:])
+    return [None] * k + decode_messages(b"[" + rest[1:])
 
 
 def _known_prefix(messages: list[Any], session: _Session | None
@@ -840,7 +858,7 @@ def _known_prefix(messages: list[Any], session: _Session | None
     echoed = messages[n - 1]
     # An echo equal to the response's message as decoded normalizes to the action itself.
     if echoed != pending.wire_action and \
-            not _same_action(wire.normalize_message(echoed), pending.action):
+            not _same_action(normalize_message(echoed), pending.action):
         return None
     return (*pending.context, pending.action)
 

@@ -194,6 +194,8 @@ MESSAGES_DECODER = msgspec.json.Decoder(list[WireMessage])
 _NO_USAGE = Usage()  # immutable, so one serves every record without usage
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
           "tool": "tool", "function": "tool"}
+# Bound once: compiled, ``_ROLES.get(...)`` looks the method up and binds it on every call.
+_role_of = _ROLES.get
 _POSITIVE = {"up", "thumbs_up", "thumbsup", "good", "positive", "like", "yes", "true", "success",
              "succeeded", "resolved", "+1"}
 _NEGATIVE = {"down", "thumbs_down", "thumbsdown", "bad", "negative", "dislike", "no", "false",
@@ -371,7 +373,7 @@ def _tool_calls(calls: list[WireToolCall] | None) -> tuple[ToolCall, ...]:
 
 def normalize_message(message: WireMessage) -> Message:
     """One wire message as a pipeline :class:`Message`; unknown roles are a :class:`BadRecord`."""
-    role = _ROLES.get(message.role)
+    role = _role_of(message.role)
     if role is None:
         raise BadRecord("unknown_role", f"unknown message role {message.role[:40]!r}")
     # content_text and _tool_calls inline for the usual string or empty content and no calls:
@@ -404,10 +406,11 @@ def response_action(record: WireRecord
     """:func:`response_message`, plus the wire message it was normalized from."""
     response = record.response
     assert response is not None
-    if response.choices is not None:
-        if not response.choices:
+    choices = response.choices
+    if choices is not None:
+        if not choices:
             raise BadRecord("schema", "response.choices is empty")
-        choice = response.choices[0]
+        choice = choices[0]
         wire = choice.message
         logprobs = (tuple(t.logprob for t in choice.logprobs.content)
                     if choice.logprobs and choice.logprobs.content else None)

@@ -51,10 +51,11 @@ class LruCache(Generic[V]):
 
     def get(self, key: Hashable, default: object = None) -> V | None:
         """The value for ``key`` (now the most recently used), or ``default``."""
-        entry = self.entries.get(key, _MISSING)
+        entries = self.entries
+        entry = entries.get(key, _MISSING)
         if entry is _MISSING:
             return default  # type: ignore[return-value]
-        self.entries.move_to_end(key)
+        entries.move_to_end(key)
         return entry[0]  # type: ignore[index]
 
     def put(self, key: Hashable, value: V, size: int = 1) -> None:

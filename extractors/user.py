@@ -453,12 +453,13 @@ class UserReplyExtractor:
 
     def __call__(self, interaction: Interaction) -> list[ScoredTuple]:
         reply = next_user_message(interaction)
-        if reply is None or not reply.content:
+        content = reply.content if reply is not None else None
+        if not content:
             return []
-        reading = self._read(reply.content, interaction)
+        reading = self._read(content, interaction)
         if reading is None or reading.confidence < self.min_confidence:
             return []
-        excerpt = reply.content[: self.excerpt_chars]
+        excerpt = content[: self.excerpt_chars]
         tuples = [evaluative(interaction, "user", "user", excerpt, reading.reward,
                              reading.confidence)]
         if reading.hint:
