@@ -1,6 +1,6 @@
 """Compiles the daemon's hot path with Cython, from the same Python source (no ``.pyx``).
 
-The modules in ``COMPILED`` (decoding, the join, the rule extractors) run 10-16% faster
+The modules in ``COMPILED`` (decoding, the join, the rule extractors) run 10-30% faster
 compiled (README, "Compiled hot path"); the rest of the packaging is in ``pyproject.toml``.
 Compiling is optional: without Cython or a C compiler, or with ``NEXTSTATE_PURE_PYTHON=1``,
 the package installs as plain Python and runs the same.
