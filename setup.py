@@ -65,7 +65,7 @@ class OptionalBuildExt(build_ext):
         except Exception as error:
             _warn(f"{ext.name} not compiled ({error}); it runs as Python")
             return
-        source = ROOT / ext.py_source  # type: ignore[attr-defined]
+        source = ROOT / _source(ext.name)
         record = _record(os.path.join(self.build_lib, self.get_ext_filename(ext.name)))
         Path(record).write_text(hashlib.sha256(source.read_bytes()).hexdigest() + "\n")
 
@@ -91,6 +91,11 @@ class OptionalBuildExt(build_ext):
                 if os.path.exists(_record(built))]
 
 
+def _source(module: str) -> str:
+    """``nextstate.daemon.join`` -> ``daemon/join.py`` (an entry of :data:`COMPILED`)."""
+    return module.removeprefix("nextstate.").replace(".", "/") + ".py"
+
+
 def _record(module_file: str) -> str:
     """``daemon/join.cpython-311-x86_64-linux-gnu.so`` -> ``daemon/join.compiled.sha256``."""
     folder, name = os.path.split(module_file)
@@ -109,22 +114,15 @@ def extensions() -> list[Extension]:
     except ImportError:
         _warn("Cython not installed; the hot path runs as Python")
         return []
-    modules = []
-    for path in COMPILED:
-        folder, name = path.removesuffix(".py").split("/")
-        module = Extension(f"nextstate.{folder}.{name}", [path])
-        module.py_source = path  # type: ignore[attr-defined]
-        modules.append(module)
+    modules = [Extension("nextstate." + path.removesuffix(".py").replace("/", "."), [path])
+               for path in COMPILED]
     # cythonize regenerates a module's C when its source is newer, not when the directives or
     # Cython change: those name the folder the C is kept in.
     from Cython import __version__ as cython_version
 
     key = hashlib.sha256(repr((sorted(DIRECTIVES.items()), cython_version)).encode())
-    compiled = cythonize(modules, compiler_directives=DIRECTIVES, quiet=True,
-                         build_dir=f"build/cython-{key.hexdigest()[:12]}")
-    for module, source in zip(compiled, modules, strict=True):
-        module.py_source = source.py_source  # type: ignore[attr-defined]
-    return compiled
+    return cythonize(modules, compiler_directives=DIRECTIVES, quiet=True,
+                     build_dir=f"build/cython-{key.hexdigest()[:12]}")
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -200,21 +200,21 @@ def main() -> None:
                              "in a subprocess and print compiled/Python")
     parser.add_argument("--core-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.core_json:  # (--vs-python's subprocess) interactions/s of the core loop per shape
-        rates = {}
-        for shape, make in (("call_log", call_logs), ("transcript", transcripts)):
-            values = make(args.sessions, args.turns)
-            core_loop(values[:200])
-            seconds, interactions = best_core_loop(values, args.repeat, args.score_batch)
-            rates[shape] = interactions / seconds
-        print(json.dumps({"hot_path": hot_path(), "rates": rates}))
-        return
-    print(f"hot path: {hot_path()}")
+    if not args.core_json:
+        print(f"hot path: {hot_path()}")
     if args.profile_pipeline:
         profile_pipeline(args)
         return
     shapes = {"call_log": call_logs(args.sessions, args.turns),
               "transcript": transcripts(args.sessions, args.turns)}
+    if args.core_json:  # (--vs-python's subprocess) interactions/s of the core loop per shape
+        rates = {}
+        for shape, values in shapes.items():
+            core_loop(values[:200])
+            seconds, interactions = best_core_loop(values, args.repeat, args.score_batch)
+            rates[shape] = interactions / seconds
+        print(json.dumps({"hot_path": hot_path(), "rates": rates}))
+        return
     if args.profile:
         from pyinstrument import Profiler
 
