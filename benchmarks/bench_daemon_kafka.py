@@ -2,6 +2,7 @@
 
     python benchmarks/bench_daemon_kafka.py throughput [--sessions 500] [--profile]
     python benchmarks/bench_daemon_kafka.py throughput --daemons 2 [--sessions 2000]
+    python benchmarks/bench_daemon_kafka.py throughput --workers 2 [--sessions 2000]
     python benchmarks/bench_daemon_kafka.py latency [--rate 2000] [--seconds 20]
     python benchmarks/bench_daemon_kafka.py rss [--capacity 2000] [--factor 10]
 
@@ -15,6 +16,11 @@
   in the README's scale-out) over a topic of ``--partitions`` (6), vs the bare loop; their
   records/s once the group is stable (the first daemon holds every partition until the
   others join).
+  ``--workers N``: the command itself, ``nextstate run --workers N`` (N daemons in one group
+  under one supervisor, a subprocess) over the same topic as the bare loop; its rate is
+  every record over the time from its first record to the moment the workers' durable
+  checkpoints cover the whole topic (watched from outside: a startup rebalance, its replays
+  and the last checkpoint count against it). ``--workers 1`` runs one daemon the same way.
 - ``latency``: records produced at a fixed rate (interactions/s: each exchange closes one) by
   a producer in its own process; p50/p99 from a record's produce to the checkpoint that made
   its tuples durable.
@@ -25,10 +31,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -49,8 +58,9 @@ from nextstate.daemon.config import load_config  # noqa: E402
 from nextstate.daemon.pipeline import Pipeline  # noqa: E402
 from nextstate.daemon.service import Health, Progress  # noqa: E402
 from nextstate.daemon.sources import KafkaRunner  # noqa: E402
+from nextstate.daemon.workers import shard_dirs  # noqa: E402
 from nextstate.extractors._compiled import hot_path  # noqa: E402
-from tests.kafka_broker import tansu_broker  # noqa: E402
+from tests.kafka_broker import daemon_http, tansu_broker  # noqa: E402
 
 PARTITIONS = 3
 EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
@@ -247,6 +257,9 @@ def group_throughput(bootstrap: str, topic: str, daemons: int, partitions: int
 
 
 def throughput(args: argparse.Namespace) -> None:
+    if args.workers:
+        throughput_workers(args)
+        return
     if args.daemons > 1:
         throughput_group(args)
         return
@@ -308,6 +321,115 @@ def throughput_group(args: argparse.Namespace) -> None:
           f"record); "
           f"records per daemon {shares}, {twice} processed twice after a rebalance")
     print(f"ratio daemons/bare: {rate / bare:.2f}  (target >= 0.8)")
+
+
+def throughput_workers(args: argparse.Namespace) -> None:
+    """``throughput --workers N``: the bare loop vs ``nextstate run --workers N``."""
+    records = stream(args.sessions, 10)
+    partitions = args.partitions
+    with tansu_broker() as broker, tempfile.TemporaryDirectory() as root:
+        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        broker.create_topic(topic, partitions)
+        broker.create_topic(f"{topic}.dlq", 1)
+        produce(broker.bootstrap, topic, records)
+        bare, bare_cpu = bare_consume(broker.bootstrap, topic, len(records), partitions)
+        probe = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+        ends = {tp.partition: end for tp, end in probe.end_offsets(
+            [TopicPartition(topic, p) for p in range(partitions)]).items()}
+        probe.close()
+        state = Path(root) / "state"
+        config = Path(root) / "nextstate.toml"
+        config.write_text(workers_toml(state, broker.bootstrap, topic, args.workers))
+        with open(Path(root) / "daemon.log", "wb") as log:
+            daemon = subprocess.Popen([sys.executable, "-m", "nextstate.daemon.cli", "run",
+                                       "--config", str(config)], stdout=log,
+                                      stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            first, done, cpu = watch_workers(daemon, state, ends)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            code = daemon.wait(120)
+        assigned = [json.loads(row) for row in (Path(root) / "daemon.log").read_text(
+            ).splitlines() if '"partitions_assigned"' in row]
+    rate = len(records) / (done - first)
+    print(f"{len(records):,} records over {partitions} partitions; {os.cpu_count()} cores "
+          f"(Tansu on the same machine)")
+    print(f"bare kafka-python + json.loads, 1 process: {bare:>10,.0f} records/s "
+          f"({bare_cpu:,.0f} us CPU/record)")
+    print(f"nextstate run --workers {args.workers}:          {rate:>10,.0f} records/s from its "
+          f"first record to durable checkpoints over the whole topic "
+          f"({cpu / len(records) * 1e6:,.0f} us CPU/record, all its processes); "
+          f"{len(assigned)} partition assignments logged; exit code {code}")
+    print(f"ratio daemon/bare: {rate / bare:.2f}  (target >= 0.8)")
+
+
+def workers_toml(state: Path, bootstrap: str, topic: str, workers: int) -> str:
+    """The ``throughput --workers`` daemon's config: :func:`daemon_config`'s settings, and
+    checkpoints every 0.1 s, so that the end is seen within that of the last record."""
+    return f"""
+source = "kafka"
+state_dir = "{state}"
+workers = {workers}
+extractors = {json.dumps(EXTRACTORS)}
+metrics_port = 0
+log_format = "json"
+progress = "off"
+commit_interval_s = 0.1
+
+[kafka]
+bootstrap_servers = ["{bootstrap}"]
+topic = "{topic}"
+group_id = "bench-{uuid.uuid4().hex[:6]}"
+session_timeout_ms = 6000
+heartbeat_interval_ms = 1000
+max_poll_interval_ms = 6000
+poll_timeout_ms = 100
+"""
+
+
+def watch_workers(daemon: subprocess.Popen, state: Path, ends: dict[int, int]
+                  ) -> tuple[float, float, float]:
+    """Watch a ``nextstate run`` from outside until its checkpoints cover ``ends``: the time
+    its first record was counted (on ``/metrics``), the time the checkpoints covered every
+    partition to its end, and the CPU seconds of its processes in between."""
+    process = psutil.Process(daemon.pid)
+
+    def cpu() -> float:
+        total = 0.0
+        for each in [process, *process.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += _cpu(each)
+        return total
+
+    def counted() -> float:
+        total = 0.0
+        for shard in shard_dirs(state):
+            _, body = daemon_http(shard, "/metrics")
+            total += sum(float(row.rsplit(" ", 1)[1]) for row in body.decode().splitlines()
+                         if row.startswith("nextstate_records_total{"))
+        return total
+
+    def covered() -> bool:
+        done: dict[int, int] = {}
+        for shard in shard_dirs(state):
+            try:
+                checkpoint = json.loads((shard / "checkpoint.json").read_text())
+            except (OSError, ValueError):
+                continue
+            for _, partition, offset in checkpoint["processed"]:
+                done[partition] = max(done.get(partition, 0), offset)
+        return all(done.get(p, 0) >= end for p, end in ends.items())
+
+    deadline = time.monotonic() + 600
+    first = cpu_first = 0.0
+    while time.monotonic() < deadline and daemon.poll() is None:
+        if not first:
+            if counted():
+                first, cpu_first = time.perf_counter(), cpu()
+        elif covered():
+            return first, time.perf_counter(), cpu() - cpu_first
+        time.sleep(0.01)  # sampling the daemon's progress from outside, not a sync
+    raise RuntimeError(f"the daemon did not cover the topic (exit code {daemon.poll()})")
 
 
 def latency_records(sessions: int, total: int) -> list[dict]:
@@ -436,7 +558,9 @@ def main() -> None:
     p.add_argument("--daemons", type=int, default=1,
                    help="daemon processes in one consumer group (each its own buffer shard)")
     p.add_argument("--partitions", type=int, default=6,
-                   help="partitions of the topic with --daemons > 1")
+                   help="partitions of the topic with --daemons > 1 or --workers")
+    p.add_argument("--workers", type=int, default=0,
+                   help="run the command `nextstate run --workers N` instead (N >= 1)")
     p = sub.add_parser("latency")
     p.add_argument("--rate", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=20)

@@ -68,6 +68,9 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", choices=["auto", "on", "off"])
     p.add_argument("--train", action="store_true", default=None,
                    help="train the policy online on a background worker")
+    p.add_argument("--workers", type=int,
+                   help="Kafka: daemon processes in one consumer group (shards in "
+                        "<state-dir>/worker-<k>, metrics on metrics-port + k)")
 
 
 def run_main(args: argparse.Namespace) -> int:
@@ -78,12 +81,16 @@ def run_main(args: argparse.Namespace) -> int:
             extractors=args.extractors.split(",") if args.extractors else None,
             metrics_host=args.metrics_host, metrics_port=args.metrics_port,
             log_format=args.log_format, progress=args.progress, train=args.train,
-            **{"kafka.bootstrap_servers": args.bootstrap_servers.split(",")
+            workers=args.workers, **{"kafka.bootstrap_servers": args.bootstrap_servers.split(",")
                if args.bootstrap_servers else None,
                "kafka.topic": args.topic, "kafka.group_id": args.group_id})
     except (ValueError, OSError) as exc:
         print(f"nextstate: {exc}", file=sys.stderr)
         return 2
+    if config.workers > 1:
+        from nextstate.daemon.workers import run_workers
+
+        return run_workers(config)
     return run_daemon(config)
 
 
@@ -108,7 +115,7 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
     # Before anything in the state dir is opened for writing, and before Kafka is reached (a
     # second consumer in the group would set off a rebalance): one daemon per state dir.
     state_lock = StateDirLock(config.state_path)
-    refused = _acquire(state_lock, "state_dir_locked", "state_dir_unlockable")
+    refused = acquire_state_lock(state_lock, "state_dir_locked", "state_dir_unlockable")
     if refused is not None:
         return refused
     with state_lock:  # held until the daemon returns (or the process dies: the OS drops it)
@@ -118,7 +125,7 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
         if config.train:
             trainer_lock = StateDirLock(config.state_path / "checkpoints", TRAINER_LOCK_FILE,
                                         "nextstate trainer")
-            refused = _acquire(trainer_lock, "trainer_locked", "trainer_unlockable")
+            refused = acquire_state_lock(trainer_lock, "trainer_locked", "trainer_unlockable")
             if refused is not None:
                 return refused
         with trainer_lock:
@@ -130,8 +137,9 @@ def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int
                 return EXIT_STATE_CORRUPT
 
 
-def _acquire(lock: StateDirLock, locked: str, unlockable: str) -> int | None:
-    """Take ``lock``; ``None``, or the exit code after logging why it could not be taken."""
+def acquire_state_lock(lock: StateDirLock, locked: str, unlockable: str) -> int | None:
+    """Take ``lock``; ``None``, or the exit code after logging why it could not be taken
+    (``locked``, ``unlockable``: the events logged)."""
     try:
         lock.acquire()
     except StateDirLocked as exc:

@@ -216,6 +216,10 @@ class DaemonConfig:
         {"name": "preference", "kinds": ["preference"]},
     ])
     """Named replay buffers (``nextstate.buffers.BufferSpec`` fields)."""
+    workers: AtLeastOne = 1
+    """Kafka sources: daemon processes in one consumer group, started and supervised by this
+    one (``nextstate.daemon.workers``) to use more cores. Worker ``k`` keeps its buffer shard
+    in ``<state_dir>/worker-<k>`` and serves metrics and health on ``metrics_port + k``."""
     train: bool = False
     """Train the policy inside the daemon on a background worker (``nextstate train`` does
     the same standalone)."""
@@ -297,9 +301,23 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> DaemonConfi
         raise ValueError(f"bad config{where}: {exc}") from None
     try:
         config.kafka.check_security()
+        _check_workers(config)
     except ValueError as exc:
         raise ValueError(f"bad config{where}: {exc}") from None
     return config
+
+
+def _check_workers(config: DaemonConfig) -> None:
+    if config.workers == 1:
+        return
+    if config.source != "kafka":
+        raise ValueError(f"workers = {config.workers} needs source = \"kafka\" (a consumer "
+                         f"group splits a topic's partitions; {config.source!r} has one "
+                         "reader)")
+    if config.train:
+        raise ValueError(f"workers = {config.workers} with train: each worker would train "
+                         "its own policy on its own shard; train in a daemon of one worker, "
+                         "or run `nextstate train --state-dir <state_dir>/worker-<k>`")
 
 
 def _check_keys(data: dict[str, Any], cls: type, where: str, prefix: str) -> None:

@@ -613,8 +613,12 @@ def report_main(argv: list[str], now: Callable[[], float] = time.time) -> int:
 
 def distinct_dirs(values: Sequence[str]) -> list[Path]:
     """``--state-dir`` values as paths, in the order given, each directory once (named twice,
-    as ``st`` and ``./st``, its counters would be summed twice)."""
+    as ``st`` and ``./st``, its counters would be summed twice); a state dir of
+    ``--workers`` stands for its worker shards (:func:`~nextstate.daemon.workers.shard_dirs`)."""
+    from nextstate.daemon.workers import shard_dirs
+
     dirs: dict[Path, Path] = {}
     for value in values:
-        dirs.setdefault(Path(value).resolve(), Path(value))
+        for path in shard_dirs(Path(value)):
+            dirs.setdefault(path.resolve(), path)
     return list(dirs.values())

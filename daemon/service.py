@@ -101,6 +101,22 @@ def start_http_server(host: str, port: int, registry: CollectorRegistry,
     return server
 
 
+_PROCESS_FIELDS: dict[str, Any] = {}
+
+
+def bind_process_fields(**fields: Any) -> None:
+    """Fields every log line of this process carries, from any thread (a worker of
+    ``--workers``: its index). structlog's context variables would not reach the lines that
+    kafka-python's IO thread logs through our rebalance listener."""
+    _PROCESS_FIELDS.update(fields)
+
+
+def _add_process_fields(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for name, value in _PROCESS_FIELDS.items():
+        event.setdefault(name, value)
+    return event
+
+
 def configure_logging(log_format: str = "auto", stream: IO[str] | None = None) -> None:
     """structlog: JSON lines for machines, a console renderer on a terminal."""
     console = log_format == "console" or (log_format == "auto" and
@@ -108,7 +124,7 @@ def configure_logging(log_format: str = "auto", stream: IO[str] | None = None) -
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if console
                      else structlog.processors.JSONRenderer())
     structlog.configure(
-        processors=[structlog.processors.add_log_level,
+        processors=[_add_process_fields, structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso", utc=True),
                     structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 
 from nextstate.daemon.cli import main as cli_main
 from nextstate.daemon.report import report_main
+from nextstate.daemon.workers import shard_dirs
 
 SAMPLE = Path(__file__).parents[2] / "daemon" / "sample_interactions.jsonl"
 FORMATS = ("tuples", "rewards", "sft", "dpo", "kto")
@@ -191,3 +193,23 @@ def test_a_dir_without_state_is_named_and_nothing_is_written(shards, tmp_path, c
     assert report_main([*dirs, "--out", str(tmp_path / "report")]) == 2
     assert str(empty) in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_a_workers_state_dir_reads_as_its_worker_shards(shards, tmp_path, capsys):
+    """``nextstate run --workers 2 --state-dir st`` keeps its shards in ``st/worker-0`` and
+    ``st/worker-1``: stats, export and report given ``st`` read them, as if both were named
+    (and a single daemon's state in ``st`` itself first, from a run before the workers)."""
+    parent = tmp_path / "st"
+    shutil.copytree(shards["a"], parent / "worker-0")
+    shutil.copytree(shards["b"], parent / "worker-1")
+    (parent / "worker-x").mkdir()  # not a worker's: left alone
+    named = [parent / "worker-0", parent / "worker-1"]
+    assert shard_dirs(parent) == named
+    assert _stats(capsys, parent) == _stats(capsys, *named)
+    assert _export(tmp_path, "tuples", [parent]).read_bytes() == \
+        _export(tmp_path, "tuples", named).read_bytes()
+    assert report_main(["--state-dir", str(parent), "--out", str(tmp_path / "report")]) == 0
+    assert "nextstate report (2 state dirs)" in (tmp_path / "report" / "report.html").read_text()
+    shutil.copytree(shards["again"], parent, dirs_exist_ok=True)
+    assert shard_dirs(parent) == [parent, *named]
+    assert shard_dirs(shards["a"]) == [shards["a"]]
