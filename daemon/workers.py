@@ -61,9 +61,10 @@ STEADY_S = 60.0  # a worker that ran this long had started well: its next restar
 
 
 def worker_config(config: DaemonConfig, index: int) -> DaemonConfig:
-    """Worker ``index``'s config: its shard of the state dir, its metrics port, one worker."""
+    """Worker ``index``'s config: its shard of the state dir, its metrics port, one worker,
+    and no progress line (N of them on one terminal line would overwrite each other)."""
     port = config.metrics_port + index if config.metrics_port > 0 else config.metrics_port
-    return dataclasses.replace(config, workers=1, metrics_port=port,
+    return dataclasses.replace(config, workers=1, metrics_port=port, progress="off",
                                state_dir=str(config.state_path / WORKER_DIR.format(index)))
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from nextstate.daemon.cli import main as cli_main
+from nextstate.daemon.config import load_config
 from nextstate.daemon.statelock import StateDirLock
-from nextstate.daemon.workers import WORKER_DIR, shard_dirs
+from nextstate.daemon.workers import WORKER_DIR, shard_dirs, worker_config
 from tests.daemon.test_faults_support import (
     DaemonProcess,
     processed_offsets,
@@ -213,3 +214,14 @@ def test_workers_need_kafka_and_no_trainer(tmp_path, capsys, flags, message):
                      *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "st").exists()
+
+
+@pytest.mark.parametrize(("port", "ports"), [(9464, [9464, 9465, 9466]), (0, [0, 0, 0]),
+                                             (-1, [-1, -1, -1])])
+def test_each_worker_has_its_shard_and_port(tmp_path, port, ports):
+    config = load_config(None, state_dir=str(tmp_path / "st"), workers=3, metrics_port=port,
+                         progress="on")
+    workers = [worker_config(config, index) for index in range(3)]
+    assert [w.metrics_port for w in workers] == ports
+    assert [w.state_path for w in workers] == [tmp_path / "st" / f"worker-{k}" for k in range(3)]
+    assert {(w.workers, w.progress, w.source) for w in workers} == {(1, "off", "kafka")}
