@@ -15,9 +15,10 @@ The supervisor:
   to start (each worker locks its own shard);
 * forwards SIGTERM and SIGINT to the workers, waits for their graceful stops (each commits
   what it made durable) and exits 0, or with the first non-zero exit code among them;
-* restarts a worker that crashed (a traceback, exit 1) or was killed by a signal, after a
-  backoff of 1 s doubling to 30 s (reset once it has run a minute): its partitions move to
-  the others meanwhile, who rebuild its pending joins from the committed offsets;
+* restarts a worker that crashed (a traceback, exit 1), was killed by a signal or stopped
+  though the supervisor was not (exit 0), after a backoff of 1 s doubling to 30 s (reset
+  once it has run a minute): its partitions move to the others meanwhile, who rebuild its
+  pending joins from the committed offsets;
 * stops the others and exits with a worker's code when one exits for a reason a restart
   would not mend (a bad config 2, disk full 3, no broker 4, a locked shard 5, a corrupt
   state file 6; see ``nextstate.daemon.cli``).
@@ -78,7 +79,8 @@ def shard_dirs(state_dir: Path) -> list[Path]:
         return [state_dir]
     from nextstate.daemon.pipeline import CHECKPOINT_FILE
 
-    return [state_dir] * (state_dir / CHECKPOINT_FILE).exists() + workers
+    single = (state_dir / CHECKPOINT_FILE).exists()  # a daemon of one worker ran here before
+    return [state_dir, *workers] if single else workers
 
 
 def run_workers(config: DaemonConfig, stop: threading.Event | None = None) -> int:
@@ -179,8 +181,7 @@ class _Supervisor:
         delay = self.backoff[index]
         self.backoff[index] = min(delay * 2, MAX_BACKOFF_S)
         self.restart_at[index] = time.monotonic() + delay
-        how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
-               else f"exit code {code}")
+        how = _signal_name(-code) if code is not None and code < 0 else f"exit code {code}"
         log.warning("worker_died", worker=index, pid=process.pid, how=how, ran_s=round(ran, 1),
                     action=f"restarting it in {delay:g} s; the others take its partitions "
                            "meanwhile")
@@ -201,6 +202,13 @@ class _Supervisor:
                 code = exit_code if exit_code > 0 else 1
         log.info("workers_stopped", exit_code=code)
         return code
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"signal {signal.Signals(number).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
 
 
 def _worker_main(config: DaemonConfig, index: int, supervisor: int) -> None:

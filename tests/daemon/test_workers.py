@@ -169,6 +169,23 @@ def test_a_killed_worker_is_started_again_and_nothing_is_lost(broker, tmp_path):
     assert set(shards[0]) | set(shards[1]) == set(reference)
 
 
+def test_a_worker_stopped_on_its_own_is_started_again(broker, tmp_path):
+    """A SIGTERM to one worker (not to the supervisor) stops it gracefully, exit 0: the
+    deployment lost a worker nobody asked to stop, so it is started again."""
+    run = Supervised(broker, tmp_path)
+    run.daemon.start()
+    try:
+        assert wait_for(run.split, 60)
+        stopped = run.pids()[1]
+        os.kill(stopped, signal.SIGTERM)
+        assert wait_for(lambda: run.pids()[1] != stopped, 30)
+        assert [(row["worker"], row["how"]) for row in run.events("worker_died")] == \
+            [(1, "exit code 0")]
+        assert wait_for(lambda: run.split() and alive(run.pids()[1]), 60)
+    finally:
+        assert run.daemon.stop() == 0
+
+
 def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_code(broker, tmp_path):
     """Worker 1's shard is locked (as by a daemon running there): it exits 5, and the
     supervisor stops worker 0 and exits 5 too, instead of restarting it for ever."""
