@@ -12,6 +12,7 @@
   policy version: the trailing integer of ``policy_version``; unknown = never stale).
 * **Deduplication** on :attr:`ScoredTuple.key`, across restarts.
 * :class:`BufferSet`: the named buffers of a deployment, each fed the kinds it lists.
+* :class:`ShardedBuffer`: one buffer's shards (``nextstate run --workers``) sampled as one.
 
 The daemon calls ``extend`` for every scored tuple, ``flush`` before committing Kafka
 offsets, and trainers call ``sample``/``update_priorities``.
@@ -43,6 +44,7 @@ from nextstate.buffers.memory_storage import MemoryStorage
 from nextstate.buffers.priorities import RewardBaselinePriority
 from nextstate.buffers.replay_buffer import ReplayBuffer, SampleBatch
 from nextstate.buffers.samplers import PrioritizedSampler, Sampler, UniformSampler
+from nextstate.buffers.sharded import ShardedBuffer
 from nextstate.buffers.spec import BufferSpec
 from nextstate.buffers.sqlite_storage import SQLiteStorage
 from nextstate.buffers.storage import Storage
@@ -61,6 +63,7 @@ __all__ = [
     "SQLiteStorage",
     "SampleBatch",
     "Sampler",
+    "ShardedBuffer",
     "Storage",
     "UniformSampler",
     "Writer",

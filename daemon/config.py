@@ -316,8 +316,8 @@ def _check_workers(config: DaemonConfig) -> None:
                          "reader)")
     if config.train:
         raise ValueError(f"workers = {config.workers} with train: each worker would train "
-                         "its own policy on its own shard; train in a daemon of one worker, "
-                         "or run `nextstate train --state-dir <state_dir>/worker-<k>`")
+                         "its own policy on its own shard; run `nextstate train --state-dir "
+                         f"{config.state_dir}` beside them (it samples every shard)")
 
 
 def _check_keys(data: dict[str, Any], cls: type, where: str, prefix: str) -> None:

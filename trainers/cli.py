@@ -4,13 +4,16 @@ The policy comes from the config file's ``[policy]`` table: ``kind = "tiny"`` (w
 :class:`~nextstate.trainers.tiny.TinyConfig` fields and ``seed``) or ``kind = "hf"`` with
 ``path`` and an optional ``[policy.lora]`` table of ``peft.LoraConfig`` arguments. Buffers
 are the file's ``[[buffers]]`` (``BufferSpec`` fields; the daemon's defaults otherwise),
-opened from ``<state-dir>/buffers``; versions are published to ``<state-dir>/checkpoints``
-and training resumes from the latest one.
+opened from ``<state-dir>/buffers`` (the state dir of ``nextstate run --workers N``: from
+every worker's shard, each buffer's shards sampled as one by
+:class:`~nextstate.buffers.ShardedBuffer`); versions are published to
+``<state-dir>/checkpoints`` and training resumes from the latest one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -49,20 +52,26 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """
     import msgspec
 
-    from nextstate.buffers import BufferSet, BufferSpec
+    from nextstate.buffers import BufferSet, BufferSpec, ShardedBuffer
     from nextstate.buffers.statefile import EXIT_STATE_CORRUPT, CorruptStateFile
 
     parser = argparse.ArgumentParser(prog="nextstate train", description=__doc__)
-    parser.add_argument("--state-dir", required=True, help="the daemon's state directory")
+    parser.add_argument("--state-dir", required=True,
+                        help="the daemon's state directory (of --workers: every shard)")
     parser.add_argument("--config", help="TOML/JSON with [trainer], [policy], [[buffers]]")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps to run")
     parser.add_argument("--log-every", type=int, default=10, help="print metrics every N steps")
     args = parser.parse_args(argv)
 
     state_dir = Path(args.state_dir)
-    if not (state_dir / "buffers").is_dir():
-        print(f"nextstate train: no buffers in {state_dir}", file=sys.stderr)
-        return 2
+    from nextstate.daemon.workers import shard_dirs
+
+    # A state dir of `nextstate run --workers N`: its workers' shards, sampled as one.
+    shards = shard_dirs(state_dir)
+    for shard in shards:
+        if not (shard / "buffers").is_dir():
+            print(f"nextstate train: no buffers in {shard}", file=sys.stderr)
+            return 2
     config, data = (TrainerConfig.from_file(Path(args.config)) if args.config
                     else (TrainerConfig(), {}))
     buffer_specs = data.get("buffers")
@@ -83,9 +92,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return 5
     policy = build_policy(data.get("policy", {"kind": "tiny"}), device=config.device)
     try:
-        with trainer_lock, BufferSet.open(state_dir / "buffers", specs) as buffer_set:
-            trainer = Trainer.resume(config, policy, buffer_set.buffers,
-                                     state_dir / "checkpoints")
+        with trainer_lock, contextlib.ExitStack() as stack:
+            sets = [stack.enter_context(BufferSet.open(shard / "buffers", specs))
+                    for shard in shards]
+            buffers = sets[0].buffers if len(sets) == 1 else {
+                spec.name: ShardedBuffer([s.buffers[spec.name] for s in sets], seed=spec.seed)
+                for spec in specs}
+            trainer = Trainer.resume(config, policy, buffers, state_dir / "checkpoints")
             summary = _train(trainer, args.steps, args.log_every)
     except CorruptStateFile as exc:
         print(f"nextstate train: {exc}", file=sys.stderr)

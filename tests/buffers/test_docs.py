@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["", ".sumtree", ".versions", ".memory_storage", ".sqlite_storage", ".samplers",
-           ".writers", ".priorities", ".replay_buffer", ".buffer_set"]
+           ".writers", ".priorities", ".replay_buffer", ".buffer_set", ".sharded"]
 
 
 @pytest.mark.parametrize("suffix", MODULES)

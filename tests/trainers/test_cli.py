@@ -79,3 +79,26 @@ def test_a_bad_trainer_config_value_is_an_error_naming_the_key(key, value) -> No
 def test_a_trainer_config_file_converts_its_values() -> None:
     config = TrainerConfig.from_mapping({"betas": [0.8, 0.99], "lr": 1, "buffer_mix": {"a": 2}})
     assert (config.betas, config.lr, config.buffer_mix) == ((0.8, 0.99), 1.0, {"a": 2.0})
+
+
+def test_train_main_over_a_workers_state_dir_samples_every_shard(tmp_path, capsys) -> None:
+    """The state dir of ``nextstate run --workers 2``: tuples of worker 0's shard and of
+    worker 1's are both trained on, and versions are published in the parent dir."""
+    specs = [BufferSpec("evaluative", kinds=("evaluative",))]
+    for worker, source in enumerate(("user", "tool")):
+        with BufferSet.open(tmp_path / f"worker-{worker}" / "buffers", specs) as buffers:
+            buffers.extend([make_tuple(reward=1.0, source=source, session=f"s{worker}"),
+                            make_tuple(action=BAD, reward=-1.0, index=2, source=source,
+                                       session=f"s{worker}")])
+            buffers.flush()
+    config = tmp_path / "train.toml"
+    config.write_text('[trainer]\nbatch_size = 8\npublish_every = 0\ntorch_threads = 1\n'
+                      '[policy]\nkind = "tiny"\nd_model = 32\nn_layers = 1\nn_heads = 2\n'
+                      '[[buffers]]\nname = "evaluative"\nkinds = ["evaluative"]\nseed = 0\n')
+    assert train_main(["--state-dir", str(tmp_path), "--config", str(config),
+                       "--steps", "3"]) == 0
+    manifest = read_manifest(latest_checkpoint(tmp_path / "checkpoints"))
+    assert manifest["step"] == 3
+    assert set(manifest["tuples_seen"]) == {"user", "tool"}
+    assert sum(manifest["tuples_seen"].values()) == 24
+    assert not (tmp_path / "worker-0" / "checkpoints").exists()
