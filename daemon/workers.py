@@ -1,7 +1,7 @@
 """``nextstate run --workers N``: N daemon processes in one consumer group, one command.
 
 One daemon is one Python process, and its pipeline holds the GIL: on one core it reads a
-topic at about 0.6x of a bare kafka-python loop that only parses the records. Several
+topic at 0.5-0.6x of a bare kafka-python loop that only parses the records. Several
 daemons in one consumer group split the partitions (records are keyed by session, so a
 session stays with one of them) and use the host's cores. This module starts them as
 children of one supervisor process, each a whole daemon (``run_daemon``) with its own buffer
