@@ -40,7 +40,10 @@ test: install chromium
 # Speed and memory targets: each script prints ratios measured in one run.
 bench: install
 	$(BIN)/python benchmarks/bench_daemon.py
-	$(BIN)/python benchmarks/bench_daemon_kafka.py
+	$(BIN)/python benchmarks/bench_daemon_kafka.py throughput --sessions 500
+	$(BIN)/python benchmarks/bench_daemon_kafka.py throughput --workers 2 --sessions 2000
+	$(BIN)/python benchmarks/bench_daemon_kafka.py latency --rate 2000 --seconds 20
+	$(BIN)/python benchmarks/bench_daemon_kafka.py rss
 	$(BIN)/python benchmarks/bench_extractors.py
 	$(BIN)/python benchmarks/bench_buffers.py
 	$(BIN)/python benchmarks/bench_scaling.py
