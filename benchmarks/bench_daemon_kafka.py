@@ -342,27 +342,24 @@ def throughput_workers(args: argparse.Namespace) -> None:
         broker.create_topic(f"{topic}.dlq", 1)
         produce(broker.bootstrap, topic, records)
         bare, bare_cpu = bare_floor(broker.bootstrap, topic, len(records), partitions)
-        state = Path(root) / "state"
-        config = Path(root) / "nextstate.toml"
-        config.write_text(workers_toml(state, broker.bootstrap, topic, args.workers))
-        with open(Path(root) / "daemon.log", "wb") as log:
-            daemon = subprocess.Popen([sys.executable, "-m", "nextstate.daemon.cli", "run",
-                                       "--config", str(config)], stdout=log,
-                                      stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            read, seconds, cpu, before = watch_workers(
-                daemon, state, Path(root) / "daemon.log", args.workers, len(records))
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            code = daemon.wait(120)
-        assigned = (Path(root) / "daemon.log").read_text().count('"partitions_assigned"')
+        for attempt in range(1, ATTEMPTS + 1):
+            run = Path(root) / f"attempt-{attempt}"
+            run.mkdir()
+            read, seconds, cpu, before, assigned, code = run_workers_once(
+                run, broker.bootstrap, topic, args.workers, len(records))
+            if before <= len(records) / 10 or attempt == ATTEMPTS:
+                break
+            print(f"attempt {attempt}: a worker's partitions came after the others had read "
+                  f"{before:,.0f} records (the group forming, not reading); again, in a fresh "
+                  f"group")
     rate = read / seconds
     print(f"{len(records):,} records over {partitions} partitions; {os.cpu_count()} cores "
           f"(Tansu on the same machine)")
     print(f"bare kafka-python + json.loads, 1 process, fastest of 3: {bare:>10,.0f} records/s "
           f"({bare_cpu:,.0f} us CPU/record)")
     print(f"nextstate run --workers {args.workers}:          {rate:>10,.0f} records/s once every "
-          f"worker had its partitions ({before:,.0f} records read before), to its last record "
+          f"worker had its partitions ({before:,.0f} records read before; attempt {attempt}), "
+          f"to its last record "
           f"({cpu / read * 1e6:,.0f} us CPU/record, all its processes); {assigned} partition "
           f"assignments logged" + (" (a rebalance: its replays were counted too)"
                                    if assigned > args.workers else "")
@@ -370,8 +367,36 @@ def throughput_workers(args: argparse.Namespace) -> None:
     print(f"ratio daemon/bare: {rate / bare:.2f}  (target >= 0.8)")
 
 
+ATTEMPTS = 3  # throughput --workers: runs whose group formed late are done again
+
+
+def run_workers_once(root: Path, bootstrap: str, topic: str, workers: int, total: int
+                     ) -> tuple[float, float, float, float, int, int]:
+    """One ``nextstate run --workers`` over the topic in a fresh group and state dir:
+    :func:`watch_workers`'s figures, the assignments logged and the exit code."""
+    state = root / "state"
+    config = root / "nextstate.toml"
+    config.write_text(workers_toml(state, bootstrap, topic, workers))
+    log = root / "daemon.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "nextstate.daemon.cli", "run",
+                                   "--config", str(config)], stdout=out,
+                                  stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        read, seconds, cpu, before = watch_workers(daemon, state, log, workers, total)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(120)
+    return read, seconds, cpu, before, log.read_text().count('"partitions_assigned"'), code
+
+
 def workers_toml(state: Path, bootstrap: str, topic: str, workers: int) -> str:
-    """The ``throughput --workers`` daemon's config: :func:`daemon_config`'s settings."""
+    """The ``throughput --workers`` daemon's config: :func:`daemon_config`'s settings. In
+    about a third of the runs one worker's assignment came about a second after the others'
+    (kafka-python 3.0.12 with Tansu 0.6.0; with a 1,000 ms or a 300 ms heartbeat alike), and
+    they read their whole share meanwhile, so the rate of the rest was one worker's: a run
+    whose workers read over a tenth of the records before the last one had its partitions is
+    done again (:data:`ATTEMPTS`)."""
     return f"""
 source = "kafka"
 state_dir = "{state}"
