@@ -392,11 +392,11 @@ def run_workers_once(root: Path, bootstrap: str, topic: str, workers: int, total
 
 def workers_toml(state: Path, bootstrap: str, topic: str, workers: int) -> str:
     """The ``throughput --workers`` daemon's config: :func:`daemon_config`'s settings. In
-    about a third of the runs one worker's assignment came about a second after the others'
-    (kafka-python 3.0.12 with Tansu 0.6.0; with a 1,000 ms or a 300 ms heartbeat alike), and
-    they read their whole share meanwhile, so the rate of the rest was one worker's: a run
-    whose workers read over a tenth of the records before the last one had its partitions is
-    done again (:data:`ATTEMPTS`)."""
+    about a quarter of the runs one worker's assignment came about a second after the others'
+    (the broker's: bare kafka-python and librdkafka consumers joining a Tansu 0.6.0 group see
+    it too, whatever the heartbeat), and they read their whole share meanwhile, so the rate
+    of the rest was one worker's: a run whose workers read over a tenth of the records
+    before the last one had its partitions is done again (:data:`ATTEMPTS`)."""
     return f"""
 source = "kafka"
 state_dir = "{state}"
