@@ -38,7 +38,13 @@ from prometheus_client import CollectorRegistry
 from nextstate.buffers.statefile import EXIT_STATE_CORRUPT, CorruptStateFile
 from nextstate.daemon.config import DaemonConfig, load_config
 from nextstate.daemon.pipeline import CHECKPOINT_FILE, Pipeline, read_checkpoint
-from nextstate.daemon.service import Health, Progress, configure_logging, start_http_server
+from nextstate.daemon.service import (
+    Health,
+    Progress,
+    configure_logging,
+    start_http_server,
+    stop_on_signals,
+)
 from nextstate.daemon.statelock import (
     TRAINER_LOCK_FILE,
     StateDirLock,
@@ -97,10 +103,7 @@ def run_main(args: argparse.Namespace) -> int:
 def run_daemon(config: DaemonConfig, stop: threading.Event | None = None) -> int:
     """Run until the input ends (file) or ``stop``/SIGTERM/SIGINT (Kafka or --follow)."""
     configure_logging(config.log_format)
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals(stop)
     is_kafka = config.source == "kafka"
     if not is_kafka and not config.source.startswith("file:"):
         print(f"nextstate: source must be kafka or file:PATH, not {config.source!r}",

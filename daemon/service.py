@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -99,6 +100,16 @@ def start_http_server(host: str, port: int, registry: CollectorRegistry,
     server.health = health
     threading.Thread(target=server.serve_forever, name="nextstate-http", daemon=True).start()
     return server
+
+
+def stop_on_signals(stop: threading.Event | None = None) -> threading.Event:
+    """``stop`` (or a new event), set by SIGTERM and SIGINT when called on the main thread
+    (elsewhere, where handlers cannot be installed, only by whoever holds it)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 _PROCESS_FIELDS: dict[str, Any] = {}

@@ -88,14 +88,11 @@ def run_workers(config: DaemonConfig, stop: threading.Event | None = None) -> in
     ``stop`` is set (SIGTERM/SIGINT set it); returns the exit code (see the module
     docstring). ``stop`` is set when it returns."""
     from nextstate.daemon.cli import acquire_state_lock
-    from nextstate.daemon.service import configure_logging
+    from nextstate.daemon.service import configure_logging, stop_on_signals
     from nextstate.daemon.statelock import StateDirLock
 
     configure_logging(config.log_format)
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals(stop)
     state_lock = StateDirLock(config.state_path)
     refused = acquire_state_lock(state_lock, "state_dir_locked", "state_dir_unlockable")
     if refused is not None:
