@@ -61,7 +61,7 @@ from nextstate.daemon.service import Health, Progress  # noqa: E402
 from nextstate.daemon.sources import KafkaRunner  # noqa: E402
 from nextstate.daemon.workers import shard_dirs  # noqa: E402
 from nextstate.extractors._compiled import hot_path  # noqa: E402
-from tests.kafka_broker import daemon_http, tansu_broker  # noqa: E402
+from tests.kafka_broker import daemon_http, metric_total, tansu_broker  # noqa: E402
 
 PARTITIONS = 3
 EXTRACTORS = ["feedback", "user", "tool", "terminal", "gui"]
@@ -437,9 +437,7 @@ def watch_workers(daemon: subprocess.Popen, state: Path, log: Path, workers: int
     def counted() -> float:
         records = 0.0
         for shard in shard_dirs(state):
-            _, body = daemon_http(shard, "/metrics")
-            records += sum(float(row.rsplit(" ", 1)[1]) for row in body.decode().splitlines()
-                           if row.startswith("nextstate_records_total{"))
+            records += metric_total(daemon_http(shard, "/metrics")[1], "nextstate_records_total")
         return records
 
     def all_assigned() -> bool:

@@ -97,6 +97,12 @@ def daemon_http(state_dir: Path, path: str) -> tuple[int, bytes]:
         return 0, b""
 
 
+def metric_total(body: bytes, name: str) -> float:
+    """The sum of a metric's series (every label set) in a ``/metrics`` page."""
+    return sum(float(row.rsplit(" ", 1)[1]) for row in body.decode().splitlines()
+               if row.startswith(name + "{") or row.startswith(name + " "))
+
+
 def wait_for(condition, timeout_s: float = 60.0, interval_s: float = 0.1) -> bool:
     """Poll ``condition`` until it holds or the timeout passes; returns whether it held."""
     deadline = time.monotonic() + timeout_s

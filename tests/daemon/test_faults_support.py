@@ -14,7 +14,7 @@ from pathlib import Path
 from nextstate.daemon.config import load_config
 from nextstate.daemon.pipeline import Pipeline
 from tests.daemon.test_pipeline import stored
-from tests.kafka_broker import daemon_http
+from tests.kafka_broker import daemon_http, metric_total
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,8 +118,7 @@ class DaemonProcess:
 
     def metric(self, name: str) -> float:
         _, body = self.http("/metrics")
-        return sum(float(row.rsplit(" ", 1)[1]) for row in body.decode().splitlines()
-                   if row.startswith(name + "{") or row.startswith(name + " "))
+        return metric_total(body, name)
 
 
 def processed_offsets(state_dir: Path) -> dict[int, int]:

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer
 from nextstate.daemon.cli import run_daemon
 from nextstate.daemon.config import load_config
 from tests.daemon.test_pipeline import stored, weather_session
-from tests.kafka_broker import daemon_http, wait_for
+from tests.kafka_broker import daemon_http, metric_total, wait_for
 from tests.records import line
 
 pytestmark = pytest.mark.kafka
@@ -251,8 +251,7 @@ def _metric_of_state(tmp_path: Path, counter: str) -> float:
 
 def _metric(daemon: Daemon, name: str) -> float:
     _, body = daemon.http("/metrics")
-    return sum(float(row.rsplit(" ", 1)[1]) for row in body.decode().splitlines()
-               if row.startswith(name + "{") or row.startswith(name + " "))
+    return metric_total(body, name)
 
 
 def _records_total(tmp_path: Path) -> float:
