@@ -48,6 +48,11 @@ class Sampler(abc.ABC):
         self._dropped = np.zeros(capacity, dtype=bool)
         self._any_dropped = False  # lets the hot update path skip a mask
         self._swept_version: int | None = None
+        # What the last batch's importance weights were divided by (the largest before
+        # staleness), and the sampling mass they were computed from (prioritized): a sharded
+        # buffer (``sharded.py``) turns its shards' weights into one buffer's with them.
+        self.weight_scale = 1.0
+        self.weight_mass = 0.0
 
     @abc.abstractmethod
     def _draw(self, storage: Storage, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,7 +64,20 @@ class Sampler(abc.ABC):
 
     @abc.abstractmethod
     def _sampleable_count(self, storage: Storage) -> float:
-        """A positive number when there is anything to draw."""
+        """A positive number when there is anything to draw: the total sampling mass."""
+
+    @property
+    def weight_exponent(self) -> float:
+        """The exponent of ``N P(i)`` in the importance weights (0: weights of 1)."""
+        return 0.0
+
+    def sampling_mass(self, storage: Storage, current_version: int | None) -> float:
+        """The total mass a draw picks from (uniform: the sampleable tuples; prioritized:
+        their summed priority masses), after dropping what is too stale for
+        ``current_version``; 0 when nothing is sampleable."""
+        if current_version is not None and self.max_staleness is not None:
+            self._sweep(storage, current_version)
+        return max(self._sampleable_count(storage), 0.0)
 
     def on_write(self, storage: Storage, slots: np.ndarray) -> None:
         """New tuples were written into ``slots`` (read their priorities from storage)."""
@@ -124,6 +142,7 @@ class Sampler(abc.ABC):
             self._sweep(storage, current_version)
         if self._sampleable_count(storage) <= 0:
             raise ValueError("nothing to sample: the buffer is empty or all of it is stale")
+        self.weight_scale = 1.0
         if self.session_group > 1:
             slots, ahead = self._draw_groups(storage, batch_size, current_version, rng)
             weights = self._group_weights(storage, slots, ahead)
@@ -347,6 +366,10 @@ class PrioritizedSampler(Sampler):
         """The sum tree of sampling masses (read it, do not write it)."""
         return self._tree
 
+    @property
+    def weight_exponent(self) -> float:
+        return self.beta
+
     def _masses(self, priorities: np.ndarray) -> np.ndarray:
         return (priorities + self.eps) ** self.alpha
 
@@ -388,7 +411,8 @@ class PrioritizedSampler(Sampler):
     def _weights(self, storage: Storage, masses: np.ndarray) -> np.ndarray:
         # (N * m_i / total) ** -beta, normalised by the batch maximum (the smallest mass).
         weights = (masses * (len(storage) / self._total)) ** -self.beta
-        weights /= weights.max()
+        self.weight_scale, self.weight_mass = float(weights.max()), self._total
+        weights /= self.weight_scale
         return weights
 
     def _group_weights(self, storage: Storage, slots: np.ndarray,
