@@ -374,8 +374,7 @@ class SessionJoiner:
         sessions = self.sessions
         session = sessions.get(session_id)
         if anew and session is not None:
-            self.pending_bytes -= session.size
-            del sessions[session_id]
+            self._drop(session_id, remember=False)
             session = None
         if session is None:
             session = sessions[session_id] = _Session()
@@ -616,10 +615,7 @@ class SessionJoiner:
             next_state=(result,), closed_by="next_state", ts=ts, shape=otel.TOOL_SHAPE)]
 
     def _session_end(self, session_id: str, outcome: float | None) -> list[Interaction]:
-        session = self.sessions.pop(session_id, None)
-        if session is not None:
-            self.pending_bytes -= session.size
-            self._remember(session_id, session)
+        session = self._drop(session_id)
         if session is None or session.pending is None:
             return []
         pending = session.pending
@@ -657,7 +653,7 @@ class SessionJoiner:
         dropped = set(partitions)
         gone = [s for s, state in self.sessions.items() if state.partition in dropped]
         for session_id in gone:
-            self.pending_bytes -= self.sessions.pop(session_id).size
+            self._drop(session_id, remember=False)
         # and what was kept of their forgotten ones: their next owner carries them on
         forgotten = self.forgotten
         for session_id in [s for s, (_, _, made_at) in forgotten.items()
@@ -668,16 +664,21 @@ class SessionJoiner:
     def discard(self, session_id: str) -> None:
         """Forget a session without closing its pending action (closed before, elsewhere:
         a delta client's is remembered, as it was when it was forgotten then)."""
+        self._drop(session_id)
+
+    def _drop(self, session_id: str, remember: bool = True) -> _Session | None:
+        """Stop holding a session (None if none is held): its bytes are no longer pending,
+        and it is remembered as forgotten unless its partition went to another reader."""
         session = self.sessions.pop(session_id, None)
         if session is not None:
             self.pending_bytes -= session.size
-            self._remember(session_id, session)
+            if remember:
+                self._remember(session_id, session)
+        return session
 
     def _forget(self, session_id: str, closed_by: ClosedBy) -> list[Interaction]:
-        session = self.sessions.pop(session_id)
-        self.pending_bytes -= session.size
-        self._remember(session_id, session)
-        pending = session.pending
+        session = self._drop(session_id)
+        pending = None if session is None else session.pending
         if pending is None:
             return []
         return [pending.close(session_id, pending.next_so_far(), closed_by)]
@@ -690,9 +691,7 @@ class SessionJoiner:
                         else "max_pending_bytes")
             # Bounded memory beats completeness: the evicted pending action is dropped and
             # counted, and no longer holds back the committed offset.
-            session = self.sessions.pop(oldest)
-            self.pending_bytes -= session.size
-            self._remember(oldest, session)
+            self._drop(oldest)
 
     def _gone_after(self, session_id: str, held: _Session, position: Position | None
                     ) -> bool:

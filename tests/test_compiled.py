@@ -6,26 +6,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
 from nextstate.extractors._compiled import RECORD, compiled_modules
+from tests.compiling import HAS_CC, PURE, environ
 
 ROOT = Path(__file__).resolve().parents[1]
-# Compiling is optional (setup.py): with no C compiler the package installs as Python.
-HAS_CC = shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]) is not None
 pytestmark = pytest.mark.skipif(not HAS_CC, reason="no C compiler: the hot path runs as Python")
-PURE = "NEXTSTATE_PURE_PYTHON"
-
-
-def environ(**extra: str) -> dict[str, str]:
-    """This process's environment for a subprocess, compiled unless ``extra`` says."""
-    return {**{k: v for k, v in os.environ.items() if k != PURE}, **extra}
 
 
 def listed() -> list[str]:

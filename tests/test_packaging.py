@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_compiled import HAS_CC, environ
+from tests.compiling import HAS_CC, environ
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("daemon", "extractors", "buffers", "trainers")
