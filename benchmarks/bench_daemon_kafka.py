@@ -1,6 +1,6 @@
 """Daemon load benchmarks against a real Kafka-protocol broker (Tansu on loopback), and memory.
 
-    python benchmarks/bench_daemon_kafka.py throughput [--sessions 500] [--profile]
+    python benchmarks/bench_daemon_kafka.py throughput [--sessions 500] [--profile | --stages]
     python benchmarks/bench_daemon_kafka.py throughput --daemons 2 [--sessions 2000]
     python benchmarks/bench_daemon_kafka.py throughput --workers 2 [--sessions 2000]
     python benchmarks/bench_daemon_kafka.py latency [--rate 2000] [--seconds 20]
@@ -11,7 +11,8 @@
   the same topic on the same broker (the fastest of 3 bare runs); records/s from first to last
   record, and the ratio; also each side's process CPU per record (the ratio of those is
   steadier on a shared machine).
-  ``--profile`` prints a pyinstrument profile of the daemon's consume thread; the broker's
+  ``--profile`` prints a pyinstrument profile of the daemon's consume thread; ``--stages``
+  prints the consume thread's CPU per record in each stage of the loop; the broker's
   CPU per record is printed too (it shares the machine's cores).
   ``--daemons N``: N daemon processes in one consumer group (each its own buffer shard, as
   in the README's scale-out) over a topic of ``--partitions`` (6), vs the bare loop; their
@@ -106,19 +107,92 @@ class Timed:
         pipeline.checkpoint = timed_checkpoint  # type: ignore[method-assign]
 
 
-def run_daemon_until(config, total: int, timeout_s: float = 600, profiler=None
-                     ) -> tuple[Pipeline, Timed]:
+class Stages:
+    """The consume thread's CPU in each stage of the loop (``throughput --stages``), each
+    stage's own: a stage called within another (the pipeline scores a full run of closed
+    interactions while it processes a record) is taken out of the outer one. Counted from
+    the first record to the end of the run (its last checkpoint and commit); calls from
+    other threads (the rebalance listener runs on kafka-python's) are not counted."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.thread: int | None = None  # the consume thread, once its first record came
+        self._nested: list[float] = []
+        self.thread_cpu = self.process_cpu = 0.0  # at the first record, then the spans
+
+    def first_record(self) -> None:
+        self.thread = threading.get_ident()
+        self.thread_cpu, self.process_cpu = time.thread_time(), time.process_time()
+
+    def end(self) -> None:
+        self.thread_cpu = time.thread_time() - self.thread_cpu
+        self.process_cpu = time.process_time() - self.process_cpu
+
+    def wrap(self, owner: Any, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+        self.cpu[label] = 0.0
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != self.thread:
+                return inner(*args, **kwargs)
+            self._nested.append(0.0)
+            start = time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent = time.thread_time() - start
+                self.cpu[label] += spent - self._nested.pop()
+                if self._nested:
+                    self._nested[-1] += spent
+
+        setattr(owner, name, timed)
+
+    def instrument(self, runner: KafkaRunner) -> None:
+        pipeline = runner.pipeline
+        self.wrap(runner.consumer, "poll", "kafka-python: fetch, parse records")
+        self.wrap(pipeline, "process", "decode + join")
+        process = pipeline.process
+
+        def first(*args: Any) -> None:
+            self.first_record()
+            pipeline.process = process  # type: ignore[method-assign]
+            process(*args)
+
+        pipeline.process = first  # type: ignore[method-assign]
+        self.wrap(pipeline, "score_pending", "extractors, redaction, yield counters")
+        self.wrap(pipeline.buffers, "extend", "durable store: dedup, encode, SQLite")
+        self.wrap(runner, "commit", "checkpoint (fsync) + offset commit")
+
+    def report(self, records: int) -> None:
+        print(f"consume thread CPU per record, by stage ({records:,} records):")
+        for label, cpu in self.cpu.items():
+            print(f"  {label:<40} {cpu / records * 1e6:6.1f} us")
+        rest = self.thread_cpu - sum(self.cpu.values())
+        print(f"  {'the rest of the loop':<40} {rest / records * 1e6:6.1f} us")
+        print(f"  {'consume thread, in all':<40} {self.thread_cpu / records * 1e6:6.1f} us")
+        print(f"  {'other threads (kafka-python IO, ...)':<40} "
+              f"{(self.process_cpu - self.thread_cpu) / records * 1e6:6.1f} us")
+
+
+def run_daemon_until(config, total: int, timeout_s: float = 600, profiler=None,
+                     stages: Stages | None = None) -> tuple[Pipeline, Timed]:
     """Run the Kafka runner in a thread until ``total`` records are processed.
 
     ``profiler``: a pyinstrument ``Profiler`` to run around the runner, in its own thread
-    (pyinstrument samples the thread that started it).
+    (pyinstrument samples the thread that started it). ``stages``: time the loop's stages.
     """
     pipeline = Pipeline(config)
     timed = Timed(pipeline)
     stop = threading.Event()
     runner = KafkaRunner(pipeline, config, stop, Health(), Progress(pipeline.stats, False))
+    if stages is not None:
+        stages.instrument(runner)
 
     def run() -> None:
+        if stages is not None:
+            runner.run()
+            stages.end()
+            return
         if profiler is None:
             runner.run()
             return
@@ -288,8 +362,9 @@ def throughput(args: argparse.Namespace) -> None:
             from pyinstrument import Profiler
 
             profiler = Profiler(interval=0.0005)
+        stages = Stages() if args.stages else None
         pipeline, timed = run_daemon_until(daemon_config(state, broker.bootstrap, topic),
-                                           len(records), profiler=profiler)
+                                           len(records), profiler=profiler, stages=stages)
         tansu_daemon = (_cpu(tansu) - tansu_start) / len(records) * 1e6 - 3 * tansu_bare
         daemon = (timed.count - 1) / (timed.last - timed.first)
     interactions = pipeline.stats.total("interactions")
@@ -307,6 +382,8 @@ def throughput(args: argparse.Namespace) -> None:
     print(f"ratio daemon/bare: {daemon / bare:.2f}  (target >= 0.8)")
     if profiler is not None:
         print(profiler.output_text(unicode=False, color=False, show_all=False))
+    if stages is not None:
+        stages.report(timed.count)
 
 
 def throughput_group(args: argparse.Namespace) -> None:
@@ -583,6 +660,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("throughput")
     p.add_argument("--sessions", type=int, default=500)
+    p.add_argument("--stages", action="store_true",
+                   help="print the consume thread's CPU per record in each stage of the loop")
     p.add_argument("--profile", action="store_true",
                    help="print a pyinstrument profile of the daemon's consume thread")
     p.add_argument("--daemons", type=int, default=1,
