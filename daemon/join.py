@@ -667,8 +667,10 @@ class SessionJoiner:
         self._drop(session_id)
 
     def _drop(self, session_id: str, remember: bool = True) -> _Session | None:
-        """Stop holding a session (None if none is held): its bytes are no longer pending,
-        and it is remembered as forgotten unless its partition went to another reader."""
+        """Stop holding a session; returns it (None if none was held). Its bytes are no
+        longer pending; with ``remember``, a delta client's history length is kept (see
+        :meth:`_remember`): not for a partition handed to another reader, nor a session
+        started anew."""
         session = self.sessions.pop(session_id, None)
         if session is not None:
             self.pending_bytes -= session.size
