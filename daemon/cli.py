@@ -57,6 +57,16 @@ from nextstate.extractors._compiled import hot_path
 log = structlog.get_logger("nextstate")
 
 
+def _workers(text: str) -> int | str:
+    """``--workers``: a count, or ``auto`` (see ``DaemonConfig.workers``)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count nor auto: {text!r}") from None
+
+
 def _run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="consume agent interactions and produce training tuples")
     p.add_argument("--config", help="TOML config file (flags override it)")
@@ -74,9 +84,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", choices=["auto", "on", "off"])
     p.add_argument("--train", action="store_true", default=None,
                    help="train the policy online on a background worker")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--workers", type=_workers,
                    help="Kafka: daemon processes in one consumer group (shards in "
-                        "<state-dir>/worker-<k>, metrics on metrics-port + k)")
+                        "<state-dir>/worker-<k>, metrics on metrics-port + k); auto: one "
+                        "per usable core")
 
 
 def run_main(args: argparse.Namespace) -> int:

@@ -216,10 +216,12 @@ class DaemonConfig:
         {"name": "preference", "kinds": ["preference"]},
     ])
     """Named replay buffers (``nextstate.buffers.BufferSpec`` fields)."""
-    workers: AtLeastOne = 1
+    workers: AtLeastOne | Literal["auto"] = 1
     """Kafka sources: daemon processes in one consumer group, started and supervised by this
     one (``nextstate.daemon.workers``) to use more cores. Worker ``k`` keeps its buffer shard
-    in ``<state_dir>/worker-<k>`` and serves metrics and health on ``metrics_port + k``."""
+    in ``<state_dir>/worker-<k>`` and serves metrics and health on ``metrics_port + k``.
+    ``"auto"``: one per core this process may run on (a file source or ``train``: 1); read
+    as that number once loaded. Workers beyond the topic's partitions get none."""
     train: bool = False
     """Train the policy inside the daemon on a background worker (``nextstate train`` does
     the same standalone)."""
@@ -299,12 +301,23 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> DaemonConfi
         config = msgspec.convert(data, DaemonConfig, strict=False)
     except msgspec.ValidationError as exc:
         raise ValueError(f"bad config{where}: {exc}") from None
+    if config.workers == "auto":
+        config = dataclasses.replace(config, workers=_auto_workers(config))
     try:
         config.kafka.check_security()
         _check_workers(config)
     except ValueError as exc:
         raise ValueError(f"bad config{where}: {exc}") from None
     return config
+
+
+def _auto_workers(config: DaemonConfig) -> int:
+    """``workers = "auto"``: the cores this process may run on (its CPU affinity, which a
+    container's cpuset limits), where workers can split the input."""
+    if config.source != "kafka" or config.train:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        os.cpu_count() or 1
 
 
 def _check_workers(config: DaemonConfig) -> None:

@@ -233,6 +233,34 @@ def test_workers_need_kafka_and_no_trainer(tmp_path, capsys, flags, message):
     assert not (tmp_path / "st").exists()
 
 
+def test_auto_workers_are_the_usable_cores(tmp_path):
+    """``workers = "auto"`` reads as the cores this process may run on, where workers can
+    split the input (a Kafka source, no trainer); else as 1."""
+    cores = len(os.sched_getaffinity(0))
+    path = tmp_path / "nextstate.toml"
+    path.write_text('source = "kafka"\nworkers = "auto"\n')
+    assert load_config(path).workers == cores
+    assert load_config(path, source="file:x.jsonl").workers == 1
+    assert load_config(path, train=True).workers == 1
+    with pytest.raises(ValueError, match="workers"):
+        load_config(None, workers="all")
+
+
+def test_workers_flag_takes_a_count_or_auto(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["run", "--workers", "lots", "--state-dir", str(tmp_path / "st")])
+    assert exit_.value.code == 2
+    assert "not a count nor auto: 'lots'" in capsys.readouterr().err
+    # auto on a file source is one daemon: it runs the file (no workers, no shards)
+    records = tmp_path / "in.jsonl"
+    records.write_text("")
+    assert cli_main(["run", "--workers", "auto", "--source", f"file:{records}",
+                     "--state-dir", str(tmp_path / "st"), "--metrics-port", "-1",
+                     "--progress", "off"]) == 0
+    assert (tmp_path / "st" / "checkpoint.json").exists()
+    assert not list((tmp_path / "st").glob(WORKER_DIR.format("*")))
+
+
 @pytest.mark.parametrize(("port", "ports"), [(9464, [9464, 9465, 9466]), (0, [0, 0, 0]),
                                              (-1, [-1, -1, -1])])
 def test_each_worker_has_its_shard_and_port(tmp_path, port, ports):
