@@ -30,22 +30,25 @@ class BufferSet:
         self._kinds = {spec.name: frozenset(spec.kinds) for spec in specs}
 
     @classmethod
-    def open(cls, state_dir: Path | None, specs: Sequence[BufferSpec]) -> BufferSet:
+    def open(cls, state_dir: Path | None, specs: Sequence[BufferSpec],
+             read_only: bool = False) -> BufferSet:
         """Open (or create) every buffer: ``<state_dir>/<name>.sqlite3``, or in memory.
 
         Reopening the same directory gives back every flushed tuple, and deduplication
-        keeps working against them.
+        keeps working against them. ``read_only``: sample the buffers of a directory another
+        process writes (the daemon's), never writing them; each file must exist.
         """
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate buffer names in {names}")
         if state_dir is not None:
             state_dir = Path(state_dir)
-            state_dir.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                state_dir.mkdir(parents=True, exist_ok=True)
         buffers: dict[str, ReplayBuffer] = {}
         try:
             for spec in specs:
-                buffers[spec.name] = ReplayBuffer.from_spec(spec, state_dir)
+                buffers[spec.name] = ReplayBuffer.from_spec(spec, state_dir, read_only)
         except BaseException:
             for buffer in buffers.values():
                 buffer.close()

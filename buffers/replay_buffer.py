@@ -13,11 +13,14 @@ from nextstate.buffers.memory_storage import MemoryStorage
 from nextstate.buffers.priorities import RewardBaselinePriority
 from nextstate.buffers.samplers import PrioritizedSampler, Sampler, UniformSampler
 from nextstate.buffers.spec import BufferSpec
-from nextstate.buffers.sqlite_storage import SQLiteStorage
+from nextstate.buffers.sqlite_storage import SnapshotBehind, SQLiteStorage
 from nextstate.buffers.storage import Key, Storage
 from nextstate.buffers.versions import UNKNOWN_VERSION, parse_policy_version
 from nextstate.buffers.writers import EvictingWriter, Writer
 from nextstate.extractors.types import ScoredTuple
+
+# Draws of a read-only buffer whose writer evicted drawn tuples: refresh and draw again.
+_SNAPSHOT_TRIES = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,14 +86,20 @@ class ReplayBuffer:
         self.sampler.rebuild(storage)
 
     @classmethod
-    def from_spec(cls, spec: BufferSpec, state_dir: Path | None) -> ReplayBuffer:
-        """Build the buffer a spec describes: durable in ``state_dir``, else in memory."""
+    def from_spec(cls, spec: BufferSpec, state_dir: Path | None,
+                  read_only: bool = False) -> ReplayBuffer:
+        """Build the buffer a spec describes: durable in ``state_dir``, else in memory.
+
+        ``read_only``: sample the file another process writes (the daemon's), never writing
+        it; :meth:`refresh` takes in what it committed since.
+        """
         storage: Storage
         if state_dir is None:
             storage = MemoryStorage(spec.capacity, spec.dedup_horizon)
         else:
             storage = SQLiteStorage(state_dir / f"{spec.name}.sqlite3", spec.capacity,
-                                    spec.dedup_horizon, spec.synchronous)
+                                    spec.dedup_horizon, spec.synchronous,
+                                    read_only=read_only)
         sampler: Sampler
         if spec.sampler == "prioritized":
             sampler = PrioritizedSampler(spec.capacity, spec.alpha, spec.beta,
@@ -168,8 +177,23 @@ class ReplayBuffer:
         Raises:
             ValueError: if nothing is sampleable.
         """
-        indices, weights = self.sample_indices(batch_size, current_version, rng)
-        return SampleBatch(self.storage.get(indices), indices, weights)
+        for attempt in range(_SNAPSHOT_TRIES):
+            indices, weights = self.sample_indices(batch_size, current_version, rng)
+            try:
+                return SampleBatch(self.storage.get(indices), indices, weights)
+            except SnapshotBehind:  # a read-only buffer whose writer evicted some of them
+                if attempt == _SNAPSHOT_TRIES - 1:
+                    raise
+                self.refresh()
+        raise AssertionError("unreachable")
+
+    def refresh(self) -> None:
+        """A read-only durable buffer: take in what its writer committed since, and forget
+        what it evicted (priorities set here are kept for the tuples still stored)."""
+        refresh = getattr(self.storage, "refresh", None)
+        if refresh is None:
+            raise ValueError(f"{self.name}: only a read-only durable buffer refreshes")
+        self.sampler.refresh(self.storage, refresh())
 
     def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
         """Set new raw priorities (e.g. the trainer's per-sample loss) for sampled slots.

@@ -89,6 +89,14 @@ class Sampler(abc.ABC):
     def rebuild(self, storage: Storage) -> None:  # noqa: B027 - optional hook
         """Derive every index from the storage (after open, or after load_state_dict)."""
 
+    def refresh(self, storage: Storage, changed: np.ndarray) -> None:
+        """The storage's tuples in ``changed`` slots were replaced (a read-only storage took
+        in its writer's changes): they are not dropped as stale until checked again."""
+        self._dropped[changed] = False
+        self._any_dropped = bool(self._dropped.any())
+        self._swept_version = None
+        self.rebuild(storage)
+
     @abc.abstractmethod
     def _group_weights(self, storage: Storage, slots: np.ndarray,
                        ahead: list[np.ndarray]) -> np.ndarray:

@@ -119,6 +119,12 @@ class ShardedBuffer:
         ratio = stored * sampler.weight_mass / (len(shard) * total)
         return sampler.weight_scale * ratio ** -beta
 
+    def refresh(self) -> None:
+        """Read-only shards (``nextstate train`` beside running workers): each takes in
+        what its worker committed since."""
+        for shard in self.shards:
+            shard.refresh()
+
     def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
         """New priorities for sampled tuples, each sent back to its shard."""
         indices = np.asarray(indices, dtype=np.int64)

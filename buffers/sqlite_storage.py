@@ -54,6 +54,13 @@ Design note (why SQLite WAL rather than a hand-written segment log):
 * **Dedup survives restarts.** ``key`` is UNIQUE-indexed. Eviction sets ``payload`` to NULL
   but keeps the row, so re-delivered keys are still refused; rows of evicted tuples older
   than the last ``dedup_horizon`` inserts are deleted on flush, so the file stays bounded.
+* **Read beside its writer.** ``read_only`` opens a file another process writes (the
+  daemon, while ``nextstate train`` samples its buffers): nothing is written, not even on
+  open (a write would wait on the daemon's open transaction, and SQLite answered "database
+  is locked"); priority updates stay in memory; :meth:`SQLiteStorage.refresh` takes in what
+  the writer committed since, and a fetch of a tuple the writer evicted meanwhile raises
+  :class:`SnapshotBehind` (the buffer then refreshes and draws again). WAL lets the reads go
+  on while the writer writes.
 * **One statement per batch.** Adds and evictions are queued and run as one ``executemany``
   each before the next read or flush (a tuple evicted within its own batch is inserted
   without its payload, so its key is still deduplicated). Durability is unchanged: nothing
@@ -193,6 +200,10 @@ class _History:
         self.chars = chars                            # content characters of both
 
 
+class SnapshotBehind(Exception):
+    """A read-only storage's writer evicted (or pruned) tuples it still holds: refresh."""
+
+
 def encode_key(key: Key) -> str:
     """The unambiguous text form of a dedup key stored in the ``key`` column."""
     return msgspec.json.encode(key).decode()
@@ -209,6 +220,8 @@ class SQLiteStorage(Storage):
         synchronous: ``FULL`` (flush survives power loss) or ``NORMAL``.
         context_cache_sessions: sessions whose stored history stays decoded in memory.
         context_cache_chars: content characters those histories may hold together.
+        read_only: read a file another process writes (see the module's notes); it must
+            exist, and the storage refuses writes.
 
     Example:
         >>> import tempfile, pathlib
@@ -233,14 +246,28 @@ class SQLiteStorage(Storage):
         *,
         context_cache_sessions: int = CONTEXT_CACHE_SESSIONS,
         context_cache_chars: int = CONTEXT_CACHE_CHARS,
+        read_only: bool = False,
     ) -> None:
         super().__init__(capacity, dedup_horizon)
         self.path = Path(path)
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False
-        )
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path}: no buffer file to read")
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None,
+                check_same_thread=False)
+            # Instance attributes: the writer's hot path pays no check for this mode.
+            self._put = self._drop = self._refuse_write  # type: ignore[method-assign]
+        else:
+            self._conn = sqlite3.connect(self.path, isolation_level=None,
+                                         check_same_thread=False)
         with self._closed_on_error():
-            self._set_up_file(synchronous)
+            if read_only:
+                check_sqlite_tables(self._db, self.path, _FIRST_SCHEMA, "a nextstate buffer",
+                                    _MOVE_ASIDE)
+            else:
+                self._set_up_file(synchronous)
         self._in_transaction = False
         self._inserts: list[tuple[Any, ...]] = []  # rows written since the last statement
         self._pending: dict[int, int] = {}         # their seq -> position in _inserts
@@ -268,7 +295,11 @@ class SQLiteStorage(Storage):
         self._cache_chars = context_cache_chars
         with self._closed_on_error():
             self._rebuild(preferred=None)
-            self._prune(full=True)
+            if not read_only:
+                self._prune(full=True)
+
+    def _refuse_write(self, slot: int, seq: int, *rest: Any) -> None:
+        raise ValueError(f"{self.path}: opened read-only (another process writes it)")
 
     def _set_up_file(self, synchronous: str) -> None:
         """Check the file is a buffer (or new), then set its pragmas and schema."""
@@ -352,13 +383,15 @@ class SQLiteStorage(Storage):
             " WHERE payload IS NOT NULL ORDER BY seq"
         ).fetchall()
         if len(rows) > self.capacity:
-            # Capacity shrank since the last run: the oldest extras go, FIFO.
+            # Capacity shrank since the last run: the oldest extras go, FIFO (read-only: they
+            # are only left out).
             cutoff = rows[-self.capacity][0]
-            self._begin()
-            self._db.execute(
-                "UPDATE tuples SET payload = NULL WHERE seq < ? AND payload IS NOT NULL",
-                (cutoff,),
-            )
+            if not self.read_only:
+                self._begin()
+                self._db.execute(
+                    "UPDATE tuples SET payload = NULL WHERE seq < ? AND payload IS NOT NULL",
+                    (cutoff,),
+                )
             rows = rows[-self.capacity :]
         sessions = self._session_keys_of(rows)
         self._reset_layout()
@@ -429,7 +462,7 @@ class SQLiteStorage(Storage):
                 self._newest[session] = chain
             else:
                 dead.append((chain,))
-        if dead:
+        if dead and not self.read_only:
             self._begin()
             self._db.executemany("DELETE FROM segments WHERE chain = ?", dead)
             self._db.executemany("DELETE FROM chains WHERE chain = ?", dead)
@@ -656,6 +689,10 @@ class SQLiteStorage(Storage):
                     f"SELECT seq, payload, chain, context_len FROM tuples WHERE seq IN ({marks})",
                     chunk)
             chains = self._load_chains({row[2] for row in rows if row[2] is not None})
+        if self.read_only and (len(rows) < len(wanted) or any(
+                payload is None or (chain is not None and len(chains[chain]) < length)
+                for _, payload, chain, length in rows)):
+            raise SnapshotBehind(f"{self.path}: tuples evicted since the last refresh")
         found = {seq: self._decode(seq, payload,
                                    None if chain is None else chains[chain][:length])
                  for seq, payload, chain, length in rows}
@@ -722,6 +759,9 @@ class SQLiteStorage(Storage):
             self._flush()
 
     def _flush(self) -> None:
+        if self.read_only:  # priority updates stay in memory; the writer owns the file
+            self._dirty[:] = False
+            return
         self._write_queued()
         dirty = np.flatnonzero(self._dirty & (self.seq != FREE))
         if dirty.size:
@@ -751,6 +791,22 @@ class SQLiteStorage(Storage):
         self._pruned_below = max(cutoff, 0)
         if full:
             self._commit()
+
+    def refresh(self) -> np.ndarray:
+        """(``read_only``) Take in the tuples the writer committed since the last refresh,
+        and forget those it evicted. A tuple still stored keeps its slot and its priority
+        here (updated in memory); new tuples take free slots. Returns the slots whose tuple
+        changed."""
+        if not self.read_only:
+            raise ValueError(f"{self.path}: refresh reads another process's writes; this "
+                             "storage is the writer")
+        before = self.seq.copy()
+        live = np.flatnonzero(before != FREE)
+        preferred = {seq: (slot, priority) for slot, seq, priority in zip(
+            live.tolist(), before[live].tolist(), self.priority[live].tolist(), strict=True)}
+        with self._reading():
+            self._rebuild(preferred)
+        return np.flatnonzero(self.seq != before)
 
     def close(self) -> None:
         """Flush, then close the database."""

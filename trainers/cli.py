@@ -8,6 +8,10 @@ opened from ``<state-dir>/buffers`` (the state dir of ``nextstate run --workers 
 every worker's shard, each buffer's shards sampled as one by
 :class:`~nextstate.buffers.ShardedBuffer`); versions are published to
 ``<state-dir>/checkpoints`` and training resumes from the latest one.
+
+The buffers are the daemon's, and it may be writing them: they are opened read-only
+(``SQLiteStorage(read_only=True)``), taken in again every ``--refresh-s`` seconds, and the
+trainer's priority updates stay in its memory.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +66,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="TOML/JSON with [trainer], [policy], [[buffers]]")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps to run")
     parser.add_argument("--log-every", type=int, default=10, help="print metrics every N steps")
+    parser.add_argument("--refresh-s", type=float, default=10.0,
+                        help="take in the tuples the daemon stored since, every this many s")
     args = parser.parse_args(argv)
 
     state_dir = Path(args.state_dir)
@@ -93,25 +100,34 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     policy = build_policy(data.get("policy", {"kind": "tiny"}), device=config.device)
     try:
         with trainer_lock, contextlib.ExitStack() as stack:
-            sets = [stack.enter_context(BufferSet.open(shard / "buffers", specs))
+            # Read-only: the daemon (or its workers) may be running and writing them.
+            sets = [stack.enter_context(BufferSet.open(shard / "buffers", specs, read_only=True))
                     for shard in shards]
             buffers = sets[0].buffers if len(sets) == 1 else {
                 spec.name: ShardedBuffer([s.buffers[spec.name] for s in sets], seed=spec.seed)
                 for spec in specs}
             trainer = Trainer.resume(config, policy, buffers, state_dir / "checkpoints")
-            summary = _train(trainer, args.steps, args.log_every)
+            summary = _train(trainer, args.steps, args.log_every, args.refresh_s)
     except CorruptStateFile as exc:
         print(f"nextstate train: {exc}", file=sys.stderr)
         return EXIT_STATE_CORRUPT
+    except FileNotFoundError as exc:  # a buffer the daemon has not made (another config)
+        print(f"nextstate train: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 
 
-def _train(trainer: Trainer, steps: int, log_every: int) -> dict[str, Any]:
+def _train(trainer: Trainer, steps: int, log_every: int, refresh_s: float) -> dict[str, Any]:
     """Step ``trainer`` ``steps`` times (fewer if the buffers run dry), then publish; the
-    summary line's fields."""
+    summary line's fields. Every ``refresh_s`` the buffers take in what the daemon stored."""
     start = trainer.global_step
+    refreshed = time.monotonic()
     for _ in range(steps):
+        if time.monotonic() - refreshed >= refresh_s:
+            for buffer in trainer.buffers.values():
+                buffer.refresh()  # type: ignore[attr-defined]
+            refreshed = time.monotonic()
         metrics = trainer.step()
         if not metrics:
             print("nextstate train: no sampleable tuples; stopping", file=sys.stderr)

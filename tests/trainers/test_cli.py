@@ -102,3 +102,34 @@ def test_train_main_over_a_workers_state_dir_samples_every_shard(tmp_path, capsy
     assert set(manifest["tuples_seen"]) == {"user", "tool"}
     assert sum(manifest["tuples_seen"].values()) == 24
     assert not (tmp_path / "worker-0" / "checkpoints").exists()
+
+
+def test_train_main_beside_a_running_daemon_reads_its_buffers_without_writing(
+        tmp_path, capsys) -> None:
+    """The daemon's buffers stay open, with a transaction it has not committed (as between
+    two checkpoints): ``nextstate train`` trains on what is committed and takes in what the
+    daemon commits meanwhile (``--refresh-s 0``: before every step), and the daemon's next
+    commit goes through. Opened for writing, the trainer's open failed: "database is
+    locked"."""
+    specs = [BufferSpec("evaluative", kinds=("evaluative",))]
+    config = tmp_path / "train.toml"
+    config.write_text('[trainer]\nbatch_size = 16\npublish_every = 0\ntorch_threads = 1\n'
+                      '[policy]\nkind = "tiny"\nd_model = 32\nn_layers = 1\nn_heads = 2\n'
+                      '[[buffers]]\nname = "evaluative"\nkinds = ["evaluative"]\nseed = 0\n')
+    with BufferSet.open(tmp_path / "buffers", specs) as daemon:
+        daemon.extend([make_tuple(reward=1.0), make_tuple(action=BAD, reward=-1.0, index=2)])
+        daemon.flush()
+        # Not committed; the second add runs the first's queued insert: a transaction is open.
+        daemon.extend([make_tuple(reward=1.0, index=3, source="tool")])
+        daemon.extend([make_tuple(reward=-1.0, action=BAD, index=4, source="tool")])
+        assert train_main(["--state-dir", str(tmp_path), "--config", str(config),
+                           "--steps", "2", "--refresh-s", "0"]) == 0
+        seen = read_manifest(latest_checkpoint(tmp_path / "checkpoints"))["tuples_seen"]
+        assert seen == {"user": 32}  # the uncommitted tool tuple is not read
+        daemon.flush()
+        assert train_main(["--state-dir", str(tmp_path), "--config", str(config),
+                           "--steps", "2", "--refresh-s", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 4
+    manifest = read_manifest(latest_checkpoint(tmp_path / "checkpoints"))
+    assert manifest["tuples_seen"]["user"] > 0 and manifest["tuples_seen"]["tool"] > 0
