@@ -140,9 +140,12 @@ def configure_logging(log_format: str = "auto", stream: IO[str] | None = None) -
                     structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         # Resolve the stream per logger: a stream swapped after configuration (tests, a
-        # redirected stderr) must not leave loggers writing to a closed file.
-        logger_factory=(lambda *_: structlog.PrintLogger(stream)) if stream is not None
-        else (lambda *_: structlog.PrintLogger(sys.stderr)),
+        # redirected stderr) must not leave loggers writing to a closed file. One write per
+        # line (WriteLogger): print() writes the line and its newline apart, and stderr is
+        # unbuffered when redirected, so the lines of `--workers` processes sharing it were
+        # spliced into one another (seen in test_workers).
+        logger_factory=(lambda *_: structlog.WriteLogger(stream)) if stream is not None
+        else (lambda *_: structlog.WriteLogger(sys.stderr)),
         cache_logger_on_first_use=False,
     )
 

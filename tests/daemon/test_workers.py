@@ -118,6 +118,13 @@ def test_workers_split_the_topic_and_store_what_one_daemon_would(broker, tmp_pat
         assert wait_for(lambda: run.processed_all(ends), 60)
         pids = run.pids()
         assert sorted(pids) == [0, 1]
+        # Trained beside the running workers: it reads their shards, never writes them.
+        train = tmp_path / "train.toml"
+        train.write_text('[trainer]\nbatch_size = 4\npublish_every = 0\ntorch_threads = 1\n'
+                         '[policy]\nkind = "tiny"\nd_model = 32\nn_layers = 1\nn_heads = 2\n')
+        assert cli_main(["train", "--state-dir", str(run.state), "--config", str(train),
+                         "--steps", "2"]) == 0
+        assert (run.state / "checkpoints" / "v000001").is_dir()
     finally:
         code = run.daemon.stop()
     assert code == 0
@@ -231,6 +238,37 @@ def test_workers_need_kafka_and_no_trainer(tmp_path, capsys, flags, message):
                      *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "st").exists()
+
+
+def test_each_log_line_is_one_write():
+    """Workers share the supervisor's stderr, which is unbuffered when redirected: a line
+    written in two pieces (print: the line, then its newline) let another worker's line in
+    between (seen here: two JSON objects on one line, then an empty one)."""
+    import io
+
+    import structlog
+
+    from nextstate.daemon.service import configure_logging
+
+    class Writes(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.calls.append(text)
+            return super().write(text)
+
+    stream = Writes()
+    try:
+        configure_logging("json", stream)
+        structlog.get_logger("t").info("one", worker=1, text="x" * 5000)
+        structlog.get_logger("t").info("two", worker=0)
+    finally:
+        configure_logging()  # on stderr again, as every run leaves it
+    assert len(stream.calls) == 2
+    assert all(call.endswith("\n") and call.count("\n") == 1 for call in stream.calls)
+    assert [json.loads(call)["event"] for call in stream.calls] == ["one", "two"]
 
 
 def test_auto_workers_are_the_usable_cores(tmp_path):
