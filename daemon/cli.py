@@ -400,7 +400,9 @@ def export_main(args: argparse.Namespace) -> int:
     shards: list[BufferSet] = []
     try:
         for state_dir in dirs:
-            shards.append(BufferSet.open(state_dir / "buffers", specs))
+            # Read-only: a running daemon may be writing them (a write here would wait on its
+            # open transaction, and a smaller capacity in --config would evict its tuples).
+            shards.append(BufferSet.open(state_dir / "buffers", specs, read_only=True))
         tuples = shard_tuples(shards, args.buffer)
         if args.format in ("sft", "dpo", "kto"):
             from nextstate.daemon.export import trl_rows, write_rows
@@ -425,6 +427,9 @@ def export_main(args: argparse.Namespace) -> int:
     except CorruptStateFile as exc:  # on open, or a row that does not read back mid-way
         print(f"nextstate export: {exc} ({args.out} is incomplete)", file=sys.stderr)
         return EXIT_STATE_CORRUPT
+    except FileNotFoundError as exc:  # a buffer of --config the daemon never made
+        print(f"nextstate export: {exc}", file=sys.stderr)
+        return 2
     finally:
         for shard in shards:
             shard.close()
