@@ -293,10 +293,32 @@ class SQLiteStorage(Storage):
             raise ValueError("context_cache_sessions and context_cache_chars must be >= 1")
         self._cache_sessions = context_cache_sessions
         self._cache_chars = context_cache_chars
-        with self._closed_on_error():
+        self._snapshots = 0  # read-only: depth of the read transaction held (see _snapshot)
+        with self._closed_on_error(), self._snapshot():
             self._rebuild(preferred=None)
             if not read_only:
                 self._prune(full=True)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Read-only: the statements within see one committed state of the file (a read
+        transaction; WAL keeps it while the writer commits), not a row the writer evicted
+        between two of them. The writer's own reads need none."""
+        if not self.read_only or self._snapshots:
+            self._snapshots += 1
+            try:
+                yield
+            finally:
+                self._snapshots -= 1
+            return
+        self._db.execute("BEGIN")
+        self._snapshots = 1
+        try:
+            yield
+        finally:
+            self._snapshots = 0
+            if self._conn is not None:
+                self._conn.execute("COMMIT")
 
     def _refuse_write(self, slot: int, seq: int, *rest: Any) -> None:
         raise ValueError(f"{self.path}: opened read-only (another process writes it)")
@@ -681,7 +703,7 @@ class SQLiteStorage(Storage):
         self._write_queued()
         wanted = np.unique(seqs).tolist()
         rows: list[tuple[int, bytes, int | None, int | None]] = []
-        with self._reading():  # payload pages are first read here, not on open
+        with self._reading(), self._snapshot():  # payload pages are first read here
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -732,7 +754,8 @@ class SQLiteStorage(Storage):
 
     def iter_tuples(self) -> Iterator[ScoredTuple]:
         self._write_queued()
-        with self._reading():  # export reads every row: the first to find a damaged page
+        # export reads every row: the first to find a damaged page
+        with self._reading(), self._snapshot():
             cursor = self._db.execute(
                 "SELECT seq, payload, chain, context_len FROM tuples WHERE payload IS NOT NULL"
                 " ORDER BY seq"
@@ -804,7 +827,7 @@ class SQLiteStorage(Storage):
         live = np.flatnonzero(before != FREE)
         preferred = {seq: (slot, priority) for slot, seq, priority in zip(
             live.tolist(), before[live].tolist(), self.priority[live].tolist(), strict=True)}
-        with self._reading():
+        with self._reading(), self._snapshot():
             self._rebuild(preferred)
         return np.flatnonzero(self.seq != before)
 

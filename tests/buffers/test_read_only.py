@@ -81,3 +81,25 @@ def test_read_only_needs_the_file_and_only_it_refreshes(tmp_path):
     with pytest.raises(ValueError, match="this storage is the writer"):
         writer.refresh()
     writer.close()
+
+
+def test_a_read_only_buffer_reads_one_committed_state_at_a_time(tmp_path):
+    """A refresh or a fetch runs several statements (rows, then their sessions' chains and
+    payloads); inside one snapshot a writer's commit in between is not seen, so no statement
+    meets a row the writer evicted after an earlier one listed it."""
+    writer = ReplayBuffer.from_spec(SPEC, tmp_path)
+    writer.extend(tuples(0, 8))
+    writer.flush()
+    reader = ReplayBuffer.from_spec(SPEC, tmp_path, read_only=True)
+    storage = reader.storage
+    oldest = "SELECT min(seq) FROM tuples WHERE payload IS NOT NULL"
+    with storage._snapshot():
+        assert storage._db.execute(oldest).fetchone()[0] == 0
+        writer.extend(tuples(8, 12))  # evicts the 4 oldest
+        writer.flush()
+        assert storage._db.execute(oldest).fetchone()[0] == 0  # the state it began with
+        # ... so the evicted tuples still read back, whole (no SnapshotBehind)
+        assert len(storage.get(np.flatnonzero(storage.seq >= 0))) == 8
+    assert storage._db.execute(oldest).fetchone()[0] == 4  # the writer's commit, after it
+    reader.close()
+    writer.close()
