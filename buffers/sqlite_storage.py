@@ -263,11 +263,7 @@ class SQLiteStorage(Storage):
             self._conn = sqlite3.connect(self.path, isolation_level=None,
                                          check_same_thread=False)
         with self._closed_on_error():
-            if read_only:
-                check_sqlite_tables(self._db, self.path, _FIRST_SCHEMA, "a nextstate buffer",
-                                    _MOVE_ASIDE)
-            else:
-                self._set_up_file(synchronous)
+            self._set_up_file(synchronous)
         self._in_transaction = False
         self._inserts: list[tuple[Any, ...]] = []  # rows written since the last statement
         self._pending: dict[int, int] = {}         # their seq -> position in _inserts
@@ -293,7 +289,7 @@ class SQLiteStorage(Storage):
             raise ValueError("context_cache_sessions and context_cache_chars must be >= 1")
         self._cache_sessions = context_cache_sessions
         self._cache_chars = context_cache_chars
-        self._snapshots = 0  # read-only: depth of the read transaction held (see _snapshot)
+        self._in_snapshot = False  # read-only: a read transaction is held (see _snapshot)
         with self._closed_on_error(), self._snapshot():
             self._rebuild(preferred=None)
             if not read_only:
@@ -304,19 +300,15 @@ class SQLiteStorage(Storage):
         """Read-only: the statements within see one committed state of the file (a read
         transaction; WAL keeps it while the writer commits), not a row the writer evicted
         between two of them. The writer's own reads need none."""
-        if not self.read_only or self._snapshots:
-            self._snapshots += 1
-            try:
-                yield
-            finally:
-                self._snapshots -= 1
+        if not self.read_only or self._in_snapshot:  # (within one: it covers these too)
+            yield
             return
         self._db.execute("BEGIN")
-        self._snapshots = 1
+        self._in_snapshot = True
         try:
             yield
         finally:
-            self._snapshots = 0
+            self._in_snapshot = False
             if self._conn is not None:
                 self._conn.execute("COMMIT")
 
@@ -328,6 +320,8 @@ class SQLiteStorage(Storage):
         # Before anything writes: a pragma or our schema would change another program's file.
         check_sqlite_tables(self._db, self.path, _FIRST_SCHEMA, "a nextstate buffer",
                             _MOVE_ASIDE)
+        if self.read_only:  # the writer set the file up; this connection may not write
+            return
         # 16 KiB pages (default 4 KiB) for a new file: a typical tuple (2-3 KB of msgpack)
         # fills most of a 4 KiB page on its own, wasting the rest; measured 1.5-1.8x faster
         # durable inserts. An existing file keeps its page size (it takes a VACUUM to change).

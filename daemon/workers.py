@@ -34,7 +34,6 @@ import ctypes
 import dataclasses
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import threading
@@ -72,9 +71,10 @@ def worker_config(config: DaemonConfig, index: int) -> DaemonConfig:
 def shard_dirs(state_dir: Path) -> list[Path]:
     """The daemon state dirs under ``state_dir``: its worker shards in order (with itself
     first if a single daemon ran there too), or itself alone."""
-    workers = sorted((p for p in state_dir.glob("worker-*")
-                      if p.is_dir() and re.fullmatch(r"worker-\d+", p.name)),
-                     key=lambda p: int(p.name.removeprefix("worker-")))
+    prefix = WORKER_DIR.format("")
+    workers = sorted((p for p in state_dir.glob(f"{prefix}*")
+                      if p.is_dir() and p.name.removeprefix(prefix).isdecimal()),
+                     key=lambda p: int(p.name.removeprefix(prefix)))
     if not workers:
         return [state_dir]
     from nextstate.daemon.pipeline import CHECKPOINT_FILE
